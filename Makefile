@@ -1,0 +1,51 @@
+# Sentinel: `make run` starts the service, `make test` runs every test. Both set up first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+REDIS_READY := var/.redis-stack-ready
+
+.PHONY: setup run test lint fmt typecheck bench lock clean
+
+setup: $(INSTALLED) $(REDIS_READY)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	touch $@
+
+# The embedded Redis Stack needs OpenSSL 1.1; fetch it once, not at request time.
+$(REDIS_READY): $(INSTALLED) infra/setup-redis-stack.sh
+	PYTHON=$(PY) bash infra/setup-redis-stack.sh
+	mkdir -p var && touch $@
+
+run: setup
+	$(PY) -m app
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest
+
+lint:
+	$(VENV)/bin/ruff format --check app tests bench
+	$(VENV)/bin/ruff check app tests bench
+
+fmt:
+	$(VENV)/bin/ruff format app tests bench
+	$(VENV)/bin/ruff check --fix app tests bench
+
+typecheck:
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m bench.run
+
+# Re-pin every transitive dependency from a fresh resolve of pyproject.toml.
+lock:
+	rm -rf var/lockenv && $(PYTHON) -m venv var/lockenv
+	var/lockenv/bin/pip install --quiet '.[dev]'
+	var/lockenv/bin/pip freeze --exclude sentinel > requirements.lock
+	rm -rf var/lockenv
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""HTTP: thin handlers that decode, call the service and encode."""

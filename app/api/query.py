@@ -1,0 +1,18 @@
+"""POST /v1/query: answer a prompt from the cache or the upstream."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Response, post
+
+from app.api.schemas import QueryRequest
+from app.service.query import Answer, Query, QueryService
+
+_CACHE_HEADER = {"exact": "EXACT-HIT", "semantic": "SEMANTIC-HIT", "miss": "MISS"}
+
+
+@post("/v1/query", status_code=200)
+async def query(data: QueryRequest, service: QueryService) -> Response[Answer]:
+    """Answer a prompt: exact hit, semantic hit, or a fresh upstream answer."""
+    answer = await service.answer(msgspec.convert(msgspec.structs.asdict(data), Query))
+    return Response(answer, headers={"X-Sentinel-Cache": _CACHE_HEADER[answer.match]})

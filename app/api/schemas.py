@@ -1,0 +1,20 @@
+"""Request bodies as the wire sees them; constraints here become 400s before any work."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+ONE_YEAR = 365 * 24 * 3600
+
+
+class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of POST /v1/query."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    similarity_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    ttl: Annotated[int, msgspec.Meta(gt=0, le=ONE_YEAR)] | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None

@@ -1,0 +1,22 @@
+"""GET /health and GET /v1/metrics."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from app.service import status
+from app.service.query import QueryService
+
+
+@get("/health", cache=False)
+async def health(service: QueryService, state: State) -> Response[status.Health]:
+    """200 when Redis answers and the index exists, 503 with reasons otherwise."""
+    report = await status.health(service, redis_mode=state.redis_mode)
+    return Response(report, status_code=200 if report.status == "ok" else 503)
+
+
+@get("/v1/metrics", cache=False)
+async def metrics(service: QueryService) -> status.Metrics:
+    """Request counters, hit rate, latency percentiles, savings and the index size."""
+    return await status.metrics(service)

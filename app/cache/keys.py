@@ -1,0 +1,38 @@
+"""Key, index and id naming; the embedder's id and dimension keep vector spaces apart."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+ROOT = "sentinel"
+METRICS_KEY = f"{ROOT}:metrics"
+
+
+def _slug(text: str) -> str:
+    """Lower-case letters, digits and dashes only, so a name is safe in keys and index names."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def entry_prefix(embedder_id: str, dimension: int) -> str:
+    """Key prefix of every entry hash made with this embedder, e.g. `sentinel:minilm:384:entry:`."""
+    return f"{ROOT}:{_slug(embedder_id)}:{dimension}:entry:"
+
+
+def index_name(embedder_id: str, dimension: int) -> str:
+    """RediSearch index name for this embedder, e.g. `sentinel-minilm-384`."""
+    return f"{ROOT}-{_slug(embedder_id)}-{dimension}"
+
+
+def entry_id(scope: str, normalized_prompt: str) -> str:
+    """The exact-layer id: a hash of scope and normalized prompt (the same question, same scope)."""
+    digest = hashlib.sha256()
+    digest.update(scope.encode())
+    digest.update(b"\x00")
+    digest.update(normalized_prompt.encode())
+    return digest.hexdigest()[:32]
+
+
+def entry_key(prefix: str, entry_id: str) -> str:
+    """Redis key of one entry hash."""
+    return prefix + entry_id

@@ -1,0 +1,248 @@
+"""Entries in Redis: one hash per entry, indexed by RediSearch HNSW through redisvl."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redisvl.index import AsyncSearchIndex
+from redisvl.query import VectorQuery
+from redisvl.query.filter import Tag
+from redisvl.schema import IndexSchema
+
+from app.cache import keys
+from app.cache.errors import redis_errors_as_unavailable
+from app.cache.vectors import encode_vector
+
+VECTOR_FIELD = "embedding"
+# HNSW build parameters: M=16 and EF_CONSTRUCTION=200 are the values measured in
+# ../shared/docs/environment.md (recall@1 0.995 at 100k with EF_RUNTIME 200).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+
+_ENTRY_FIELDS = (
+    "prompt",
+    "response",
+    "model",
+    "scope",
+    "created_at",
+    "hits",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+# Read an entry and count the hit in one round trip. Checking EXISTS first matters:
+# HINCRBY on an expired key would create a half entry without a TTL.
+_TAKE_HIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HINCRBY', KEYS[1], 'hits', 1)
+return redis.call('HMGET', KEYS[1], unpack(ARGV))
+"""
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
+    """One cached answer."""
+
+    id: str
+    prompt: str
+    response: str
+    model: str
+    scope: str
+    created_at: float
+    hits: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    """A KNN neighbour: an entry id and its cosine similarity to the query."""
+
+    entry_id: str
+    similarity: float
+
+
+class CacheStore:
+    """Reads and writes entries; owns the RediSearch index for one embedder's vectors."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        embedder_id: str,
+        dimension: int,
+        ef_runtime: int,
+    ) -> None:
+        self._redis = redis
+        self.dimension = dimension
+        self.prefix = keys.entry_prefix(embedder_id, dimension)
+        self.index_name = keys.index_name(embedder_id, dimension)
+        self._ef_runtime = ef_runtime
+        self._index = AsyncSearchIndex(self._schema(), redis_client=redis)
+        self._take_hit = redis.register_script(_TAKE_HIT)
+
+    def _schema(self) -> Any:
+        return IndexSchema.from_dict(
+            {
+                "index": {"name": self.index_name, "prefix": self.prefix, "storage_type": "hash"},
+                "fields": [
+                    {"name": "scope", "type": "tag"},
+                    {
+                        "name": VECTOR_FIELD,
+                        "type": "vector",
+                        "attrs": {
+                            "algorithm": "hnsw",
+                            "dims": self.dimension,
+                            "distance_metric": "cosine",
+                            "datatype": "float32",
+                            "m": HNSW_M,
+                            "ef_construction": HNSW_EF_CONSTRUCTION,
+                        },
+                    },
+                ],
+            }
+        )
+
+    async def ensure_index(self) -> bool:
+        """Create the index when it is missing; return True when it was created."""
+        if await self._index.exists():
+            return False
+        try:
+            await self._index.create(overwrite=False)
+        except ResponseError as exc:  # another instance created it first
+            if "already exists" not in str(exc).lower():
+                raise
+            return False
+        return True
+
+    @redis_errors_as_unavailable
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(await self._redis.ping())
+
+    @redis_errors_as_unavailable
+    async def index_exists(self) -> bool:
+        """Whether the RediSearch index is there."""
+        return bool(await self._index.exists())
+
+    @redis_errors_as_unavailable
+    async def count(self) -> int:
+        """Number of entries the index holds (expired ones have left it)."""
+        info = await self._index.info()
+        return int(info.get("num_docs", 0))
+
+    @redis_errors_as_unavailable
+    async def take_hit(self, entry_id: str) -> Entry | None:
+        """Return the entry and count one hit on it, or None when it does not exist."""
+        values = await self._take_hit(keys=[self._key(entry_id)], args=list(_ENTRY_FIELDS))
+        if not values:
+            return None
+        row = dict(zip(_ENTRY_FIELDS, values, strict=True))
+        if row["response"] is None:  # a hash that lost fields is never served
+            return None
+        return Entry(
+            id=entry_id,
+            prompt=_text(row["prompt"]),
+            response=_text(row["response"]),
+            model=_text(row["model"]),
+            scope=_text(row["scope"]),
+            created_at=float(row["created_at"] or 0.0),
+            hits=int(row["hits"] or 0),
+            prompt_tokens=int(row["prompt_tokens"] or 0),
+            completion_tokens=int(row["completion_tokens"] or 0),
+        )
+
+    @redis_errors_as_unavailable
+    async def nearest(
+        self, vector: npt.NDArray[np.float32], *, scope: str, k: int
+    ) -> list[Candidate]:
+        """KNN over the HNSW index within one scope, best first."""
+        query = VectorQuery(
+            vector=encode_vector(vector, self.dimension),
+            vector_field_name=VECTOR_FIELD,
+            return_fields=[],
+            filter_expression=Tag("scope") == scope,
+            num_results=k,
+            ef_runtime=self._ef_runtime,
+            return_score=True,
+        )
+        results = await self._index.query(query)
+        candidates = []
+        for doc in results:
+            distance = doc.get("vector_distance")
+            if distance is None:  # expired while the search ran
+                continue
+            key = _text(doc["id"])
+            # RediSearch's COSINE distance is 1 - cosine similarity.
+            candidates.append(Candidate(key.removeprefix(self.prefix), 1.0 - float(distance)))
+        candidates.sort(key=lambda c: c.similarity, reverse=True)
+        return candidates
+
+    @redis_errors_as_unavailable
+    async def put(
+        self,
+        entry: Entry,
+        vector: npt.NDArray[np.float32],
+        *,
+        ttl: int,
+    ) -> None:
+        """Store (or replace) an entry with its vector and a TTL, atomically."""
+        key = self._key(entry.id)
+        mapping: dict[str, str | int | float | bytes] = {
+            "prompt": entry.prompt,
+            "response": entry.response,
+            "model": entry.model,
+            "scope": entry.scope,
+            "created_at": entry.created_at,
+            "hits": entry.hits,
+            "prompt_tokens": entry.prompt_tokens,
+            "completion_tokens": entry.completion_tokens,
+            VECTOR_FIELD: encode_vector(vector, self.dimension),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, ttl)
+            await pipe.execute()
+
+    @redis_errors_as_unavailable
+    async def ttl(self, entry_id: str) -> int:
+        """Seconds left before an entry expires (-2 when it is gone)."""
+        return int(await self._redis.ttl(self._key(entry_id)))
+
+    def _key(self, entry_id: str) -> str:
+        return keys.entry_key(self.prefix, entry_id)
+
+
+def new_entry(
+    *,
+    entry_id: str,
+    prompt: str,
+    response: str,
+    model: str,
+    scope: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> Entry:
+    """An entry as stored right after a successful upstream call."""
+    return Entry(
+        id=entry_id,
+        prompt=prompt,
+        response=response,
+        model=model,
+        scope=scope,
+        created_at=time.time(),
+        hits=0,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

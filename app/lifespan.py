@@ -1,0 +1,143 @@
+"""Start-up and shutdown: Redis (embedded or external), index, embedder, HTTP session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import aiohttp
+from litestar import Litestar
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.cache.embedded import EmbeddedRedis
+from app.cache.metrics import MetricsStore
+from app.cache.store import CacheStore
+from app.errors import StartupError
+from app.providers.embedders import build_embedder
+from app.providers.upstreams.groq import GroqUpstream
+from app.service.query import QueryService
+from app.settings import Settings
+
+log = logging.getLogger("sentinel.lifespan")
+
+CONNECT_ATTEMPTS = 3
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Build every resource on app.state and release them in reverse order."""
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        try:
+            redis_url = settings.redis_url
+            app.state.redis_mode = "external" if redis_url else "embedded"
+            if not redis_url:
+                embedded = EmbeddedRedis(
+                    port=settings.embedded_redis_port, data_dir=settings.embedded_redis_dir
+                )
+                await embedded.start()
+                stack.push_async_callback(embedded.stop)
+                redis_url = embedded.url
+            redis = await connect_redis(redis_url)
+            stack.push_async_callback(redis.aclose)
+            await require_search_module(redis)
+
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.upstream_timeout),
+                raise_for_status=False,
+            )
+            stack.push_async_callback(session.close)
+            embedder = await build_embedder(settings, session)
+            stack.push_async_callback(embedder.aclose)
+
+            store = CacheStore(
+                redis,
+                embedder_id=embedder.id,
+                dimension=embedder.dimension,
+                ef_runtime=settings.knn_ef_runtime,
+            )
+            if await store.ensure_index():
+                log.info("created index %s", store.index_name)
+            app.state.service = QueryService(
+                store=store,
+                metrics=MetricsStore(redis),
+                embedder=embedder,
+                upstream=GroqUpstream(
+                    session,
+                    api_key=settings.groq_api_key,
+                    base_url=settings.groq_base_url,
+                    model=settings.groq_model,
+                    timeout=settings.upstream_timeout,
+                ),
+                similarity_threshold=settings.similarity_threshold,
+                ttl=settings.cache_ttl,
+                top_k=settings.knn_top_k,
+                max_prompt_chars=settings.max_prompt_chars,
+            )
+        except StartupError as exc:
+            log.error("startup failed: %s", exc)
+            raise
+        _warn_about(settings, embedder.id)
+        yield
+
+
+async def connect_redis(url: str) -> Redis:
+    """Connect and PING, retrying with backoff; StartupError names the URL's host on failure."""
+    delay = 0.2
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        redis: Redis = Redis.from_url(
+            url, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=5.0
+        )
+        try:
+            await redis.ping()
+        except RedisError as exc:
+            await redis.aclose()
+            if attempt == CONNECT_ATTEMPTS:
+                raise StartupError(
+                    f"cannot reach Redis at {_safe_url(url)} after {attempt} attempts "
+                    f"({type(exc).__name__}); check REDIS_URL"
+                ) from None
+            await asyncio.sleep(delay)
+            delay *= 2
+        else:
+            return redis
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def require_search_module(redis: Redis) -> None:
+    """Refuse a Redis without RediSearch: the semantic layer needs its HNSW index."""
+    modules = await redis.module_list()
+    names = {_module_name(module) for module in modules}
+    if not names & {"search", "searchlight", "ft"}:
+        raise StartupError(
+            "Redis has no search module (RediSearch): use Redis Stack or Redis 8, "
+            "or unset REDIS_URL to let Sentinel start its own embedded Redis Stack"
+        )
+
+
+def _module_name(module: object) -> str:
+    if isinstance(module, dict):
+        name = module.get(b"name", module.get("name", b""))
+    else:
+        name = b""
+    return name.decode().lower() if isinstance(name, bytes) else str(name).lower()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, fit for a log line."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else "(invalid URL)"
+
+
+def _warn_about(settings: Settings, embedder_id: str) -> None:
+    if not settings.upstream_configured:
+        log.warning(
+            "GROQ_API_KEY is not set: cache lookups work, misses answer 503 UPSTREAM_NOT_CONFIGURED"
+        )
+    log.info(
+        "sentinel ready",
+        extra={"fields": {"embedder": embedder_id, "threshold": settings.similarity_threshold}},
+    )

@@ -1,0 +1,42 @@
+"""create_app(): the one place the Litestar application is put together."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from app.api.errors import EXCEPTION_HANDLERS
+from app.api.middleware import request_log_middleware
+from app.api.query import query
+from app.api.status import health, metrics
+from app.lifespan import lifespan
+from app.service.query import QueryService
+from app.settings import Settings, load_settings
+
+# Prompts are capped by MAX_PROMPT_CHARS (32k chars, up to ~128 KB of UTF-8); 1 MiB leaves
+# room for JSON escaping while refusing absurd bodies with a 413 before they are read.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def provide_service(state: State) -> QueryService:
+    """The QueryService the lifespan built."""
+    service: QueryService = state.service
+    return service
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the application; settings come from the environment unless given."""
+    settings = settings or load_settings()
+    return Litestar(
+        route_handlers=[query, health, metrics],
+        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_log_middleware],
+        lifespan=[lifespan],
+        state=State({"settings": settings}),
+        openapi_config=OpenAPIConfig(title="Sentinel", version="0.1.0"),
+        request_max_body_size=MAX_BODY_BYTES,
+        debug=False,
+    )

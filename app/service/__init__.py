@@ -1,0 +1,1 @@
+"""The cache decision: exact → semantic → upstream → store. No web framework here."""

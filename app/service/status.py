@@ -1,0 +1,119 @@
+"""What /health and /v1/metrics report, computed from the cache and the providers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from app.cache.metrics import percentile
+from app.errors import CacheUnavailable
+from app.service.pricing import PRICE_SOURCE
+from app.service.query import QueryService
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """Body of GET /health."""
+
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    redis: Literal["ok", "unreachable"]
+    redis_mode: Literal["embedded", "external"]
+    index: str
+    index_exists: bool
+    embedder: str
+    embedding_dimension: int
+    upstream: str
+    upstream_status: Literal["configured", "not_configured"]
+    upstream_model: str
+
+
+class LatencySummary(msgspec.Struct, kw_only=True):
+    """Latency percentiles in ms, read from histograms (about 5% resolution)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+
+
+class Metrics(msgspec.Struct, kw_only=True):
+    """Body of GET /v1/metrics: one truth for every instance sharing the Redis."""
+
+    requests: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    errors: int
+    hit_rate: float
+    upstream_calls: int
+    upstream_errors: int
+    latency_ms: dict[str, LatencySummary]
+    tokens_saved: int
+    usd_saved: float
+    usd_spent: float
+    entries: int
+    price_source: str
+
+
+async def health(service: QueryService, *, redis_mode: Literal["embedded", "external"]) -> Health:
+    """Redis answers and the index exists: ok; anything else: degraded, with reasons."""
+    reasons: list[str] = []
+    redis_ok = index_ok = False
+    try:
+        redis_ok = await service.store.ping()
+        index_ok = await service.store.index_exists()
+    except CacheUnavailable as exc:
+        reasons.append(f"redis: {exc.message}")
+    if redis_ok and not index_ok:
+        reasons.append(f"index {service.store.index_name} does not exist")
+    return Health(
+        status="ok" if redis_ok and index_ok else "degraded",
+        reasons=reasons,
+        redis="ok" if redis_ok else "unreachable",
+        redis_mode=redis_mode,
+        index=service.store.index_name,
+        index_exists=index_ok,
+        embedder=service.embedder.id,
+        embedding_dimension=service.embedder.dimension,
+        upstream=service.upstream.name,
+        upstream_status="configured" if service.upstream.configured else "not_configured",
+        upstream_model=service.upstream.default_model,
+    )
+
+
+async def metrics(service: QueryService) -> Metrics:
+    """Counters, hit rate and latency percentiles from Redis, plus the index size."""
+    counters, histograms = await service.metrics.read()
+    hits = counters.exact_hits + counters.semantic_hits
+    decided = hits + counters.misses
+    merged_hits = dict(histograms["exact"])
+    for bucket, count in histograms["semantic"].items():
+        merged_hits[bucket] = merged_hits.get(bucket, 0) + count
+    latency = {
+        "hit": merged_hits,
+        "exact": histograms["exact"],
+        "semantic": histograms["semantic"],
+        "miss": histograms["miss"],
+        "error": histograms["error"],
+    }
+    return Metrics(
+        requests=counters.requests,
+        exact_hits=counters.exact_hits,
+        semantic_hits=counters.semantic_hits,
+        misses=counters.misses,
+        errors=counters.errors,
+        hit_rate=round(hits / decided, 4) if decided else 0.0,
+        upstream_calls=counters.upstream_calls,
+        upstream_errors=counters.upstream_errors,
+        latency_ms={
+            name: LatencySummary(
+                count=sum(h.values()), p50=percentile(h, 50), p95=percentile(h, 95)
+            )
+            for name, h in latency.items()
+        },
+        tokens_saved=counters.tokens_saved,
+        usd_saved=round(counters.usd_saved, 6),
+        usd_spent=round(counters.usd_spent, 6),
+        entries=await service.store.count(),
+        price_source=PRICE_SOURCE,
+    )

@@ -1,0 +1,98 @@
+"""Settings: one Struct read once from the environment; a bad value stops the process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+# Measured on ../shared/data/dev/pairs.jsonl with the local embedder (see README, "Threshold").
+DEFAULT_SIMILARITY_THRESHOLD = 0.9
+
+Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class SettingsError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, rename="upper"):
+    """Every knob Sentinel reads, named as its environment variable (upper case)."""
+
+    redis_url: str | None = None
+    embedded_redis_port: Port = 6390
+    embedded_redis_dir: str = "var/redis"
+
+    groq_api_key: str | None = None
+    groq_base_url: str = "https://api.groq.com/openai/v1"
+    groq_model: str = "llama-3.1-8b-instant"
+    upstream_timeout: PositiveFloat = 30.0
+
+    embedding_provider: Literal["local", "jina"] = "local"
+    jina_api_key: str | None = None
+    jina_base_url: str = "https://api.jina.ai/v1"
+    jina_model: str = "jina-embeddings-v3"
+    jina_dimensions: PositiveInt = 1024
+
+    similarity_threshold: Threshold = DEFAULT_SIMILARITY_THRESHOLD
+    cache_ttl: PositiveInt = 3600
+    knn_top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 200
+    max_prompt_chars: PositiveInt = 32000
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    host: str = "127.0.0.1"
+    port: Port = 8000
+
+    def __post_init__(self) -> None:
+        if self.embedding_provider == "jina" and not self.jina_api_key:
+            raise SettingsError(
+                "EMBEDDING_PROVIDER=jina needs JINA_API_KEY; set it or use EMBEDDING_PROVIDER=local"
+            )
+
+    def __repr__(self) -> str:
+        """Like the default repr, with API keys masked so a stray log line leaks nothing."""
+        shown = []
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("api_key") and value:
+                value = "***"
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def upstream_configured(self) -> bool:
+        """Whether a Groq key is set, so a miss can be answered."""
+        return bool(self.groq_api_key)
+
+
+_FIELDS = {field.encode_name for field in msgspec.structs.fields(Settings)}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read Settings from the environment (empty values count as unset); raise SettingsError."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {name: env[name] for name in _FIELDS if env.get(name, "").strip()}
+    if "LOG_LEVEL" in raw:
+        raw["LOG_LEVEL"] = str(raw["LOG_LEVEL"]).upper()
+    if "EMBEDDING_PROVIDER" in raw:
+        raw["EMBEDDING_PROVIDER"] = str(raw["EMBEDDING_PROVIDER"]).lower()
+    raw.update({key.upper(): value for key, value in overrides.items()})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's message ("... - at `$.CACHE_TTL`") into "CACHE_TTL: ..."."""
+    message = str(exc)
+    head, sep, where = message.rpartition(" - at `$.")
+    if sep:
+        return f"{where.rstrip('`')}: {head}"
+    return message

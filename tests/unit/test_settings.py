@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from app.settings import DEFAULT_SIMILARITY_THRESHOLD, SettingsError, load_settings
+
+
+def test_defaults_without_environment() -> None:
+    settings = load_settings({})
+    assert settings.redis_url is None
+    assert settings.embedded_redis_port == 6390
+    assert settings.cache_ttl == 3600
+    assert settings.similarity_threshold == DEFAULT_SIMILARITY_THRESHOLD
+    assert settings.max_prompt_chars == 32000
+    assert settings.port == 8000
+    assert settings.embedding_provider == "local"
+    assert settings.groq_base_url == "https://api.groq.com/openai/v1"
+    assert settings.groq_model == "llama-3.1-8b-instant"
+    assert not settings.upstream_configured
+
+
+def test_values_are_parsed_from_strings() -> None:
+    settings = load_settings(
+        {
+            "REDIS_URL": "redis://example:6379/0",
+            "SIMILARITY_THRESHOLD": "0.8",
+            "CACHE_TTL": "60",
+            "PORT": "9000",
+            "LOG_LEVEL": "debug",
+            "EMBEDDING_PROVIDER": "JINA",
+            "JINA_API_KEY": "jk",
+            "GROQ_API_KEY": "gk",
+        }
+    )
+    assert settings.redis_url == "redis://example:6379/0"
+    assert settings.similarity_threshold == 0.8
+    assert settings.cache_ttl == 60
+    assert settings.port == 9000
+    assert settings.log_level == "DEBUG"
+    assert settings.embedding_provider == "jina"
+    assert settings.upstream_configured
+
+
+def test_empty_values_count_as_unset() -> None:
+    settings = load_settings({"REDIS_URL": "", "GROQ_API_KEY": "  "})
+    assert settings.redis_url is None
+    assert not settings.upstream_configured
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SIMILARITY_THRESHOLD": "1.5"}, "SIMILARITY_THRESHOLD"),
+        ({"SIMILARITY_THRESHOLD": "-0.1"}, "SIMILARITY_THRESHOLD"),
+        ({"SIMILARITY_THRESHOLD": "high"}, "SIMILARITY_THRESHOLD"),
+        ({"CACHE_TTL": "0"}, "CACHE_TTL"),
+        ({"CACHE_TTL": "-5"}, "CACHE_TTL"),
+        ({"EMBEDDING_PROVIDER": "word2vec"}, "EMBEDDING_PROVIDER"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"MAX_PROMPT_CHARS": "0"}, "MAX_PROMPT_CHARS"),
+        ({"EMBEDDING_PROVIDER": "jina"}, "JINA_API_KEY"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+def test_repr_hides_secrets() -> None:
+    settings = load_settings({"GROQ_API_KEY": "gsk_secret", "JINA_API_KEY": "jina_secret"})
+    assert "gsk_secret" not in repr(settings)
+    assert "jina_secret" not in repr(settings)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.cache.metrics import bucket_of, bucket_value, percentile
+from app.cache.vectors import decode_vector, encode_vector
+
+
+def test_vector_roundtrip_is_float32_bytes() -> None:
+    vector = np.linspace(-1, 1, 384, dtype=np.float64)
+    blob = encode_vector(vector, 384)
+    assert isinstance(blob, bytes)
+    assert len(blob) == 384 * 4
+    assert blob == vector.astype("<f4").tobytes()
+    back = decode_vector(blob, 384)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, vector, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(383,), (385,), (2, 384)])
+def test_wrong_dimension_is_refused(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="384"):
+        encode_vector(np.zeros(shape), 384)
+
+
+def test_non_finite_vector_is_refused() -> None:
+    vector = np.zeros(4)
+    vector[2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        encode_vector(vector, 4)
+
+
+def test_decode_checks_length() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        decode_vector(b"\x00" * 12, 4)
+
+
+@pytest.mark.parametrize("latency", [0.01, 0.3, 1.0, 2.5, 15.0, 800.0, 30_000.0])
+def test_bucket_value_is_within_ten_percent(latency: float) -> None:
+    value = bucket_value(bucket_of(latency))
+    assert abs(value - latency) / latency <= 0.1 or latency < 0.05
+
+
+def test_percentile_from_histogram() -> None:
+    histogram: dict[int, int] = {}
+    for latency in [1.0] * 50 + [10.0] * 45 + [100.0] * 5:
+        index = bucket_of(latency)
+        histogram[index] = histogram.get(index, 0) + 1
+    p50 = percentile(histogram, 50)
+    p95 = percentile(histogram, 95)
+    p99 = percentile(histogram, 99)
+    assert p50 is not None and abs(p50 - 1.0) < 0.1
+    assert p95 is not None and abs(p95 - 10.0) < 1.0
+    assert p99 is not None and abs(p99 - 100.0) < 10.0
+    assert percentile({}, 50) is None
