@@ -24,6 +24,8 @@ from app.settings import Settings
 log = logging.getLogger("sentinel.lifespan")
 
 CONNECT_ATTEMPTS = 3
+# An embedded Redis replays its AOF and rebuilds HNSW graphs before answering: ~110 s at 100k.
+EMBEDDED_START_TIMEOUT = 300.0
 
 
 @asynccontextmanager
@@ -38,7 +40,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 embedded = EmbeddedRedis(
                     port=settings.embedded_redis_port, data_dir=settings.embedded_redis_dir
                 )
-                await embedded.start()
+                await embedded.start(timeout=EMBEDDED_START_TIMEOUT)
                 stack.push_async_callback(embedded.stop)
                 redis_url = embedded.url
             redis = await connect_redis(redis_url)

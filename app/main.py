@@ -38,5 +38,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(title="Sentinel", version="0.1.0"),
         request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,  # app/logging.py configures JSON lines; Litestar must not override
         debug=False,
     )

@@ -45,7 +45,7 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
     """Framework errors (404, 405, 413 body too large...) in our shape."""
     status = exc.status_code
     try:
-        code = HTTPStatus(status).name
+        code = "INVALID_REQUEST" if status == 400 else HTTPStatus(status).name
     except ValueError:
         code = "HTTP_ERROR"
     return error_response(status, code, str(exc.detail), dict(exc.headers or {}))

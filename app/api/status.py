@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.datastructures import State
 
 from app.service import status
@@ -10,13 +11,13 @@ from app.service.query import QueryService
 
 
 @get("/health", cache=False)
-async def health(service: QueryService, state: State) -> Response[status.Health]:
+async def health(service: NamedDependency[QueryService], state: State) -> Response[status.Health]:
     """200 when Redis answers and the index exists, 503 with reasons otherwise."""
     report = await status.health(service, redis_mode=state.redis_mode)
     return Response(report, status_code=200 if report.status == "ok" else 503)
 
 
 @get("/v1/metrics", cache=False)
-async def metrics(service: QueryService) -> status.Metrics:
+async def metrics(service: NamedDependency[QueryService]) -> status.Metrics:
     """Request counters, hit rate, latency percentiles, savings and the index size."""
     return await status.metrics(service)

@@ -1,0 +1,178 @@
+"""Integration fixtures: a real Redis Stack, a local OpenAI-compatible server, Sentinel itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.cache.embedded import EmbeddedRedis
+from app.main import create_app
+from app.settings import Settings, load_settings
+from tests.fakes.openai_server import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Redis Stack server (with RediSearch) for the whole session."""
+    server = EmbeddedRedis(
+        port=free_port(), data_dir=tmp_path_factory.mktemp("redis-stack"), appendonly=False
+    )
+    server.start_sync()
+    try:
+        yield server.url
+    finally:
+        server.stop_sync()
+
+
+@pytest.fixture
+def redis_url(redis_stack: str) -> Iterator[str]:
+    """The session's Redis Stack, emptied (keys and indexes) before each test."""
+    client = redis.Redis.from_url(redis_stack)
+    for name in client.execute_command("FT._LIST"):
+        client.execute_command("FT.DROPINDEX", name)
+    client.flushall()
+    client.close()
+    yield redis_stack
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server() -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server standing in for Groq."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_llm(fake_llm_server: FakeOpenAI) -> FakeOpenAI:
+    """The fake provider with its call log and scripted faults cleared."""
+    fake_llm_server.reset()
+    return fake_llm_server
+
+
+@pytest.fixture
+def make_settings(
+    redis_url: str, fake_llm: FakeOpenAI
+) -> Callable[..., Settings]:
+    """Settings for an in-process app against the test Redis and the fake provider."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "groq_api_key": "test-key",
+            "groq_base_url": fake_llm.base_url,
+            "upstream_timeout": 5.0,
+        }
+        values.update(overrides)
+        return load_settings({}, **values)
+
+    return build
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on an in-process Sentinel (lifespan run) with default test settings."""
+    async with app_client(make_settings()) as http:
+        yield http
+
+
+class app_client:  # noqa: N801 - used like a function
+    """`async with app_client(settings) as http`: Sentinel in-process, lifespan included."""
+
+    def __init__(self, settings: Settings) -> None:
+        from litestar.testing import AsyncTestClient
+
+        self._test_client = AsyncTestClient(app=create_app(settings))
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        return await self._test_client.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._test_client.__aexit__(*exc)
+
+
+class SentinelProcess:
+    """Sentinel started as `python -m app` in its own process, reached over real HTTP."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "JINA_"))}
+        full_env.update(env)
+        full_env["PORT"] = str(self.port)
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until /health answers 200, or fail with the process's log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"sentinel exited early:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"sentinel not ready after {timeout}s:\n{self.logs()}")
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def logs(self) -> str:
+        """Everything the process wrote so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_sentinel(
+    tmp_path: Path,
+) -> Iterator[Callable[[dict[str, str]], SentinelProcess]]:
+    """Start Sentinel processes with the given environment; all are stopped afterwards."""
+    started: list[SentinelProcess] = []
+
+    def start(env: dict[str, str]) -> SentinelProcess:
+        process = SentinelProcess(env, tmp_path / f"sentinel-{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
