@@ -121,10 +121,7 @@ async def require_search_module(redis: Redis) -> None:
 
 
 def _module_name(module: object) -> str:
-    if isinstance(module, dict):
-        name = module.get(b"name", module.get("name", b""))
-    else:
-        name = b""
+    name = module.get(b"name", module.get("name", b"")) if isinstance(module, dict) else b""
     return name.decode().lower() if isinstance(name, bytes) else str(name).lower()
 
 

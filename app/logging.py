@@ -40,10 +40,25 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(doc).decode()
 
 
+class _DropStartupTraceback(logging.Filter):
+    """Drop uvicorn's copy of a StartupError traceback: the lifespan already logged one line.
+
+    Litestar hands uvicorn the formatted traceback of a failed start-up, and uvicorn logs it
+    whole; for a configuration problem the one clear line is what the operator needs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the traceback uvicorn logs after a StartupError."""
+        return not (
+            record.name == "uvicorn.error" and "app.errors.StartupError" in record.getMessage()
+        )
+
+
 def configure_logging(level: str) -> None:
     """Send every logger (ours, uvicorn's, litestar's) through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_DropStartupTraceback())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

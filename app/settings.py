@@ -21,7 +21,9 @@ class SettingsError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, rename="upper"):
+class Settings(
+    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, rename="upper"
+):
     """Every knob Sentinel reads, named as its environment variable (upper case)."""
 
     redis_url: str | None = None

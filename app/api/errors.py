@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from app.errors import SentinelError
 from app.logging import REQUEST_ID
@@ -61,7 +62,7 @@ def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict
     )
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     SentinelError: sentinel_error,
     ValidationException: validation_error,
     HTTPException: http_error,

@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging import REQUEST_ID
@@ -20,7 +21,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
     """Wrap an ASGI app: give each request an id, echo it, and log the outcome."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         request_id = _incoming_id(scope) or uuid.uuid4().hex

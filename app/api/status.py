@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from litestar import Response, get
-from litestar.di import NamedDependency
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from app.service import status
 from app.service.query import QueryService

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 from redisvl.index import AsyncSearchIndex
 from redisvl.query import VectorQuery
 from redisvl.query.filter import Tag
@@ -192,7 +193,7 @@ class CacheStore:
     ) -> None:
         """Store (or replace) an entry with its vector and a TTL, atomically."""
         key = self._key(entry.id)
-        mapping: dict[str, str | int | float | bytes] = {
+        mapping: dict[FieldT, EncodableT] = {
             "prompt": entry.prompt,
             "response": entry.response,
             "model": entry.model,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from litestar.testing import AsyncTestClient
 
 from app.cache.embedded import EmbeddedRedis
 from app.main import create_app
@@ -52,7 +53,7 @@ def redis_url(redis_stack: str) -> Iterator[str]:
         client.execute_command("FT.DROPINDEX", name)
     client.flushall()
     client.close()
-    yield redis_stack
+    return redis_stack
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +71,7 @@ def fake_llm(fake_llm_server: FakeOpenAI) -> FakeOpenAI:
 
 
 @pytest.fixture
-def make_settings(
-    redis_url: str, fake_llm: FakeOpenAI
-) -> Callable[..., Settings]:
+def make_settings(redis_url: str, fake_llm: FakeOpenAI) -> Callable[..., Settings]:
     """Settings for an in-process app against the test Redis and the fake provider."""
 
     def build(**overrides: Any) -> Settings:
@@ -95,12 +94,10 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
         yield http
 
 
-class app_client:  # noqa: N801 - used like a function
+class app_client:
     """`async with app_client(settings) as http`: Sentinel in-process, lifespan included."""
 
     def __init__(self, settings: Settings) -> None:
-        from litestar.testing import AsyncTestClient
-
         self._test_client = AsyncTestClient(app=create_app(settings))
 
     async def __aenter__(self) -> httpx.AsyncClient:

@@ -12,7 +12,7 @@ import redis
 from app.cache.embedded import EmbeddedRedis
 from app.errors import StartupError
 from app.settings import Settings
-from tests.fakes.openai_server import Fault, FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.integration.conftest import SentinelProcess, app_client, free_port
 
 pytestmark = pytest.mark.integration

@@ -98,7 +98,9 @@ def test_per_request_threshold(sentinel: SentinelProcess, fake_llm: FakeOpenAI) 
     assert strict.json()["match"] == "miss"
     assert fake_llm.call_count == 2
     # The strict miss stored the paraphrase itself; a loose threshold now serves a near entry.
-    loose = ask(sentinel, {"prompt": "How can I stop being hard on myself?", "similarity_threshold": 0.5})
+    loose = ask(
+        sentinel, {"prompt": "How can I stop being hard on myself?", "similarity_threshold": 0.5}
+    )
     assert loose.json()["match"] == "semantic"
     assert fake_llm.call_count == 2
 

@@ -50,7 +50,10 @@ def test_percentile_from_histogram() -> None:
     p50 = percentile(histogram, 50)
     p95 = percentile(histogram, 95)
     p99 = percentile(histogram, 99)
-    assert p50 is not None and abs(p50 - 1.0) < 0.1
-    assert p95 is not None and abs(p95 - 10.0) < 1.0
-    assert p99 is not None and abs(p99 - 100.0) < 10.0
+    assert p50 is not None
+    assert abs(p50 - 1.0) < 0.1
+    assert p95 is not None
+    assert abs(p95 - 10.0) < 1.0
+    assert p99 is not None
+    assert abs(p99 - 100.0) < 10.0
     assert percentile({}, 50) is None
