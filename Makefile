@@ -9,10 +9,10 @@ REDIS_READY := var/.redis-stack-ready
 
 setup: $(INSTALLED) $(REDIS_READY)
 
-$(INSTALLED): pyproject.toml requirements.lock
+$(INSTALLED): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet -r requirements-dev.lock
 	touch $@
 
 # The embedded Redis Stack needs OpenSSL 1.1; fetch it once, not at request time.
@@ -40,11 +40,15 @@ typecheck:
 bench: setup
 	$(PY) -m bench.run
 
-# Re-pin every transitive dependency from a fresh resolve of pyproject.toml.
+# Re-pin every transitive dependency from fresh resolves of pyproject.toml:
+# requirements.lock is what the service runs on, requirements-dev.lock adds the test tools.
 lock:
 	rm -rf var/lockenv && $(PYTHON) -m venv var/lockenv
-	var/lockenv/bin/pip install --quiet '.[dev]'
+	var/lockenv/bin/pip install --quiet .
 	var/lockenv/bin/pip freeze --exclude sentinel > requirements.lock
+	var/lockenv/bin/pip install --quiet '.[dev]'
+	(echo "-r requirements.lock"; var/lockenv/bin/pip freeze --exclude sentinel \
+	  | grep -vxFf requirements.lock) > requirements-dev.lock
 	rm -rf var/lockenv
 
 clean:
