@@ -198,8 +198,8 @@ def _answer(
         model=entry.model,
         latency_ms=round(latency_ms, 3),
         usage=Usage(prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens),
-        cost_usd=cost,
-        saved_usd=saved,
+        cost_usd=round(cost, 10),
+        saved_usd=round(saved, 10),
     )
 
 

@@ -112,8 +112,8 @@ async def metrics(service: QueryService) -> Metrics:
             for name, h in latency.items()
         },
         tokens_saved=counters.tokens_saved,
-        usd_saved=round(counters.usd_saved, 6),
-        usd_spent=round(counters.usd_spent, 6),
+        usd_saved=round(counters.usd_saved, 9),
+        usd_spent=round(counters.usd_spent, 9),
         entries=await service.store.count(),
         price_source=PRICE_SOURCE,
     )

@@ -260,3 +260,13 @@ def test_bad_setting_stops_the_process_with_one_line(
     lines = process.logs().strip().splitlines()
     assert len(lines) == 1
     assert "SIMILARITY_THRESHOLD" in lines[0]
+
+
+async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
+    body = b'{"prompt": "' + b"x" * (1024 * 1024) + b'"}'
+    response = await client.post(
+        "/v1/query", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
+    assert fake_llm.call_count == 0

@@ -1,0 +1,93 @@
+"""CacheStore against a real Redis Stack: hash layout, HNSW index, scope filter, hit counting."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from app.cache.store import CacheStore, Entry, new_entry
+
+pytestmark = pytest.mark.integration
+
+DIM = 8
+
+
+def unit(values: list[float]) -> np.ndarray:
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[CacheStore]:
+    client = Redis.from_url(redis_url)
+    cache = CacheStore(client, embedder_id="test-embedder", dimension=DIM, ef_runtime=50)
+    assert await cache.ensure_index() is True
+    assert await cache.ensure_index() is False  # idempotent: a second instance finds it
+    yield cache
+    await client.aclose()
+
+
+def entry(entry_id: str, scope: str = "s1", prompt: str = "p") -> Entry:
+    return new_entry(
+        entry_id=entry_id,
+        prompt=prompt,
+        response=f"response {entry_id}",
+        model="m",
+        scope=scope,
+        prompt_tokens=3,
+        completion_tokens=5,
+    )
+
+
+async def test_put_then_take_hit_counts_hits(store: CacheStore) -> None:
+    await store.put(entry("a"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    first = await store.take_hit("a")
+    second = await store.take_hit("a")
+    assert first is not None
+    assert second is not None
+    assert first.response == "response a"
+    assert first.hits == 1
+    assert second.hits == 2
+    assert (first.prompt_tokens, first.completion_tokens) == (3, 5)
+    assert 0 < await store.ttl("a") <= 60
+    assert await store.count() == 1
+
+
+async def test_take_hit_on_a_missing_key_creates_nothing(store: CacheStore, redis_url: str) -> None:
+    assert await store.take_hit("gone") is None
+    client = Redis.from_url(redis_url)
+    assert await client.keys("*gone*") == []
+    await client.aclose()
+
+
+async def test_nearest_is_scoped_and_ordered(store: CacheStore) -> None:
+    await store.put(entry("near"), unit([1, 0.1, 0, 0, 0, 0, 0, 0]), ttl=60)
+    await store.put(entry("far"), unit([0, 1, 0, 0, 0, 0, 0, 0]), ttl=60)
+    await store.put(entry("other", scope="s2"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    query = unit([1, 0, 0, 0, 0, 0, 0, 0])
+    found = await store.nearest(query, scope="s1", k=3)
+    assert [c.entry_id for c in found] == ["near", "far"]
+    assert found[0].similarity == pytest.approx(
+        float(query @ unit([1, 0.1, 0, 0, 0, 0, 0, 0])), abs=1e-5
+    )
+    assert found[1].similarity == pytest.approx(0.0, abs=1e-5)
+    other = await store.nearest(query, scope="s2", k=3)
+    assert [c.entry_id for c in other] == ["other"]
+    assert other[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert await store.nearest(query, scope="s3", k=3) == []
+
+
+async def test_put_replaces_an_entry_and_refuses_a_wrong_dimension(store: CacheStore) -> None:
+    await store.put(entry("a", prompt="old"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    await store.take_hit("a")
+    await store.put(entry("a", prompt="new"), unit([0, 1, 0, 0, 0, 0, 0, 0]), ttl=60)
+    replaced = await store.take_hit("a")
+    assert replaced is not None
+    assert replaced.prompt == "new"
+    assert replaced.hits == 1
+    with pytest.raises(ValueError, match="8 floats"):
+        await store.put(entry("b"), np.ones(9, dtype=np.float32), ttl=60)
+    assert await store.count() == 1
