@@ -63,6 +63,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             )
             if await store.ensure_index():
                 log.info("created index %s", store.index_name)
+            store.hits.start()
+            stack.push_async_callback(store.hits.aclose)
             app.state.service = QueryService(
                 store=store,
                 metrics=MetricsStore(redis),

@@ -18,6 +18,7 @@ from redisvl.schema import IndexSchema
 
 from app.cache import keys
 from app.cache.errors import redis_errors_as_unavailable
+from app.cache.hits import HitCounter
 from app.cache.vectors import encode_vector
 
 VECTOR_FIELD = "embedding"
@@ -36,14 +37,6 @@ _ENTRY_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
 )
-
-# Read an entry and count the hit in one round trip. Checking EXISTS first matters:
-# HINCRBY on an expired key would create a half entry without a TTL.
-_TAKE_HIT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HINCRBY', KEYS[1], 'hits', 1)
-return redis.call('HMGET', KEYS[1], unpack(ARGV))
-"""
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,7 +77,7 @@ class CacheStore:
         self.index_name = keys.index_name(embedder_id, dimension)
         self._ef_runtime = ef_runtime
         self._index = AsyncSearchIndex(self._schema(), redis_client=redis)
-        self._take_hit = redis.register_script(_TAKE_HIT)
+        self.hits = HitCounter(redis)
 
     def _schema(self) -> Any:
         return IndexSchema.from_dict(
@@ -138,13 +131,17 @@ class CacheStore:
 
     @redis_errors_as_unavailable
     async def take_hit(self, entry_id: str) -> Entry | None:
-        """Return the entry and count one hit on it, or None when it does not exist."""
-        values = await self._take_hit(keys=[self._key(entry_id)], args=list(_ENTRY_FIELDS))
-        if not values:
-            return None
+        """Return the entry and count one hit on it, or None when it does not exist.
+
+        The hit reaches the hash's `hits` field within HitCounter's interval; `hits` on
+        the returned entry is the count stored so far.
+        """
+        key = self._key(entry_id)
+        values = await self._redis.hmget(key, list(_ENTRY_FIELDS))
         row = dict(zip(_ENTRY_FIELDS, values, strict=True))
-        if row["response"] is None:  # a hash that lost fields is never served
+        if row["response"] is None:  # gone (expired, evicted) or not a whole entry
             return None
+        self.hits.add(key)
         return Entry(
             id=entry_id,
             prompt=_text(row["prompt"]),

@@ -152,6 +152,15 @@ class SentinelProcess:
         self._log.close()
         return self.process.returncode
 
+    def wait_for_log(self, fragment: str, timeout: float = 5.0) -> str:
+        """The log once it holds `fragment` (a request is logged after its response is sent)."""
+        deadline = time.monotonic() + timeout
+        while fragment not in (logs := self.logs()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{fragment!r} not logged within {timeout}s:\n{logs}")
+            time.sleep(0.05)
+        return logs
+
     def logs(self) -> str:
         """Everything the process wrote so far."""
         self._log.flush()

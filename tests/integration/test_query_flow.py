@@ -162,9 +162,8 @@ def test_prompts_and_keys_stay_out_of_info_logs(
     secret_prompt = "my private question about zebra-42"
     ask(sentinel, {"prompt": secret_prompt})
     ask(sentinel, {"prompt": secret_prompt})
-    logs = sentinel.logs()
+    logs = sentinel.wait_for_log('"match":"EXACT-HIT"')
     assert '"message":"request"' in logs
-    assert '"match":"EXACT-HIT"' in logs
     assert "zebra-42" not in logs
     assert "answer to" not in logs
     assert "test-key" not in logs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -49,8 +50,11 @@ async def test_put_then_take_hit_counts_hits(store: CacheStore) -> None:
     assert first is not None
     assert second is not None
     assert first.response == "response a"
-    assert first.hits == 1
-    assert second.hits == 2
+    assert first.hits == 0  # counted in memory, written by the next flush
+    await store.hits.flush()
+    third = await store.take_hit("a")
+    assert third is not None
+    assert third.hits == 2
     assert (first.prompt_tokens, first.completion_tokens) == (3, 5)
     assert 0 < await store.ttl("a") <= 60
     assert await store.count() == 1
@@ -58,9 +62,35 @@ async def test_put_then_take_hit_counts_hits(store: CacheStore) -> None:
 
 async def test_take_hit_on_a_missing_key_creates_nothing(store: CacheStore, redis_url: str) -> None:
     assert await store.take_hit("gone") is None
+    await store.put(entry("brief"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    assert await store.take_hit("brief") is not None
     client = Redis.from_url(redis_url)
+    (key,) = await client.keys("*brief*")
+    await client.delete(key)  # expires between the hit and the flush
+    await store.hits.flush()
     assert await client.keys("*gone*") == []
+    assert await client.keys("*brief*") == []  # no half entry holding only `hits`
     await client.aclose()
+
+
+async def test_hits_are_written_in_the_background(store: CacheStore) -> None:
+    await store.put(entry("a"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    store.hits.start()
+    try:
+        for _ in range(3):
+            assert await store.take_hit("a") is not None
+        deadline = asyncio.get_running_loop().time() + 5
+        stored = 0
+        while asyncio.get_running_loop().time() < deadline:
+            found = await store.take_hit("a")
+            assert found is not None
+            stored = found.hits
+            if stored >= 3:
+                break
+            await asyncio.sleep(0.2)
+        assert stored >= 3
+    finally:
+        await store.hits.aclose()
 
 
 async def test_nearest_is_scoped_and_ordered(store: CacheStore) -> None:
@@ -83,11 +113,12 @@ async def test_nearest_is_scoped_and_ordered(store: CacheStore) -> None:
 async def test_put_replaces_an_entry_and_refuses_a_wrong_dimension(store: CacheStore) -> None:
     await store.put(entry("a", prompt="old"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
     await store.take_hit("a")
+    await store.hits.flush()
     await store.put(entry("a", prompt="new"), unit([0, 1, 0, 0, 0, 0, 0, 0]), ttl=60)
     replaced = await store.take_hit("a")
     assert replaced is not None
     assert replaced.prompt == "new"
-    assert replaced.hits == 1
+    assert replaced.hits == 0  # a replaced entry starts counting again
     with pytest.raises(ValueError, match="8 floats"):
         await store.put(entry("b"), np.ones(9, dtype=np.float32), ttl=60)
     assert await store.count() == 1
