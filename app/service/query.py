@@ -110,16 +110,13 @@ class QueryService:
             if entry is not None:  # None: it expired between the KNN and the read
                 return await self._hit(entry, "semantic", candidate.similarity, started)
 
-        if not self.upstream.configured:
-            await self._record("error", started)
-            raise UpstreamNotConfigured(
-                "cache miss and no LLM provider is configured: set GROQ_API_KEY "
-                "(and GROQ_BASE_URL / GROQ_MODEL for another OpenAI-compatible API)"
-            )
         try:
             completion = await self.upstream.complete(
                 prompt, model=model, max_tokens=query.max_tokens, temperature=query.temperature
             )
+        except UpstreamNotConfigured:
+            await self._record("error", started)
+            raise
         except UpstreamError:
             await self._record("error", started, upstream_called=True, upstream_failed=True)
             raise
