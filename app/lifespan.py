@@ -46,6 +46,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             redis = await connect_redis(redis_url)
             stack.push_async_callback(redis.aclose)
             await require_search_module(redis)
+            await warn_without_partial_indexing(redis)
 
             session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=settings.upstream_timeout),
@@ -120,6 +121,37 @@ async def require_search_module(redis: Redis) -> None:
             "Redis has no search module (RediSearch): use Redis Stack or Redis 8, "
             "or unset REDIS_URL to let Sentinel start its own embedded Redis Stack"
         )
+
+
+async def warn_without_partial_indexing(redis: Redis) -> None:
+    """Say so when RediSearch re-indexes a whole entry each time its hit counter changes."""
+    try:
+        reply = await redis.execute_command(  # type: ignore[no-untyped-call]
+            "FT.CONFIG", "GET", "PARTIAL_INDEXED_DOCS"
+        )
+    except RedisError:
+        return  # a server that hides FT.CONFIG (some managed Redis); nothing to advise
+    value = _config_value(reply)
+    if value not in {"true", "1", "yes"}:
+        log.warning(
+            "RediSearch runs without PARTIAL_INDEXED_DOCS: every hit-count flush re-indexes "
+            "the entries it touches; load the module with `PARTIAL_INDEXED_DOCS 1` "
+            "(REDISEARCH_ARGS on Redis Stack images)"
+        )
+
+
+def _config_value(reply: object) -> str:
+    """The value from FT.CONFIG GET's reply, RESP2 ([[name, value]]) or RESP3 ({name: value})."""
+    if isinstance(reply, dict):
+        values = list(reply.values())
+    elif isinstance(reply, list) and reply and isinstance(reply[0], list | tuple):
+        values = [reply[0][1]] if len(reply[0]) > 1 else []
+    else:
+        values = []
+    if not values:
+        return ""
+    value = values[0]
+    return (value.decode() if isinstance(value, bytes) else str(value)).lower()
 
 
 def _module_name(module: object) -> str:

@@ -44,7 +44,7 @@ class Settings(
     similarity_threshold: Threshold = DEFAULT_SIMILARITY_THRESHOLD
     cache_ttl: PositiveInt = 3600
     knn_top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
-    knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 200
+    knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 300
     max_prompt_chars: PositiveInt = 32000
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

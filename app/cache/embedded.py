@@ -138,7 +138,15 @@ class EmbeddedRedis:
         root = server_dir()
         argv = [str(root / "bin" / "redis-server")]
         if self._load_search:
-            argv += ["--loadmodule", str(root / "lib" / "redisearch.so")]
+            # PARTIAL_INDEXED_DOCS: a write to a field outside the index schema (the `hits`
+            # counter) must not re-index the entry; without it every flush of hit counts
+            # deletes and re-inserts HNSW nodes (bench/results.md, "Memory and re-indexing").
+            argv += [
+                "--loadmodule",
+                str(root / "lib" / "redisearch.so"),
+                "PARTIAL_INDEXED_DOCS",
+                "1",
+            ]
         argv += [
             "--port", str(self._port),
             "--bind", HOST,

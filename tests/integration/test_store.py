@@ -122,3 +122,24 @@ async def test_put_replaces_an_entry_and_refuses_a_wrong_dimension(store: CacheS
     with pytest.raises(ValueError, match="8 floats"):
         await store.put(entry("b"), np.ones(9, dtype=np.float32), ttl=60)
     assert await store.count() == 1
+
+
+async def test_hit_counts_do_not_reindex_the_entry(store: CacheStore, redis_url: str) -> None:
+    client = Redis.from_url(redis_url, protocol=2)
+    config = await client.execute_command("FT.CONFIG", "GET", "PARTIAL_INDEXED_DOCS")
+    assert config[0][1] == b"true"  # the embedded server loads RediSearch with it
+
+    async def max_doc_id() -> int:
+        info = await client.execute_command("FT.INFO", store.index_name)
+        return int(dict(zip(info[::2], info[1::2], strict=True))[b"max_doc_id"])
+
+    await store.put(entry("a"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    before = await max_doc_id()
+    for _ in range(5):
+        await store.take_hit("a")
+    await store.hits.flush()
+    assert await max_doc_id() == before  # the `hits` write did not re-index the entry
+    found = await store.take_hit("a")
+    assert found is not None
+    assert found.hits == 5
+    await client.aclose()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.lifespan import _config_value
 from app.settings import DEFAULT_SIMILARITY_THRESHOLD, SettingsError, load_settings
 
 
@@ -73,3 +74,9 @@ def test_repr_hides_secrets() -> None:
     settings = load_settings({"GROQ_API_KEY": "gsk_secret", "JINA_API_KEY": "jina_secret"})
     assert "gsk_secret" not in repr(settings)
     assert "jina_secret" not in repr(settings)
+
+
+def test_config_reply_is_read_in_both_protocols() -> None:
+    assert _config_value([[b"PARTIAL_INDEXED_DOCS", b"true"]]) == "true"
+    assert _config_value({b"PARTIAL_INDEXED_DOCS": b"false"}) == "false"
+    assert _config_value([]) == ""
