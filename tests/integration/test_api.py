@@ -8,9 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from litestar.testing import AsyncTestClient
 
 from app.cache.embedded import EmbeddedRedis
 from app.errors import StartupError
+from app.main import create_app
 from app.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.integration.conftest import SentinelProcess, app_client, free_port
@@ -270,3 +272,29 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, fake_llm: F
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
     assert fake_llm.call_count == 0
+
+
+async def test_an_exact_hit_computes_no_embedding(make_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_settings())
+    async with AsyncTestClient(app=app) as http:
+        embedder = app.state.service.embedder
+        embedded: list[str] = []
+        original = embedder.embed
+
+        async def counting_embed(text: str) -> object:
+            embedded.append(text)
+            return await original(text)
+
+        embedder.embed = counting_embed
+        assert (await http.post("/v1/query", json={"prompt": "What is HNSW?"})).json()[
+            "match"
+        ] == "miss"
+        assert embedded == ["What is HNSW?"]
+        assert (await http.post("/v1/query", json={"prompt": " What  is HNSW? "})).json()[
+            "match"
+        ] == "exact"
+        assert embedded == ["What is HNSW?"]
+        assert (await http.post("/v1/query", json={"prompt": "What is an HNSW index?"})).json()[
+            "match"
+        ] in {"semantic", "miss"}
+        assert len(embedded) == 2
