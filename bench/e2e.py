@@ -15,7 +15,7 @@ import numpy as np
 
 from app.cache import keys
 from app.cache.metrics import MetricsStore
-from app.cache.store import CacheStore
+from app.cache.store import ENTRY_FIELDS, CacheStore
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
 from app.providers.upstreams.groq import GroqUpstream
@@ -33,16 +33,6 @@ REQUEST_TIMEOUT = 30.0
 COMPONENT_RUNS = 300
 EMBED_RUNS = 100
 FLUSH_RUNS = 10
-_FIELDS = (
-    "prompt",
-    "response",
-    "model",
-    "scope",
-    "created_at",
-    "hits",
-    "prompt_tokens",
-    "completion_tokens",
-)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -402,7 +392,7 @@ async def _components(
             await redis.hincrby(entry_keys[i % len(ids)], "hits", 1)
 
         async def hmget_entry(i: int) -> None:
-            await redis.hmget(entry_keys[i % len(ids)], list(_FIELDS))
+            await redis.hmget(entry_keys[i % len(ids)], list(ENTRY_FIELDS))
 
         async def hincrby_outside(i: int) -> None:
             await redis.hincrby(f"bench:hits:{ids[i % len(ids)]}", "hits", 1)

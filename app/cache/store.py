@@ -27,7 +27,7 @@ VECTOR_FIELD = "embedding"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 
-_ENTRY_FIELDS = (
+ENTRY_FIELDS = (
     "prompt",
     "response",
     "model",
@@ -137,8 +137,8 @@ class CacheStore:
         the returned entry is the count stored so far.
         """
         key = self._key(entry_id)
-        values = await self._redis.hmget(key, list(_ENTRY_FIELDS))
-        row = dict(zip(_ENTRY_FIELDS, values, strict=True))
+        values = await self._redis.hmget(key, list(ENTRY_FIELDS))
+        row = dict(zip(ENTRY_FIELDS, values, strict=True))
         if row["response"] is None:  # gone (expired, evicted) or not a whole entry
             return None
         self.hits.add(key)
