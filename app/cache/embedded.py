@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import functools
 import importlib.util
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -158,7 +156,10 @@ class EmbeddedRedis:
         ]  # fmt: skip
         return argv
 
-    # --- async API (the app's lifespan) -----------------------------------------------------
+    # --- start and stop -------------------------------------------------------------------------
+    # One sync implementation of each step. The async API (the app's lifespan) runs the probes
+    # and waits in a thread (loading a big AOF takes minutes), but spawns on the calling thread:
+    # only there does _parent_death_signal apply.
 
     # The timeout is a budget, not a cancellation: on expiry we kill or escalate, then raise.
     async def start(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -166,85 +167,43 @@ class EmbeddedRedis:
         if self._process is not None or self._attached:
             return
         started = time.monotonic()
-        deadline = started + timeout
         self._data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(_START_ATTEMPTS):
-            if await self._port_taken():
-                self._attach_checked(await self._describe_listener())
-                try:
-                    await self._wait_ready(deadline, timeout)
-                except BaseException:
-                    self._attached = False
-                    raise
-                return
-            self._spawn()
+            self._attach_or_spawn(await asyncio.to_thread(self._describe_listener))
             try:
-                await self._wait_ready(deadline, timeout)
-            except _LostBindRace:
-                continue
+                if await asyncio.to_thread(self._settle, started, timeout):
+                    return
             except BaseException:
-                self._kill()
+                self._give_up()
                 raise
-            self._log_started(time.monotonic() - started)
-            return
         raise self._port_in_use("it was taken again each time we started")
 
     async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Shut our server down (SHUTDOWN, then SIGTERM, then SIGKILL); leave one we attached to."""
-        if self._detach():
-            return
-        process = self._process
-        if process is None:
-            return
         try:
-            if self._reap_exited(process):
-                return
-            deadline = time.monotonic() + timeout
-            if not await self._send_shutdown():
-                process.terminate()
-            if not await _wait_exit(process, deadline - timeout / 2):
-                # A SHUTDOWN that never arrived (or a refused one): SIGTERM takes the same
-                # graceful path inside Redis (flush the AOF, exit).
-                process.terminate()
-                if not await _wait_exit(process, deadline):
-                    self._kill_late(timeout)
-            self._log_stopped(process)
+            await asyncio.to_thread(self.stop_sync, timeout)
         finally:
-            # Cancelled or failed half-way: never leave the server running without an owner.
+            # Cancelled half-way: never leave the server running without an owner.
             self._kill()
 
-    # --- sync twins (test fixtures, bench scripts) -----------------------------------------
-
     def start_sync(self, timeout: float = 10.0) -> None:
-        """start() without an event loop."""
+        """start() without an event loop (test fixtures, bench scripts)."""
         if self._process is not None or self._attached:
             return
         started = time.monotonic()
-        deadline = started + timeout
         self._data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(_START_ATTEMPTS):
-            if self._port_taken_sync():
-                self._attach_checked(self._describe_listener_sync())
-                try:
-                    self._wait_ready_sync(deadline, timeout)
-                except BaseException:
-                    self._attached = False
-                    raise
-                return
-            self._spawn()
+            self._attach_or_spawn(self._describe_listener())
             try:
-                self._wait_ready_sync(deadline, timeout)
-            except _LostBindRace:
-                continue
+                if self._settle(started, timeout):
+                    return
             except BaseException:
-                self._kill()
+                self._give_up()
                 raise
-            self._log_started(time.monotonic() - started)
-            return
         raise self._port_in_use("it was taken again each time we started")
 
     def stop_sync(self, timeout: float = 10.0) -> None:
-        """stop() without an event loop."""
+        """stop() without an event loop (test fixtures, bench scripts)."""
         if self._detach():
             return
         process = self._process
@@ -254,59 +213,38 @@ class EmbeddedRedis:
             if self._reap_exited(process):
                 return
             deadline = time.monotonic() + timeout
-            if not self._send_shutdown_sync():
+            if not self._send_shutdown():
                 process.terminate()
-            if not _wait_exit_sync(process, deadline - timeout / 2):
+            if not _wait_exit(process, deadline - timeout / 2):
+                # A SHUTDOWN that never arrived (or a refused one): SIGTERM takes the same
+                # graceful path inside Redis (flush the AOF, exit).
                 process.terminate()
-                if not _wait_exit_sync(process, deadline):
+                if not _wait_exit(process, deadline):
                     self._kill_late(timeout)
             self._log_stopped(process)
         finally:
+            # Failed half-way: never leave the server running without an owner.
             self._kill()
 
     # --- probing the port ---------------------------------------------------------------------
 
-    async def _port_taken(self) -> bool:
+    def _port_taken(self) -> bool:
         """Whether something accepts connections on 127.0.0.1:port."""
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(HOST, self._port), _PROBE_TIMEOUT
-            )
-        except ConnectionRefusedError:
-            return False
-        except (OSError, TimeoutError):
-            # Not refused, not accepted (filtered, odd network setup): not ours to use.
-            return True
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    def _port_taken_sync(self) -> bool:
-        """_port_taken() without an event loop."""
         try:
             with socket.create_connection((HOST, self._port), timeout=_PROBE_TIMEOUT):
                 return True
         except ConnectionRefusedError:
             return False
         except OSError:
+            # Not refused, not accepted (filtered, odd network setup): not ours to use.
             return True
 
-    async def _describe_listener(self) -> tuple[str | None, list[str], str | None]:
-        """The listener's (dir, module names, error): the dir is None when it is not a Redis."""
-        client = self._async_client(_PROBE_TIMEOUT)
-        try:
-            found_dir = (await client.config_get("dir")).get("dir")
-            modules = await client.module_list()
-        except RedisError as exc:
-            return None, [], f"{type(exc).__name__}: {exc}"
-        finally:
-            await client.aclose()
-        return found_dir, _module_names(modules), None
-
-    def _describe_listener_sync(self) -> tuple[str | None, list[str], str | None]:
-        """_describe_listener() without an event loop."""
-        client = self._sync_client(_PROBE_TIMEOUT)
+    def _describe_listener(self) -> tuple[str | None, list[str], str | None] | None:
+        """None if the port is free, else the listener's (dir, module names, error): the dir is
+        None when it is not a Redis."""
+        if not self._port_taken():
+            return None
+        client = self._client(_PROBE_TIMEOUT)
         try:
             found_dir = client.config_get("dir").get("dir")
             modules = client.module_list()
@@ -315,6 +253,13 @@ class EmbeddedRedis:
         finally:
             client.close()
         return found_dir, _module_names(modules), None
+
+    def _attach_or_spawn(self, listener: tuple[str | None, list[str], str | None] | None) -> None:
+        """Spawn our server on a free port, else attach to the listener (or refuse it)."""
+        if listener is None:
+            self._spawn()
+        else:
+            self._attach_checked(listener)
 
     def _attach_checked(self, listener: tuple[str | None, list[str], str | None]) -> None:
         """Attach to a Redis serving our data dir (a crashed run's, another worker's) or refuse."""
@@ -466,30 +411,29 @@ class EmbeddedRedis:
 
     # --- readiness and shutdown -------------------------------------------------------------
 
-    async def _wait_ready(self, deadline: float, budget: float) -> None:
-        """Poll PING until it answers; StartupError at the deadline or if the process dies."""
-        client = self._async_client(_bounded(deadline))
-        loading = False
+    def _settle(self, started: float, budget: float) -> bool:
+        """Wait for PING: True once the server answers, False if ours lost a bind race."""
         try:
-            while True:
-                self._check_alive()
-                try:
-                    if await client.ping() and self._answered_by_ours(await client.info("server")):
-                        return
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    loading = _is_loading(exc)
-                if time.monotonic() >= deadline:
-                    raise self._not_ready(budget, loading=loading)
-                await asyncio.sleep(_POLL_INTERVAL)
-        finally:
-            await client.aclose()
+            self._wait_ready(started + budget, budget)
+        except _LostBindRace:
+            return False
+        if self._process is not None:
+            self._log_started(time.monotonic() - started)
+        return True
 
-    def _wait_ready_sync(self, deadline: float, budget: float) -> None:
-        """_wait_ready() without an event loop."""
-        client = self._sync_client(_bounded(deadline))
+    def _give_up(self) -> None:
+        """Drop what a failed (or cancelled) start attached to or spawned."""
+        self._attached = False
+        self._kill()
+
+    def _wait_ready(self, deadline: float, budget: float) -> None:
+        """Poll PING until it answers; StartupError at the deadline or if the process dies."""
+        client = self._client(_bounded(deadline))
         loading = False
         try:
-            while True:
+            # A cancelled start() gives up (_give_up) while this keeps polling in its thread:
+            # stop then rather than at the deadline, which can be minutes away.
+            while self._process is not None or self._attached:
                 self._check_alive()
                 try:
                     if client.ping() and self._answered_by_ours(client.info("server")):
@@ -501,6 +445,7 @@ class EmbeddedRedis:
                 time.sleep(_POLL_INTERVAL)
         finally:
             client.close()
+        raise StartupError(f"the start of the embedded Redis on port {self._port} was abandoned")
 
     def _answered_by_ours(self, info: dict[str, Any]) -> bool:
         """Whether the server that answered is the one we spawned (if we spawned one)."""
@@ -521,29 +466,15 @@ class EmbeddedRedis:
             f"(log: {self.log_path})"
         )
 
-    async def _send_shutdown(self) -> bool:
+    def _send_shutdown(self) -> bool:
         """Send SHUTDOWN; False if the server refused it (then SIGTERM is sent at once)."""
-        client = self._async_client(_PROBE_TIMEOUT)
+        client = self._client(_PROBE_TIMEOUT)
         try:
             # redis-py returns when the server drops the connection as it exits (the expected
             # answer); if it could not be reached at all, the SIGTERM fallback covers it.
-            await client.shutdown()
-        except RedisTimeoutError:
-            return True  # still flushing the AOF: wait for the exit
-        except RedisError as exc:
-            logger.warning("embedded Redis refused SHUTDOWN (%s); sending SIGTERM", exc)
-            return False
-        finally:
-            await client.aclose()
-        return True
-
-    def _send_shutdown_sync(self) -> bool:
-        """_send_shutdown() without an event loop."""
-        client = self._sync_client(_PROBE_TIMEOUT)
-        try:
             client.shutdown()
         except RedisTimeoutError:
-            return True
+            return True  # still flushing the AOF: wait for the exit
         except RedisError as exc:
             logger.warning("embedded Redis refused SHUTDOWN (%s); sending SIGTERM", exc)
             return False
@@ -553,29 +484,21 @@ class EmbeddedRedis:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _client_options(self, timeout: float) -> dict[str, Any]:
-        """Short timeouts, no retries, no handshake: these clients only probe."""
-        return {
-            "host": HOST,
-            "port": self._port,
-            "socket_connect_timeout": timeout,
-            "socket_timeout": timeout,
+    def _client(self, timeout: float) -> redis.Redis:
+        """A throwaway client for probing this server: short timeouts, no retries, no handshake."""
+        return redis.Redis(
+            host=HOST,
+            port=self._port,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
             # A retry would hide the answer we are probing for.
-            "retry": Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 0),
             # RESP2 and no CLIENT SETINFO: one round trip per command. A server replaying its
             # AOF answers only between batches of commands, so every extra round trip counts.
-            "protocol": 2,
-            "driver_info": None,
-            "decode_responses": True,
-        }
-
-    def _async_client(self, timeout: float) -> redis.asyncio.Redis:
-        """A throwaway asyncio client for probing this server."""
-        return redis.asyncio.Redis(**self._client_options(timeout))
-
-    def _sync_client(self, timeout: float) -> redis.Redis:
-        """A throwaway blocking client for probing this server."""
-        return redis.Redis(**self._client_options(timeout))
+            protocol=2,
+            driver_info=None,
+            decode_responses=True,
+        )
 
     def _log_started(self, elapsed: float) -> None:
         """INFO line for a server we started."""
@@ -668,17 +591,8 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-async def _wait_exit(process: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Poll until the process exits (True) or the deadline passes (False)."""
-    while process.poll() is None:
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(_POLL_INTERVAL)
-    return True
-
-
-def _wait_exit_sync(process: subprocess.Popen[bytes], deadline: float) -> bool:
-    """_wait_exit() without an event loop."""
+def _wait_exit(process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Wait until the process exits (True) or the deadline passes (False)."""
     try:
         process.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
