@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 REDIS_READY := var/.redis-stack-ready
 
-.PHONY: setup run test lint fmt typecheck bench lock clean
+.PHONY: setup run test lint fmt typecheck bench eval lock clean
 
 setup: $(INSTALLED) $(REDIS_READY)
 
@@ -39,6 +39,15 @@ typecheck:
 
 bench: setup
 	$(PY) -m bench.run
+
+# Hit quality on the labeled dev data (see ../shared/data/dev/README.md); JSON in var/eval/.
+EVAL_DATA ?= ../shared/data/dev
+eval: setup
+	$(PY) -m app.eval pairs $(EVAL_DATA)/pairs.jsonl --json var/eval/pairs.json
+	for stream in qqp mqp comqa; do \
+	  $(PY) -m app.eval workload $(EVAL_DATA)/workload_$$stream.jsonl \
+	    --json var/eval/workload_$$stream.json || exit 1; \
+	done
 
 # Re-pin every transitive dependency from fresh resolves of pyproject.toml:
 # requirements.lock is what the service runs on, requirements-dev.lock adds the test tools.

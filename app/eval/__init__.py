@@ -1,0 +1,1 @@
+"""Quality evaluation on labeled data: `python -m app.eval pairs|workload FILE`."""

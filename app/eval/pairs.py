@@ -1,0 +1,119 @@
+"""`pairs` mode: score labeled question pairs the way the service decides a semantic hit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from app.eval.scoring import PRECISIONS, at_threshold, recall_at_precision, roc_auc
+from app.providers.embedders.base import Embedder
+from app.service.prompt import normalize_prompt
+
+
+class Pair(msgspec.Struct, frozen=True, kw_only=True):
+    """One labeled pair (the data README's schema; extra fields are ignored)."""
+
+    id: str
+    source: str
+    question1: str
+    question2: str
+    label: int
+
+
+class PairReport(msgspec.Struct, kw_only=True):
+    """Quality of the decision on one set of pairs."""
+
+    n: int
+    positives: int
+    auc: float
+    recall_at_precision: dict[str, float]
+    at_default: dict[str, float]
+
+
+class PairsResult(PairReport, kw_only=True):
+    """Overall figures plus one report per source."""
+
+    threshold: float
+    by_source: dict[str, PairReport]
+
+
+def load_pairs(path: Path) -> list[Pair]:
+    """Read a pairs JSONL file."""
+    decoder = msgspec.json.Decoder(Pair)
+    return [decoder.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+async def pair_scores(pairs: Sequence[Pair], embedder: Embedder) -> npt.NDArray[np.float64]:
+    """Cosine similarity of each pair's normalized questions, as the KNN computes it."""
+    texts = sorted({normalize_prompt(q) for p in pairs for q in (p.question1, p.question2)})
+    vectors = await embedder.embed_many(texts)
+    row = {text: i for i, text in enumerate(texts)}
+    first = vectors[[row[normalize_prompt(p.question1)] for p in pairs]]
+    second = vectors[[row[normalize_prompt(p.question2)] for p in pairs]]
+    scores: npt.NDArray[np.float64] = np.einsum("ij,ij->i", first, second).astype(np.float64)
+    return scores
+
+
+def report(scores: npt.NDArray[np.float64], labels: Sequence[int], threshold: float) -> PairReport:
+    """AUC, recall at each target precision, and precision/recall at the threshold."""
+    decision = at_threshold(scores, labels, threshold)
+    return PairReport(
+        n=len(labels),
+        positives=int(sum(labels)),
+        auc=round(roc_auc(scores, labels), 4),
+        recall_at_precision={
+            str(p): round(recall_at_precision(scores, labels, p), 4) for p in PRECISIONS
+        },
+        at_default={
+            "precision": round(decision.precision, 4),
+            "recall": round(decision.recall, 4),
+        },
+    )
+
+
+def evaluate(
+    pairs: Sequence[Pair], scores: npt.NDArray[np.float64], threshold: float
+) -> PairsResult:
+    """Overall and per-source reports."""
+    labels = [p.label for p in pairs]
+    overall = report(scores, labels, threshold)
+    by_source = {}
+    for source in sorted({p.source for p in pairs}):
+        index = [i for i, p in enumerate(pairs) if p.source == source]
+        by_source[source] = report(scores[index], [labels[i] for i in index], threshold)
+    return PairsResult(**msgspec.structs.asdict(overall), threshold=threshold, by_source=by_source)
+
+
+def table(result: PairsResult) -> str:
+    """The result as a Markdown table, one row per source and one overall."""
+    head = "| set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 | P at t | R at t |"
+    lines = [
+        f"Decision: cosine >= {result.threshold}",
+        "",
+        head,
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows: list[tuple[str, PairReport]] = [*result.by_source.items(), ("overall", result)]
+    for name, r in rows:
+        at = r.recall_at_precision
+        lines.append(
+            f"| {name} | {r.n} | {r.auc:.3f} | {at['0.9']:.3f} | {at['0.95']:.3f} | "
+            f"{at['0.99']:.3f} | {r.at_default['precision']:.3f} | {r.at_default['recall']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_table(
+    pairs: Sequence[Pair], scores: npt.NDArray[np.float64], thresholds: Sequence[float]
+) -> str:
+    """Precision and recall over a range of thresholds."""
+    labels = [p.label for p in pairs]
+    lines = ["| threshold | precision | recall |", "|---|---|---|"]
+    for t in thresholds:
+        d = at_threshold(scores, labels, t)
+        lines.append(f"| {t:.2f} | {d.precision:.3f} | {d.recall:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""`python -m app.eval` on committed samples of the dev data (tests/data/README.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.providers.embedders.local import LocalEmbedder
+from app.service.prompt import normalize_prompt
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+PAIRS = ROOT / "tests" / "data" / "pairs_sample.jsonl"
+STREAM = ROOT / "tests" / "data" / "workload_comqa_sample.jsonl"
+
+
+def run_eval(*args: str) -> dict[str, object]:
+    out = Path(args[args.index("--json") + 1])
+    done = subprocess.run(
+        [sys.executable, "-m", "app.eval", *args, "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "|" in done.stdout  # a table was printed
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+def brute_auc(scores: list[float], labels: list[int]) -> float:
+    pos = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    neg = [s for s, y in zip(scores, labels, strict=True) if y == 0]
+    won = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in product(pos, neg))
+    return won / (len(pos) * len(neg))
+
+
+async def test_pairs_mode_matches_an_independent_computation(tmp_path: Path) -> None:
+    result = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "pairs.json"))
+    rows = [json.loads(line) for line in PAIRS.read_text().splitlines()]
+    embedder = await LocalEmbedder.load()
+    try:
+        texts = [normalize_prompt(r[q]) for r in rows for q in ("question1", "question2")]
+        vectors = [await embedder.embed(text) for text in texts]  # one by one, not embed_many
+    finally:
+        await embedder.aclose()
+    scores = [float(np.dot(vectors[2 * i], vectors[2 * i + 1])) for i in range(len(rows))]
+    labels = [r["label"] for r in rows]
+
+    assert result["n"] == 48
+    assert result["threshold"] == 0.9
+    assert result["auc"] == pytest.approx(brute_auc(scores, labels), abs=1e-3)
+    chosen = [s >= 0.9 for s in scores]
+    true_pos = sum(c and y == 1 for c, y in zip(chosen, labels, strict=True))
+    at_default = result["at_default"]
+    assert isinstance(at_default, dict)
+    assert at_default["recall"] == pytest.approx(true_pos / sum(labels), abs=1e-3)
+    by_source = result["by_source"]
+    assert isinstance(by_source, dict)
+    assert set(by_source) == {"qqp", "mqp", "comqa"}
+    assert all(report["n"] == 16 for report in by_source.values())
+    assert set(result["recall_at_precision"]) == {"0.9", "0.95", "0.99"}  # type: ignore[arg-type]
+
+
+def test_workload_mode_scores_the_replay(tmp_path: Path) -> None:
+    result = run_eval("workload", str(STREAM), "--json", str(tmp_path / "w.json"))
+    assert result["n"] == 57
+    assert result["expected_hits"] == 33
+    served = result["served"]
+    true_hits = result["true_hits"]
+    assert isinstance(served, int)
+    assert isinstance(true_hits, int)
+    assert 0 < true_hits <= served
+    assert (
+        served
+        == true_hits + result["confirmed_false_positives"] + result["inferred_false_positives"]
+    )  # type: ignore[operator]
+    assert result["precision"] == pytest.approx(true_hits / served, abs=1e-3)
+    assert result["hit_recall"] == pytest.approx(true_hits / 33, abs=1e-3)
+    assert result["answer_precision"] is not None
+
+
+def test_workload_thresholds_bound_what_is_served(tmp_path: Path) -> None:
+    everything = run_eval(
+        "workload", str(STREAM), "--threshold", "0", "--json", str(tmp_path / "all.json")
+    )
+    assert everything["served"] == 56  # every query after the first finds something
+    nothing = run_eval(
+        "workload", str(STREAM), "--threshold", "1", "--json", str(tmp_path / "none.json")
+    )
+    assert nothing["served"] == 0  # the stream has no exact repeats
+    assert nothing["hit_recall"] == 0
