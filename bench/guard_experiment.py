@@ -1,0 +1,211 @@
+"""Experiment for issue 3: a learned verifier over pair features against the plain cosine.
+
+    python -m bench.guard_experiment [PAIRS_FILE]
+
+Splits the dev pairs by question (pairs that share any text stay on one side), fits a logistic
+regression on 70% of the groups and reports both scorers on the other 30% with the eval's own
+metrics. Nothing here is wired into the service; it decides whether the approach is worth it.
+Writes bench/guard_experiment.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from app.eval.pairs import Pair, load_pairs, report
+from app.providers.embedders.local import LocalEmbedder
+from app.service.prompt import normalize_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
+OUT = ROOT / "bench" / "guard_experiment.md"
+SEED = 20261126
+HELD_OUT = 0.3
+
+_TOKEN = re.compile(r"\w+")
+_NEGATIONS = {"not", "no", "never", "nor", "without", "cannot", "t"}  # "t" from "don't"
+_WH = ("what", "when", "where", "who", "whom", "whose", "why", "how", "which")
+FEATURES = (
+    "cosine",
+    "cosine^2",
+    "jaccard",
+    "idf_diff",
+    "max_idf_unmatched",
+    "numbers_differ",
+    "negation_mismatch",
+    "wh_mismatch",
+    "abs_log_len_ratio",
+)
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased word tokens, as the data README computes its Jaccard."""
+    return _TOKEN.findall(text.lower())
+
+
+def split_by_group(pairs: Sequence[Pair], seed: int) -> npt.NDArray[np.bool_]:
+    """True for held-out pairs; connected components of shared question text stay together."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for p in pairs:
+        parent[find(p.question1.lower())] = find(p.question2.lower())
+    roots = sorted({find(p.question1.lower()) for p in pairs})
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(roots, size=int(len(roots) * HELD_OUT), replace=False))
+    return np.array([find(p.question1.lower()) in held for p in pairs])
+
+
+def idf_table(texts: Sequence[str]) -> dict[str, float]:
+    """Smoothed inverse document frequency over the training questions."""
+    df: Counter[str] = Counter()
+    for text in texts:
+        df.update(set(tokens(text)))
+    n = len(texts)
+    return {word: math.log((n + 1) / (count + 1)) + 1 for word, count in df.items()}
+
+
+def features(pair: Pair, cosine: float, idf: dict[str, float], unseen: float) -> list[float]:
+    """One pair's feature row (see FEATURES)."""
+    a, b = tokens(pair.question1), tokens(pair.question2)
+    sa, sb = set(a), set(b)
+    union, diff = sa | sb, sa ^ sb
+    weight = {w: idf.get(w, unseen) for w in union}
+    total = sum(weight.values()) or 1.0
+    numbers_a = {w for w in sa if w.isdigit()}
+    numbers_b = {w for w in sb if w.isdigit()}
+    wh_a = next((w for w in a if w in _WH), "")
+    wh_b = next((w for w in b if w in _WH), "")
+    return [
+        cosine,
+        cosine * cosine,
+        len(sa & sb) / len(union) if union else 1.0,
+        sum(weight[w] for w in diff) / total,
+        max((weight[w] for w in diff), default=0.0) / unseen,
+        float(numbers_a != numbers_b),
+        float((len(sa & _NEGATIONS) > 0) != (len(sb & _NEGATIONS) > 0)),
+        float(wh_a != wh_b),
+        abs(math.log((len(a) + 1) / (len(b) + 1))),
+    ]
+
+
+def fit_logistic(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float = 1.0
+) -> npt.NDArray[np.float64]:
+    """L2-regularised logistic regression by Newton's method; weights with bias last."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(xb.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(xb @ w)))
+        gradient = xb.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
+        hessian = (xb.T * (p * (1 - p))) @ xb + l2 * np.diag(np.r_[np.ones(len(w) - 1), 0.0])
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def section(name: str, pairs: Sequence[Pair], scores: npt.NDArray[np.float64]) -> list[str]:
+    """Rows for one scorer: per source and overall, on the held-out pairs."""
+    rows = []
+    labels = [p.label for p in pairs]
+    sets = [(s, [i for i, p in enumerate(pairs) if p.source == s]) for s in ("qqp", "mqp", "comqa")]
+    sets.append(("mqp+comqa", [i for i, p in enumerate(pairs) if p.source != "qqp"]))
+    sets.append(("overall", list(range(len(pairs)))))
+    for label, index in sets:
+        r = report(scores[index], [labels[i] for i in index], threshold=0.5)
+        at = r.recall_at_precision
+        rows.append(
+            f"| {name} | {label} | {r.n} | {r.auc:.3f} | {at['0.9']:.3f} | {at['0.95']:.3f} | "
+            f"{at['0.99']:.3f} |"
+        )
+    return rows
+
+
+async def main(path: Path) -> None:
+    """Fit on the training groups, compare on the held-out groups, write the table."""
+    pairs = load_pairs(path)
+    texts = sorted({normalize_prompt(q) for p in pairs for q in (p.question1, p.question2)})
+    cache = ROOT / "var" / "eval" / f"vectors-{path.stem}.npy"
+    if cache.exists() and len(np.load(cache)) == len(texts):
+        vectors = np.load(cache)
+    else:
+        embedder = await LocalEmbedder.load()
+        try:
+            vectors = await embedder.embed_many(texts)
+        finally:
+            await embedder.aclose()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, vectors)
+    row = {text: i for i, text in enumerate(texts)}
+    u = vectors[[row[normalize_prompt(p.question1)] for p in pairs]].astype(np.float64)
+    v = vectors[[row[normalize_prompt(p.question2)] for p in pairs]].astype(np.float64)
+    cosine = np.einsum("ij,ij->i", u, v)
+    held = split_by_group(pairs, SEED)
+    train_texts = [
+        q for p, h in zip(pairs, held, strict=True) if not h for q in (p.question1, p.question2)
+    ]
+    idf = idf_table(train_texts)
+    unseen = max(idf.values())
+    hand = np.array(
+        [features(p, float(c), idf, unseen) for p, c in zip(pairs, cosine, strict=True)]
+    )
+    y = np.array([p.label for p in pairs], dtype=np.float64)
+    test = [p for p, h in zip(pairs, held, strict=True) if h]
+
+    def fitted(
+        x: npt.NDArray[np.float64], l2: float
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        mean, std = x[~held].mean(axis=0), x[~held].std(axis=0) + 1e-9
+        w = fit_logistic((x[~held] - mean) / std, y[~held], l2=l2)
+        z = np.hstack([(x[held] - mean) / std, np.ones((int(held.sum()), 1))]) @ w
+        return 1 / (1 + np.exp(-z)), w
+
+    verifier, w = fitted(hand, 1.0)
+    # Symmetric interactions of the two embeddings (|u-v|, u*v): a siamese classifier head.
+    both = np.hstack([hand, np.abs(u - v), u * v])
+    heads = {l2: fitted(both, l2)[0] for l2 in (10.0, 100.0, 1000.0)}
+    lines = [
+        "# Guard experiment: plain cosine vs a logistic verifier over pair features",
+        "",
+        f"`python -m bench.guard_experiment {path.name}`; split by question group (seed {SEED}): "
+        f"{int((~held).sum())} training pairs, {int(held.sum())} held-out pairs. IDF from the "
+        "training questions only. Figures below are on the held-out pairs.",
+        "",
+        "| scorer | set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 |",
+        "|---|---|---|---|---|---|---|",
+        *section("cosine", test, cosine[held]),
+        *section("verifier", test, verifier),
+        *(
+            row
+            for l2, scores in heads.items()
+            for row in section(f"verifier+emb l2={l2:g}", test, scores)
+        ),
+        "",
+        "Weights on standardized features (bias last):",
+        "",
+        "| " + " | ".join(FEATURES) + " | bias |",
+        "|" + "---|" * (len(FEATURES) + 1),
+        "| " + " | ".join(f"{v:+.2f}" for v in w) + " |",
+    ]
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PAIRS))
