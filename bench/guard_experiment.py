@@ -22,14 +22,13 @@ import numpy as np
 import numpy.typing as npt
 
 from app.eval.pairs import Pair, load_pairs, report
+from app.eval.split import SEED, split_by_group
 from app.providers.embedders.local import LocalEmbedder
 from app.service.prompt import normalize_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
 OUT = ROOT / "bench" / "guard_experiment.md"
-SEED = 20261126
-HELD_OUT = 0.3
 
 _TOKEN = re.compile(r"\w+")
 _NEGATIONS = {"not", "no", "never", "nor", "without", "cannot", "t"}  # "t" from "don't"
@@ -50,24 +49,6 @@ FEATURES = (
 def tokens(text: str) -> list[str]:
     """Lower-cased word tokens, as the data README computes its Jaccard."""
     return _TOKEN.findall(text.lower())
-
-
-def split_by_group(pairs: Sequence[Pair], seed: int) -> npt.NDArray[np.bool_]:
-    """True for held-out pairs; connected components of shared question text stay together."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for p in pairs:
-        parent[find(p.question1.lower())] = find(p.question2.lower())
-    roots = sorted({find(p.question1.lower()) for p in pairs})
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(roots, size=int(len(roots) * HELD_OUT), replace=False))
-    return np.array([find(p.question1.lower()) in held for p in pairs])
 
 
 def idf_table(texts: Sequence[str]) -> dict[str, float]:
@@ -156,7 +137,7 @@ async def main(path: Path) -> None:
     u = vectors[[row[normalize_prompt(p.question1)] for p in pairs]].astype(np.float64)
     v = vectors[[row[normalize_prompt(p.question2)] for p in pairs]].astype(np.float64)
     cosine = np.einsum("ij,ij->i", u, v)
-    held = split_by_group(pairs, SEED)
+    held = split_by_group([(p.question1, p.question2) for p in pairs], SEED)
     train_texts = [
         q for p, h in zip(pairs, held, strict=True) if not h for q in (p.question1, p.question2)
     ]

@@ -19,16 +19,11 @@ import numpy as np
 import numpy.typing as npt
 
 from app.eval.pairs import Pair, load_pairs
+from app.eval.split import SEED, split_by_group
 from app.eval.workload import StreamQuery, load_stream
 from app.providers.embedders.local import LocalEmbedder
 from app.service.prompt import normalize_prompt
-from bench.guard_experiment import (
-    SEED,
-    features,
-    fit_logistic,
-    idf_table,
-    split_by_group,
-)
+from bench.guard_experiment import features, fit_logistic, idf_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dev"
@@ -97,7 +92,7 @@ def score(stream: list[StreamQuery], served: list[int]) -> dict[str, float]:
 async def main() -> None:
     """Fit on dev pair training groups, replay the three streams, write the comparison."""
     pairs: list[Pair] = load_pairs(DATA / "pairs.jsonl")
-    held = split_by_group(pairs, SEED)
+    held = split_by_group([(p.question1, p.question2) for p in pairs], SEED)
     train = [p for p, h in zip(pairs, held, strict=True) if not h]
     idf = idf_table([q for p in train for q in (p.question1, p.question2)])
     unseen = max(idf.values())

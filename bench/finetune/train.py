@@ -18,12 +18,12 @@ Training uses plain transformers + masked mean pooling and re-implements the two
 sentence-transformers losses (OnlineContrastiveLoss, CoSENTLoss): sentence-transformers' own
 path ran at ~12 s/step on this machine, ~8x slower than the same batch through transformers.
 
-Split: exactly bench/guard_experiment.split_by_group with SEED (copied here because importing
-bench.guard_experiment pulls app modules that need aiohttp; checked against a mask dumped by
-the repo's own venv at var/finetune/held_repo.npy when present). Held-out labels are used only
+Split: app.eval.split.split_by_group with its SEED, the split every quality experiment uses
+(checked against a mask dumped by the repo's own venv at var/finetune/held_repo.npy when
+present). Held-out labels are used only
 for the final tables; epoch/config selection uses a validation slice carved from the training
 groups (15% of them, different seed). Metrics: app.eval.scoring (roc_auc, recall_at_precision).
-Texts are normalized like app.service.prompt.normalize_prompt before embedding.
+Texts are normalized with app.service.prompt.normalize_prompt before embedding.
 """
 
 from __future__ import annotations
@@ -32,10 +32,8 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -45,58 +43,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from app.eval.scoring import recall_at_precision, roc_auc  # noqa: E402  (numpy + msgspec only)
+# numpy + msgspec only, both in the training venv
+from app.eval.scoring import recall_at_precision, roc_auc  # noqa: E402
+from app.eval.split import SEED, split_by_group  # noqa: E402
+from app.service.prompt import normalize_prompt  # noqa: E402
 
 PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
 OUT = ROOT / "var" / "finetune"
-SEED = 20261126  # bench.guard_experiment.SEED
-HELD_OUT = 0.3
 VAL_SEED = 7
 VAL_FRACTION = 0.15
 SOURCES = ("qqp", "mqp", "comqa")
-_WHITESPACE = re.compile(r"\s+")
-
-
-def normalize_prompt(prompt: str) -> str:
-    """Copy of app.service.prompt.normalize_prompt (without the empty check)."""
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", prompt)).strip()
 
 
 def load_pairs() -> list[dict]:
     return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
 
 
-def _components(pairs: list[dict]):
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for p in pairs:
-        parent[find(p["question1"].lower())] = find(p["question2"].lower())
-    return find
-
-
-def split_by_group(pairs: list[dict], seed: int, fraction: float = HELD_OUT) -> np.ndarray:
-    """Exact copy of bench.guard_experiment.split_by_group: True = held out."""
-    find = _components(pairs)
-    roots = sorted({find(p["question1"].lower()) for p in pairs})
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(roots, size=int(len(roots) * fraction), replace=False))
-    return np.array([find(p["question1"].lower()) in held for p in pairs])
-
-
 def splits(pairs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(held-out, train, validation) masks; validation is a group split of the training side."""
-    held = split_by_group(pairs, SEED)
+    held = split_by_group([(p["question1"], p["question2"]) for p in pairs], SEED)
     repo_mask = OUT / "held_repo.npy"
     if repo_mask.exists():
         assert (np.load(repo_mask) == held).all(), "split differs from bench.guard_experiment"
     train_side = [p for p, h in zip(pairs, held, strict=True) if not h]
-    val_sub = split_by_group(train_side, VAL_SEED, VAL_FRACTION)
+    val_sub = split_by_group(
+        [(p["question1"], p["question2"]) for p in train_side], VAL_SEED, VAL_FRACTION
+    )
     val = np.zeros(len(pairs), bool)
     val[np.flatnonzero(~held)[val_sub]] = True
     train = ~held & ~val
