@@ -46,6 +46,23 @@ FEATURES = (
 )
 
 
+async def embed_cached(texts: list[str], name: str) -> npt.NDArray[np.float32]:
+    """Embed with the service's embedder; vectors cached under var/eval/ between runs."""
+    cache = ROOT / "var" / "eval" / f"vectors-{name}.npy"
+    if cache.exists():
+        cached: npt.NDArray[np.float32] = np.load(cache)
+        if len(cached) == len(texts):
+            return cached
+    embedder = await LocalEmbedder.load()
+    try:
+        vectors = await embedder.embed_many(texts)
+    finally:
+        await embedder.aclose()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors
+
+
 def tokens(text: str) -> list[str]:
     """Lower-cased word tokens, as the data README computes its Jaccard."""
     return _TOKEN.findall(text.lower())
@@ -122,17 +139,7 @@ async def main(path: Path) -> None:
     """Fit on the training groups, compare on the held-out groups, write the table."""
     pairs = load_pairs(path)
     texts = sorted({normalize_prompt(q) for p in pairs for q in (p.question1, p.question2)})
-    cache = ROOT / "var" / "eval" / f"vectors-{path.stem}.npy"
-    if cache.exists() and len(np.load(cache)) == len(texts):
-        vectors = np.load(cache)
-    else:
-        embedder = await LocalEmbedder.load()
-        try:
-            vectors = await embedder.embed_many(texts)
-        finally:
-            await embedder.aclose()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, vectors)
+    vectors = await embed_cached(texts, path.stem)
     row = {text: i for i, text in enumerate(texts)}
     u = vectors[[row[normalize_prompt(p.question1)] for p in pairs]].astype(np.float64)
     v = vectors[[row[normalize_prompt(p.question2)] for p in pairs]].astype(np.float64)

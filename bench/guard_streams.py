@@ -21,32 +21,14 @@ import numpy.typing as npt
 from app.eval.pairs import Pair, load_pairs
 from app.eval.split import SEED, split_by_group
 from app.eval.workload import StreamQuery, load_stream
-from app.providers.embedders.local import LocalEmbedder
 from app.service.prompt import normalize_prompt
-from bench.guard_experiment import features, fit_logistic, idf_table
+from bench.guard_experiment import embed_cached, features, fit_logistic, idf_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dev"
 OUT = ROOT / "bench" / "guard_streams.md"
 TOP_K = 3
 COSINE_FLOOR = 0.7
-
-
-async def embed_all(texts: list[str], name: str) -> npt.NDArray[np.float32]:
-    """Embed with the service's embedder, cached under var/eval/."""
-    cache = ROOT / "var" / "eval" / f"vectors-{name}.npy"
-    if cache.exists():
-        cached: npt.NDArray[np.float32] = np.load(cache)
-        if len(cached) == len(texts):
-            return cached
-    embedder = await LocalEmbedder.load()
-    try:
-        vectors = await embedder.embed_many(texts)
-    finally:
-        await embedder.aclose()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, vectors)
-    return vectors
 
 
 def replay(
@@ -97,7 +79,7 @@ async def main() -> None:
     idf = idf_table([q for p in train for q in (p.question1, p.question2)])
     unseen = max(idf.values())
     texts = sorted({normalize_prompt(q) for p in train for q in (p.question1, p.question2)})
-    vectors = await embed_all(texts, "train-texts")
+    vectors = await embed_cached(texts, "train-texts")
     row = {text: i for i, text in enumerate(texts)}
     u = vectors[[row[normalize_prompt(p.question1)] for p in train]]
     v = vectors[[row[normalize_prompt(p.question2)] for p in train]]
@@ -119,7 +101,7 @@ async def main() -> None:
     for name in ("qqp", "mqp", "comqa"):
         stream = load_stream(DATA / f"workload_{name}.jsonl")
         overlap = sum(1 for q in stream if q.query.lower() in train_texts)
-        stream_vectors = await embed_all([normalize_prompt(q.query) for q in stream], name)
+        stream_vectors = await embed_cached([normalize_prompt(q.query) for q in stream], name)
         pair_stub = [
             Pair(id="", source=q.source, question1=q.query, question2="", label=0) for q in stream
         ]

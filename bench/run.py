@@ -463,27 +463,33 @@ async def amain(args: argparse.Namespace) -> int:
                 f"{settings.similarity_threshold}; EF_RUNTIME {settings.knn_ef_runtime}; "
                 f"top_k {settings.knn_top_k}. Questions: {e2e_note}.\n",
             )
-            if plan.e2e_on_empty:
-                try:
-                    async with bench_redis("e2e") as server, fake_provider(plan.delay) as fake:
-                        machine.add("servers", await server_versions(server.url))
-                        e2e_results.append(
-                            await run_e2e(
-                                "cache holding only the questions",
-                                redis_url=server.url,
-                                provider_url=fake,
-                                pairs=pairs,
-                                config=plan.e2e,
-                                embedder=embedder,
-                                model=model,
-                                progress=say,
-                                log_name="sentinel-empty",
-                            )
+
+        async def e2e(label: str, redis_url: str, log_name: str) -> None:
+            """One end-to-end run against a fresh fake provider; errors go to the report."""
+            try:
+                async with fake_provider(plan.delay) as fake:
+                    e2e_results.append(
+                        await run_e2e(
+                            label,
+                            redis_url=redis_url,
+                            provider_url=fake,
+                            pairs=pairs,
+                            config=plan.e2e,
+                            embedder=embedder,
+                            model=model,
+                            progress=say,
+                            log_name=log_name,
                         )
-                    e2e_tables(report, e2e_results[-1])
-                except Exception:
-                    report.errors.append(traceback.format_exc())
-                    say(report.errors[-1])
+                    )
+                e2e_tables(report, e2e_results[-1])
+            except Exception:
+                report.errors.append(traceback.format_exc())
+                say(report.errors[-1])
+
+        if not args.skip_e2e and plan.e2e_on_empty:
+            async with bench_redis("e2e") as server:
+                machine.add("servers", await server_versions(server.url))
+                await e2e("cache holding only the questions", server.url, "sentinel-empty")
 
         if not args.skip_knn:
             async with bench_redis("knn") as server:
@@ -496,26 +502,8 @@ async def amain(args: argparse.Namespace) -> int:
                     report.errors.append(traceback.format_exc())
                     say(report.errors[-1])
                 if not args.skip_e2e and not report.errors:
-                    size = plan.sizes[-1]
-                    try:
-                        async with fake_provider(plan.delay) as fake:
-                            e2e_results.append(
-                                await run_e2e(
-                                    f"{size:,} other entries in the same scope",
-                                    redis_url=server.url,
-                                    provider_url=fake,
-                                    pairs=pairs,
-                                    config=plan.e2e,
-                                    embedder=embedder,
-                                    model=model,
-                                    progress=say,
-                                    log_name="sentinel-filled",
-                                )
-                            )
-                        e2e_tables(report, e2e_results[-1])
-                    except Exception:
-                        report.errors.append(traceback.format_exc())
-                        say(report.errors[-1])
+                    label = f"{plan.sizes[-1]:,} other entries in the same scope"
+                    await e2e(label, server.url, "sentinel-filled")
     finally:
         await embedder.aclose()
 
