@@ -18,6 +18,7 @@ from app.cache.store import CacheStore
 from app.errors import StartupError
 from app.providers.embedders import build_embedder
 from app.providers.upstreams.groq import GroqUpstream
+from app.service.guard import Guard, configured_decision
 from app.service.query import QueryService
 from app.settings import Settings
 
@@ -56,6 +57,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             embedder = await build_embedder(settings, session)
             stack.push_async_callback(embedder.aclose)
 
+            guard, threshold = configured_decision(settings, embedder.id)
             store = CacheStore(
                 redis,
                 embedder_id=embedder.id,
@@ -77,7 +79,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                     model=settings.groq_model,
                     timeout=settings.upstream_timeout,
                 ),
-                similarity_threshold=settings.similarity_threshold,
+                similarity_threshold=threshold,
+                guard=guard,
                 ttl=settings.cache_ttl,
                 top_k=settings.knn_top_k,
                 max_prompt_chars=settings.max_prompt_chars,
@@ -85,7 +88,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         except StartupError as exc:
             log.error("startup failed: %s", exc)
             raise
-        _warn_about(settings, embedder.id)
+        _warn_about(settings, embedder.id, guard, threshold)
         yield
 
 
@@ -165,12 +168,27 @@ def _safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else "(invalid URL)"
 
 
-def _warn_about(settings: Settings, embedder_id: str) -> None:
+def _warn_about(
+    settings: Settings, embedder_id: str, guard: Guard | None, threshold: float
+) -> None:
     if not settings.upstream_configured:
         log.warning(
             "GROQ_API_KEY is not set: cache lookups work, misses answer 503 UPSTREAM_NOT_CONFIGURED"
         )
+    if settings.guard == "on" and guard is None:
+        log.warning(
+            "no hit guard is fitted for embedder %s: semantic hits are decided by cosine >= %s "
+            "alone, which serves more near misses (see bench/quality.md)",
+            embedder_id,
+            threshold,
+        )
     log.info(
         "sentinel ready",
-        extra={"fields": {"embedder": embedder_id, "threshold": settings.similarity_threshold}},
+        extra={
+            "fields": {
+                "embedder": embedder_id,
+                "similarity_threshold": threshold,
+                "guard": "off" if guard is None else f"p >= {guard.threshold}",
+            }
+        },
     )

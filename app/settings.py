@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-# Measured on ../shared/data/dev/pairs.jsonl with the local embedder (see README, "Threshold").
+# The cosine that decides alone when no guard runs (GUARD=off, or an embedder without a fitted
+# guard); measured on ../shared/data/dev/pairs.jsonl (bench/quality.md). With the guard on,
+# SIMILARITY_THRESHOLD defaults to the guard's own cosine floor instead.
 DEFAULT_SIMILARITY_THRESHOLD = 0.9
 
 Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -36,12 +38,19 @@ class Settings(
     upstream_timeout: PositiveFloat = 30.0
 
     embedding_provider: Literal["local", "jina"] = "local"
+    local_embedding_model: Literal["minilm-l6-sentinel-ft1-int8", "minilm-l6-v2-int8"] = (
+        "minilm-l6-sentinel-ft1-int8"
+    )
     jina_api_key: str | None = None
     jina_base_url: str = "https://api.jina.ai/v1"
     jina_model: str = "jina-embeddings-v3"
     jina_dimensions: PositiveInt = 1024
 
-    similarity_threshold: Threshold = DEFAULT_SIMILARITY_THRESHOLD
+    # Unset: the guard's cosine floor with the guard on, DEFAULT_SIMILARITY_THRESHOLD without.
+    similarity_threshold: Threshold | None = None
+    guard: Literal["on", "off"] = "on"
+    # Unset: the probability the shipped guard was tuned for (bench/quality.md).
+    guard_threshold: Threshold | None = None
     cache_ttl: PositiveInt = 3600
     knn_top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 300

@@ -11,10 +11,7 @@ Writes bench/guard_experiment.md.
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,37 +20,26 @@ import numpy.typing as npt
 
 from app.eval.pairs import Pair, load_pairs, report
 from app.eval.split import SEED, split_by_group
-from app.providers.embedders.local import LocalEmbedder
+from app.providers.embedders.local import BASE_MODEL, LocalEmbedder
+from app.service.guard import FEATURES, features, idf_table
 from app.service.prompt import normalize_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
 OUT = ROOT / "bench" / "guard_experiment.md"
 
-_TOKEN = re.compile(r"\w+")
-_NEGATIONS = {"not", "no", "never", "nor", "without", "cannot", "t"}  # "t" from "don't"
-_WH = ("what", "when", "where", "who", "whom", "whose", "why", "how", "which")
-FEATURES = (
-    "cosine",
-    "cosine^2",
-    "jaccard",
-    "idf_diff",
-    "max_idf_unmatched",
-    "numbers_differ",
-    "negation_mismatch",
-    "wh_mismatch",
-    "abs_log_len_ratio",
-)
 
-
-async def embed_cached(texts: list[str], name: str) -> npt.NDArray[np.float32]:
-    """Embed with the service's embedder; vectors cached under var/eval/ between runs."""
-    cache = ROOT / "var" / "eval" / f"vectors-{name}.npy"
+async def embed_cached(
+    texts: list[str], name: str, model: str = BASE_MODEL
+) -> npt.NDArray[np.float32]:
+    """Embed with a local model (the base one unless told); cached under var/eval/ between runs."""
+    suffix = "" if model == BASE_MODEL else f"-{model}"
+    cache = ROOT / "var" / "eval" / f"vectors-{name}{suffix}.npy"
     if cache.exists():
         cached: npt.NDArray[np.float32] = np.load(cache)
         if len(cached) == len(texts):
             return cached
-    embedder = await LocalEmbedder.load()
+    embedder = await LocalEmbedder.load(model=model)
     try:
         vectors = await embedder.embed_many(texts)
     finally:
@@ -61,44 +47,6 @@ async def embed_cached(texts: list[str], name: str) -> npt.NDArray[np.float32]:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
     return vectors
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens, as the data README computes its Jaccard."""
-    return _TOKEN.findall(text.lower())
-
-
-def idf_table(texts: Sequence[str]) -> dict[str, float]:
-    """Smoothed inverse document frequency over the training questions."""
-    df: Counter[str] = Counter()
-    for text in texts:
-        df.update(set(tokens(text)))
-    n = len(texts)
-    return {word: math.log((n + 1) / (count + 1)) + 1 for word, count in df.items()}
-
-
-def features(pair: Pair, cosine: float, idf: dict[str, float], unseen: float) -> list[float]:
-    """One pair's feature row (see FEATURES)."""
-    a, b = tokens(pair.question1), tokens(pair.question2)
-    sa, sb = set(a), set(b)
-    union, diff = sa | sb, sa ^ sb
-    weight = {w: idf.get(w, unseen) for w in union}
-    total = sum(weight.values()) or 1.0
-    numbers_a = {w for w in sa if w.isdigit()}
-    numbers_b = {w for w in sb if w.isdigit()}
-    wh_a = next((w for w in a if w in _WH), "")
-    wh_b = next((w for w in b if w in _WH), "")
-    return [
-        cosine,
-        cosine * cosine,
-        len(sa & sb) / len(union) if union else 1.0,
-        sum(weight[w] for w in diff) / total,
-        max((weight[w] for w in diff), default=0.0) / unseen,
-        float(numbers_a != numbers_b),
-        float((len(sa & _NEGATIONS) > 0) != (len(sb & _NEGATIONS) > 0)),
-        float(wh_a != wh_b),
-        abs(math.log((len(a) + 1) / (len(b) + 1))),
-    ]
 
 
 def fit_logistic(
@@ -151,7 +99,10 @@ async def main(path: Path) -> None:
     idf = idf_table(train_texts)
     unseen = max(idf.values())
     hand = np.array(
-        [features(p, float(c), idf, unseen) for p, c in zip(pairs, cosine, strict=True)]
+        [
+            features(p.question1, p.question2, float(c), idf, unseen)
+            for p, c in zip(pairs, cosine, strict=True)
+        ]
     )
     y = np.array([p.label for p in pairs], dtype=np.float64)
     test = [p for p, h in zip(pairs, held, strict=True) if h]

@@ -21,8 +21,9 @@ import numpy.typing as npt
 from app.eval.pairs import Pair, load_pairs
 from app.eval.split import SEED, split_by_group
 from app.eval.workload import StreamQuery, load_stream
+from app.service.guard import features, idf_table
 from app.service.prompt import normalize_prompt
-from bench.guard_experiment import embed_cached, features, fit_logistic, idf_table
+from bench.guard_experiment import embed_cached, fit_logistic
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dev"
@@ -84,7 +85,12 @@ async def main() -> None:
     u = vectors[[row[normalize_prompt(p.question1)] for p in train]]
     v = vectors[[row[normalize_prompt(p.question2)] for p in train]]
     cosine = np.einsum("ij,ij->i", u, v)
-    x = np.array([features(p, float(c), idf, unseen) for p, c in zip(train, cosine, strict=True)])
+    x = np.array(
+        [
+            features(p.question1, p.question2, float(c), idf, unseen)
+            for p, c in zip(train, cosine, strict=True)
+        ]
+    )
     y = np.array([p.label for p in train], dtype=np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
     w = fit_logistic((x - mean) / std, y)
@@ -114,7 +120,7 @@ async def main() -> None:
             queries: list[StreamQuery] = stream,
         ) -> float:
             pair = msgspec.structs.replace(stubs[t], question2=queries[s].query)
-            z = (np.array(features(pair, cos, idf, unseen)) - mean) / std
+            z = (np.array(features(pair.question1, pair.question2, cos, idf, unseen)) - mean) / std
             return float(1 / (1 + np.exp(-(z @ w[:-1] + w[-1]))))
 
         rows = []

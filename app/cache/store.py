@@ -54,10 +54,11 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Candidate(msgspec.Struct, frozen=True):
-    """A KNN neighbour: an entry id and its cosine similarity to the query."""
+    """A KNN neighbour: an entry id, its cosine similarity to the query and its prompt."""
 
     entry_id: str
     similarity: float
+    prompt: str
 
 
 class CacheStore:
@@ -162,7 +163,7 @@ class CacheStore:
         query = VectorQuery(
             vector=encode_vector(vector, self.dimension),
             vector_field_name=VECTOR_FIELD,
-            return_fields=[],
+            return_fields=["prompt"],
             filter_expression=Tag("scope") == scope,
             num_results=k,
             ef_runtime=self._ef_runtime,
@@ -176,7 +177,13 @@ class CacheStore:
                 continue
             key = _text(doc["id"])
             # RediSearch's COSINE distance is 1 - cosine similarity.
-            candidates.append(Candidate(key.removeprefix(self.prefix), 1.0 - float(distance)))
+            candidates.append(
+                Candidate(
+                    key.removeprefix(self.prefix),
+                    1.0 - float(distance),
+                    _text(doc.get("prompt")),
+                )
+            )
         candidates.sort(key=lambda c: c.similarity, reverse=True)
         return candidates
 

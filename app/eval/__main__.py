@@ -9,10 +9,15 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+import numpy as np
 
 from app.eval import pairs, workload
 from app.providers.embedders import build_embedder
+from app.service.guard import configured_decision
 from app.settings import SettingsError, load_settings
+
+COSINE_SWEEP = [round(0.70 + 0.01 * i, 2) for i in range(30)]
+GUARD_SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,46 +27,112 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("file", type=Path, help="a pairs.jsonl or workload_*.jsonl file")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     parser.add_argument(
-        "--threshold", type=float, help="decide at this cosine (default: SIMILARITY_THRESHOLD)"
+        "--threshold",
+        type=float,
+        help="the cosine floor (default: SIMILARITY_THRESHOLD, or the guard's floor)",
     )
     parser.add_argument(
-        "--sweep", action="store_true", help="pairs: precision/recall from 0.70 to 0.99"
+        "--guard-threshold",
+        type=float,
+        help="the guard's probability threshold (default: GUARD_THRESHOLD or the guard's own)",
+    )
+    parser.add_argument(
+        "--no-guard", action="store_true", help="decide by the cosine alone (like GUARD=off)"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also score other thresholds (the guard's probability, or the cosine without one)",
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="draw the curves into this PNG (needs matplotlib)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> str:
-    """Evaluate with the service's embedder and settings; return the printed report."""
-    settings = load_settings()
-    threshold = settings.similarity_threshold if args.threshold is None else args.threshold
-    if not 0.0 <= threshold <= 1.0:
-        raise SettingsError("--threshold must be within [0, 1]")
+    """Evaluate with the service's embedder, guard and settings; return the printed report."""
+    overrides: dict[str, object] = {}
+    if args.threshold is not None:
+        overrides["similarity_threshold"] = args.threshold
+    if args.guard_threshold is not None:
+        overrides["guard_threshold"] = args.guard_threshold
+    if args.no_guard:
+        overrides["guard"] = "off"
+    settings = load_settings(None, **overrides)
     async with aiohttp.ClientSession() as session:
         embedder = await build_embedder(settings, session)
         try:
+            guard, floor = configured_decision(settings, embedder.id)
+            sweep_values = (
+                (GUARD_SWEEP if guard else COSINE_SWEEP) if args.sweep or args.plot else []
+            )
+            name = args.file.stem
             if args.mode == "pairs":
                 data = pairs.load_pairs(args.file)
-                scores = await pairs.pair_scores(data, embedder)
-                pairs_result = pairs.evaluate(data, scores, threshold)
+                cosines = await pairs.pair_scores(data, embedder)
+                scores = pairs.decision_scores(data, cosines, guard, floor)
+                pairs_result = pairs.evaluate(
+                    data, scores, floor, None if guard is None else guard.threshold
+                )
                 result: msgspec.Struct = pairs_result
                 text = pairs.table(pairs_result)
-                if args.sweep:
-                    steps = [round(0.70 + 0.01 * i, 2) for i in range(30)]
-                    text += "\n\n" + pairs.sweep_table(data, scores, steps)
+                if sweep_values:
+                    text += "\n\n" + pairs.sweep_table(data, scores, sweep_values)
+                if args.plot:
+                    from app.eval import plot  # noqa: PLC0415  (matplotlib only when asked)
+
+                    labels = np.array([p.label for p in data])
+                    sources = np.array([p.source for p in data])
+                    sets = {
+                        s: (scores[sources == s], labels[sources == s])
+                        for s in sorted(set(sources))
+                    }
+                    sets["overall"] = (scores, labels)
+                    plot.plot_pairs(
+                        sets,
+                        args.plot,
+                        title=f"{name}: {_what(guard is not None, embedder.id)}",
+                        decision=floor if guard is None else guard.threshold,
+                    )
             else:
                 stream = workload.load_stream(args.file)
                 replayed = await workload.replay(
-                    stream, embedder, settings, threshold=threshold, progress=not args.quiet
+                    stream,
+                    embedder,
+                    settings,
+                    threshold=floor,
+                    guard=guard,
+                    sweep=sweep_values,
+                    progress=not args.quiet,
                 )
                 result = replayed
                 text = workload.table(replayed)
+                if args.plot and replayed.sweep:
+                    from app.eval import plot  # noqa: PLC0415  (matplotlib only when asked)
+
+                    plot.plot_workload(
+                        [
+                            (p.threshold, p.served, p.true_hits, p.precision, p.hit_recall)
+                            for p in replayed.sweep
+                        ],
+                        args.plot,
+                        title=f"{name}: {_what(guard is not None, embedder.id)}",
+                        default=floor if guard is None else guard.threshold,
+                    )
         finally:
             await embedder.aclose()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    if args.plot:
+        text += f"\n\nplot: {args.plot}"
     return text
+
+
+def _what(guarded: bool, embedder: str) -> str:
+    return f"{embedder}, " + ("guard probability" if guarded else "cosine")
 
 
 def main(argv: list[str] | None = None) -> None:

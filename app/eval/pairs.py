@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from app.eval.scoring import PRECISIONS, at_threshold, recall_at_precision, roc_auc
 from app.providers.embedders.base import Embedder
+from app.service.guard import Guard
 from app.service.prompt import normalize_prompt
 
 
@@ -38,6 +39,8 @@ class PairsResult(PairReport, kw_only=True):
     """Overall figures plus one report per source."""
 
     threshold: float
+    # The guard's probability threshold when a guard decides (threshold is then the floor).
+    guard_threshold: float | None = None
     by_source: dict[str, PairReport]
 
 
@@ -55,6 +58,24 @@ async def pair_scores(pairs: Sequence[Pair], embedder: Embedder) -> npt.NDArray[
     first = vectors[[row[normalize_prompt(p.question1)] for p in pairs]]
     second = vectors[[row[normalize_prompt(p.question2)] for p in pairs]]
     scores: npt.NDArray[np.float64] = np.einsum("ij,ij->i", first, second).astype(np.float64)
+    return scores
+
+
+def decision_scores(
+    pairs: Sequence[Pair],
+    cosines: npt.NDArray[np.float64],
+    guard: Guard | None,
+    floor: float,
+) -> npt.NDArray[np.float64]:
+    """What the service thresholds: the cosine, or with a guard its probability (0 below floor)."""
+    if guard is None:
+        return cosines
+    scores = np.zeros(len(pairs))
+    for i, (pair, cosine) in enumerate(zip(pairs, cosines, strict=True)):
+        if cosine >= floor:
+            scores[i] = guard.probability(
+                normalize_prompt(pair.question2), normalize_prompt(pair.question1), float(cosine)
+            )
     return scores
 
 
@@ -76,23 +97,35 @@ def report(scores: npt.NDArray[np.float64], labels: Sequence[int], threshold: fl
 
 
 def evaluate(
-    pairs: Sequence[Pair], scores: npt.NDArray[np.float64], threshold: float
+    pairs: Sequence[Pair],
+    scores: npt.NDArray[np.float64],
+    threshold: float,
+    guard_threshold: float | None = None,
 ) -> PairsResult:
-    """Overall and per-source reports."""
+    """Overall and per-source reports; decisions at guard_threshold when a guard scored."""
     labels = [p.label for p in pairs]
-    overall = report(scores, labels, threshold)
+    decide = threshold if guard_threshold is None else guard_threshold
+    overall = report(scores, labels, decide)
     by_source = {}
     for source in sorted({p.source for p in pairs}):
         index = [i for i, p in enumerate(pairs) if p.source == source]
-        by_source[source] = report(scores[index], [labels[i] for i in index], threshold)
-    return PairsResult(**msgspec.structs.asdict(overall), threshold=threshold, by_source=by_source)
+        by_source[source] = report(scores[index], [labels[i] for i in index], decide)
+    return PairsResult(
+        **msgspec.structs.asdict(overall),
+        threshold=threshold,
+        guard_threshold=guard_threshold,
+        by_source=by_source,
+    )
 
 
 def table(result: PairsResult) -> str:
     """The result as a Markdown table, one row per source and one overall."""
     head = "| set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 | P at t | R at t |"
+    decision = f"cosine >= {result.threshold}"
+    if result.guard_threshold is not None:
+        decision += f" and guard probability >= {result.guard_threshold} (scores: the guard's)"
     lines = [
-        f"Decision: cosine >= {result.threshold}",
+        f"Decision: {decision}",
         "",
         head,
         "|---|---|---|---|---|---|---|---|",

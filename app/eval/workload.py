@@ -16,8 +16,9 @@ from app.cache.embedded import EmbeddedRedis
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.lifespan import connect_redis
-from app.providers.embedders.base import Embedder
+from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import Completion
+from app.service.guard import Guard
 from app.service.prompt import Scope, normalize_prompt
 from app.service.query import Query, QueryService
 from app.settings import Settings
@@ -39,12 +40,9 @@ class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
     answer_key: str | None = None
 
 
-class WorkloadResult(msgspec.Struct, kw_only=True):
-    """Served hits scored against the stream's clusters (and answers, for ComQA)."""
+class Served(msgspec.Struct, kw_only=True):
+    """What a replay served, scored against the stream's clusters (and answers, for ComQA)."""
 
-    n: int
-    threshold: float
-    expected_hits: int
     served: int
     true_hits: int
     confirmed_false_positives: int
@@ -52,6 +50,31 @@ class WorkloadResult(msgspec.Struct, kw_only=True):
     precision: float
     hit_recall: float
     answer_precision: float | None = None
+
+
+class SweepPoint(Served, kw_only=True):
+    """The same scores had the decision been taken at another threshold."""
+
+    threshold: float
+
+
+class WorkloadResult(Served, kw_only=True):
+    """The replay at the configured decision, and optionally the sweep around it."""
+
+    n: int
+    threshold: float
+    # The guard's probability threshold when a guard decides (threshold is then the floor).
+    guard_threshold: float | None = None
+    expected_hits: int
+    sweep: list[SweepPoint] | None = None
+
+
+class _Candidate(msgspec.Struct, frozen=True):
+    """A KNN neighbour as the replay saw it: the stream position it stores, and its scores."""
+
+    source: int
+    cosine: float
+    probability: float | None
 
 
 class ReplayUpstream:
@@ -93,109 +116,217 @@ async def replay(
     settings: Settings,
     *,
     threshold: float,
+    guard: Guard | None,
+    sweep: Sequence[float] = (),
     progress: bool = True,
 ) -> WorkloadResult:
-    """Replay the stream on a fresh embedded Redis Stack and score what was served."""
+    """Replay the stream on a fresh embedded Redis Stack and score what was served.
+
+    `threshold` is the cosine floor; with a guard, its probability decides above it. `sweep`
+    lists other thresholds (the guard's probability, or the cosine without a guard) scored
+    from the same replay's KNN candidates.
+    """
     with tempfile.TemporaryDirectory(prefix="sentinel-eval-") as data_dir:
         server = EmbeddedRedis(port=_free_port(), data_dir=data_dir, appendonly=False)
         await server.start()
         try:
             redis = await connect_redis(server.url)
             try:
-                return await _replay(
-                    stream, embedder, settings, redis, threshold=threshold, progress=progress
+                replayer = _Replay(
+                    stream, embedder, settings, redis, threshold=threshold, guard=guard
                 )
+                return await replayer.run(sweep, progress=progress)
             finally:
                 await redis.aclose()
         finally:
             await server.stop()
 
 
-async def _replay(
-    stream: Sequence[StreamQuery],
-    embedder: Embedder,
-    settings: Settings,
-    redis: Redis,
-    *,
-    threshold: float,
-    progress: bool,
-) -> WorkloadResult:
-    store = CacheStore(
-        redis,
-        embedder_id=embedder.id,
-        dimension=embedder.dimension,
-        ef_runtime=settings.knn_ef_runtime,
-    )
-    await store.ensure_index()
-    upstream = ReplayUpstream()
-    service = QueryService(
-        store=store,
-        metrics=MetricsStore(redis),
-        embedder=embedder,
-        upstream=upstream,
-        similarity_threshold=threshold,
-        ttl=REPLAY_TTL,
-        top_k=settings.knn_top_k,
-        max_prompt_chars=sys.maxsize,
-    )
-    scope = Scope(model=upstream.default_model).tag()
-    by_t = {row.t: row for row in stream}
-    served = true_hits = confirmed = inferred = same_answer = 0
-    for done, row in enumerate(stream, 1):
-        upstream.current = row.t
-        answer = await service.answer(Query(prompt=row.query, similarity_threshold=threshold))
-        if answer.match != "miss":
-            served += 1
-            source = by_t[int(answer.response)]
-            if source.cluster == row.cluster:
-                true_hits += 1
-            elif source.t in row.known_non_duplicate_of:
-                confirmed += 1
-            else:
-                inferred += 1
-            if row.answer_key is not None and source.answer_key == row.answer_key:
-                same_answer += 1
-            # Every query is stored after it is processed, hit or not (the data README's
-            # scoring), so later paraphrases can match it too.
+class _Replay:
+    """One replay: the real QueryService decides; the KNN candidates are kept for sweeps."""
+
+    def __init__(
+        self,
+        stream: Sequence[StreamQuery],
+        embedder: Embedder,
+        settings: Settings,
+        redis: Redis,
+        *,
+        threshold: float,
+        guard: Guard | None,
+    ) -> None:
+        self.stream = stream
+        self.embedder = embedder
+        self.threshold = threshold
+        self.guard = guard
+        self.top_k = settings.knn_top_k
+        self.store = CacheStore(
+            redis,
+            embedder_id=embedder.id,
+            dimension=embedder.dimension,
+            ef_runtime=settings.knn_ef_runtime,
+        )
+        self.upstream = ReplayUpstream()
+        self.service = QueryService(
+            store=self.store,
+            metrics=MetricsStore(redis),
+            embedder=embedder,
+            upstream=self.upstream,
+            similarity_threshold=threshold,
+            guard=guard,
+            ttl=REPLAY_TTL,
+            top_k=settings.knn_top_k,
+            max_prompt_chars=sys.maxsize,
+        )
+        self.scope = Scope(model=self.upstream.default_model).tag()
+
+    async def run(self, sweep: Sequence[float], *, progress: bool) -> WorkloadResult:
+        await self.store.ensure_index()
+        stream = self.stream
+        stored_at: dict[str, int] = {}  # entry id -> stream position it answers with
+        served: list[int | None] = []
+        candidates: list[list[_Candidate]] = []
+        for done, row in enumerate(stream, 1):
             prompt = normalize_prompt(row.query)
-            await store.put(
-                new_entry(
-                    entry_id=keys.entry_id(scope, prompt),
-                    prompt=prompt,
-                    response=str(row.t),
-                    model=upstream.default_model,
-                    scope=scope,
-                    prompt_tokens=0,
-                    completion_tokens=0,
+            vector = await self.embedder.embed(prompt)
+            if sweep:
+                candidates.append(await self._candidates(prompt, vector, stored_at))
+            self.upstream.current = row.t
+            answer = await self.service.answer(Query(prompt=row.query))
+            served.append(None if answer.match == "miss" else int(answer.response))
+            entry_id = keys.entry_id(self.scope, prompt)
+            if answer.match != "miss":
+                # Every query is stored after it is processed, hit or not (the data README's
+                # scoring), so later paraphrases can match it too; misses the service stored.
+                await self.store.put(
+                    new_entry(
+                        entry_id=entry_id,
+                        prompt=prompt,
+                        response=str(row.t),
+                        model=self.upstream.default_model,
+                        scope=self.scope,
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                    ),
+                    vector,
+                    ttl=REPLAY_TTL,
+                )
+            stored_at[entry_id] = row.t
+            if progress:
+                _progress(done, len(stream))
+        scored = _score(stream, served)
+        return WorkloadResult(
+            **msgspec.structs.asdict(scored),
+            n=len(stream),
+            threshold=self.threshold,
+            guard_threshold=None if self.guard is None else self.guard.threshold,
+            expected_hits=sum(1 for row in stream if row.expected == "hit"),
+            sweep=[
+                SweepPoint(
+                    **msgspec.structs.asdict(_score(stream, self._decide(candidates, value))),
+                    threshold=value,
+                )
+                for value in sweep
+            ]
+            or None,
+        )
+
+    async def _candidates(
+        self, prompt: str, vector: Vector, stored_at: dict[str, int]
+    ) -> list[_Candidate]:
+        found = await self.store.nearest(vector, scope=self.scope, k=self.top_k)
+        return [
+            _Candidate(
+                source=stored_at[c.entry_id],
+                cosine=c.similarity,
+                probability=(
+                    None
+                    if self.guard is None
+                    else self.guard.probability(prompt, c.prompt, c.similarity)
                 ),
-                await embedder.embed(prompt),
-                ttl=REPLAY_TTL,
             )
-        if progress and (done % 100 == 0 or done == len(stream)):
-            print(f"\r  replayed {done}/{len(stream)}", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+            for c in found
+        ]
+
+    def _decide(self, candidates: list[list[_Candidate]], value: float) -> list[int | None]:
+        """What the service would have served at another threshold (first passing neighbour)."""
+        floor = self.threshold if self.guard is not None else value
+        served: list[int | None] = []
+        for found in candidates:
+            choice = None
+            for c in found:
+                if c.cosine < floor:
+                    break
+                if c.probability is None or c.probability >= value:
+                    choice = c.source
+                    break
+            served.append(choice)
+        return served
+
+
+def _score(stream: Sequence[StreamQuery], served: Sequence[int | None]) -> Served:
+    """Score served hits (the stream position each query was answered from, or None)."""
+    by_t = {row.t: row for row in stream}
+    hits = true_hits = confirmed = inferred = same_answer = 0
+    for row, source_t in zip(stream, served, strict=True):
+        if source_t is None:
+            continue
+        hits += 1
+        source = by_t[source_t]
+        if source.cluster == row.cluster:
+            true_hits += 1
+        elif source.t in row.known_non_duplicate_of:
+            confirmed += 1
+        else:
+            inferred += 1
+        if row.answer_key is not None and source.answer_key == row.answer_key:
+            same_answer += 1
     expected = sum(1 for row in stream if row.expected == "hit")
     has_answers = any(row.answer_key is not None for row in stream)
-    return WorkloadResult(
-        n=len(stream),
-        threshold=threshold,
-        expected_hits=expected,
-        served=served,
+    return Served(
+        served=hits,
         true_hits=true_hits,
         confirmed_false_positives=confirmed,
         inferred_false_positives=inferred,
-        precision=round(true_hits / served, 4) if served else 1.0,
+        precision=round(true_hits / hits, 4) if hits else 1.0,
         hit_recall=round(true_hits / expected, 4) if expected else 0.0,
-        answer_precision=round(same_answer / served, 4) if has_answers and served else None,
+        answer_precision=round(same_answer / hits, 4) if has_answers and hits else None,
     )
 
 
+def _progress(done: int, total: int) -> None:
+    """A one-line progress bar on stderr."""
+    if done % 50 and done != total:
+        return
+    width = 30
+    filled = width * done // total
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r  replay [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+    if done == total:
+        print(file=sys.stderr)
+
+
 def table(result: WorkloadResult) -> str:
-    """The result as a Markdown table."""
+    """The result as a Markdown table, then the sweep's if there is one."""
     rows = msgspec.structs.asdict(result)
     lines = ["| measure | value |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows.items() if value is not None]
+    lines += [
+        f"| {name} | {value} |"
+        for name, value in rows.items()
+        if value is not None and name != "sweep"
+    ]
+    if result.sweep:
+        lines += [
+            "",
+            "| threshold | served | true hits | precision | hit recall | answer precision |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p.threshold:.2f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
+            f"{p.hit_recall:.3f} | "
+            f"{'-' if p.answer_precision is None else f'{p.answer_precision:.3f}'} |"
+            for p in result.sweep
+        ]
     return "\n".join(lines)
 
 

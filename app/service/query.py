@@ -14,6 +14,7 @@ from app.cache.store import CacheStore, Entry, new_entry
 from app.errors import CacheUnavailable, PromptTooLarge, UpstreamError, UpstreamNotConfigured
 from app.providers.embedders.base import Embedder
 from app.providers.upstreams.base import Upstream
+from app.service.guard import Guard
 from app.service.pricing import cost_usd
 from app.service.prompt import Scope, normalize_prompt
 
@@ -47,6 +48,8 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     cache_hit: bool
     match: Match
     similarity: float | None
+    # The guard's P(same question) for a semantic hit; None for exact hits and misses.
+    guard_score: float | None = None
     matched_prompt: str | None
     entry_id: str
     model: str
@@ -67,6 +70,7 @@ class QueryService:
         embedder: Embedder,
         upstream: Upstream,
         similarity_threshold: float,
+        guard: Guard | None = None,
         ttl: int,
         top_k: int,
         max_prompt_chars: int,
@@ -76,6 +80,7 @@ class QueryService:
         self.embedder = embedder
         self.upstream = upstream
         self.similarity_threshold = similarity_threshold
+        self.guard = guard
         self.ttl = ttl
         self.top_k = top_k
         self.max_prompt_chars = max_prompt_chars
@@ -106,9 +111,16 @@ class QueryService:
         for candidate in await self.store.nearest(vector, scope=scope, k=self.top_k):
             if candidate.similarity < threshold:
                 break
+            score = None
+            if self.guard is not None:
+                score = self.guard.probability(prompt, candidate.prompt, candidate.similarity)
+                if score < self.guard.threshold:
+                    continue  # a near miss; a lower neighbour may still be the same question
             entry = await self.store.take_hit(candidate.entry_id)
             if entry is not None:  # None: it expired between the KNN and the read
-                return await self._hit(entry, "semantic", candidate.similarity, started)
+                return await self._hit(
+                    entry, "semantic", candidate.similarity, started, guard_score=score
+                )
 
         try:
             completion = await self.upstream.complete(
@@ -139,7 +151,15 @@ class QueryService:
         await self._record("miss", started, upstream_called=True, usd_spent=spent)
         return _answer(entry, "miss", None, latency_ms, cost=spent, saved=0.0)
 
-    async def _hit(self, entry: Entry, match: Match, similarity: float, started: float) -> Answer:
+    async def _hit(
+        self,
+        entry: Entry,
+        match: Match,
+        similarity: float,
+        started: float,
+        *,
+        guard_score: float | None = None,
+    ) -> Answer:
         saved = cost_usd(entry.model, entry.prompt_tokens, entry.completion_tokens)
         latency_ms = _elapsed_ms(started)
         await self._record(
@@ -148,7 +168,9 @@ class QueryService:
             tokens_saved=entry.prompt_tokens + entry.completion_tokens,
             usd_saved=saved,
         )
-        return _answer(entry, match, similarity, latency_ms, cost=0.0, saved=saved)
+        return _answer(
+            entry, match, similarity, latency_ms, cost=0.0, saved=saved, guard_score=guard_score
+        )
 
     async def _record(
         self,
@@ -184,12 +206,14 @@ def _answer(
     *,
     cost: float,
     saved: float,
+    guard_score: float | None = None,
 ) -> Answer:
     return Answer(
         response=entry.response,
         cache_hit=match != "miss",
         match=match,
         similarity=None if similarity is None else round(similarity, 6),
+        guard_score=None if guard_score is None else round(guard_score, 4),
         matched_prompt=None if match == "miss" else entry.prompt,
         entry_id=entry.id,
         model=entry.model,

@@ -312,7 +312,6 @@ def onnx_scores(vectors: np.ndarray, texts: list[str], pairs, mask) -> np.ndarra
 def export(name: str, pairs, held, val) -> dict:
     """ONNX fp32 export of the transformer, int8 dynamic quantisation, held-out eval of both."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel
 
     src = OUT / "models" / name
@@ -346,7 +345,7 @@ def export(name: str, pairs, held, val) -> dict:
         },
     )
     int8 = dst / "model.int8.onnx"
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    quantize_weights(fp32, int8)
     tokenizer = src / "tokenizer.json"
     idx = np.flatnonzero(held | val)
     texts = sorted({normalize_prompt(pairs[i][k]) for i in idx for k in ("question1", "question2")})
@@ -373,6 +372,52 @@ def export(name: str, pairs, held, val) -> dict:
     np.save(OUT / f"scores-{name}-int8.npy", s8)
     (OUT / f"export-{name}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def quantize_weights(src: Path, dst: Path) -> None:
+    """Weight-only int8: each MatMul/Gather weight becomes int8 + a per-column fp32 scale.
+
+    Activations stay fp32, so a text's vector does not depend on the other texts in its
+    batch. (onnxruntime's quantize_dynamic quantizes activations per tensor, which made a
+    row's vector change with its batch: cosine 0.96-0.99 between batched and single runs.)
+    This is the layout of the base model the service ships (INT8 initializers, Cast, Mul).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users = [(n, j) for n in graph.node for j, name in enumerate(n.input) if name in inits]
+    done: dict[str, str] = {}
+    new_nodes = []
+    for node, j in users:
+        name = node.input[j]
+        w = numpy_helper.to_array(inits[name])
+        wanted = (node.op_type == "MatMul" and j == 1) or (node.op_type == "Gather" and j == 0)
+        if not wanted or w.dtype != np.float32 or w.ndim != 2 or w.size < 4096:
+            continue
+        if name not in done:
+            scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            graph.initializer.remove(inits[name])
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q, name + "_q"),
+                    numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),
+                ]
+            )
+            new_nodes += [
+                helper.make_node("Cast", [name + "_q"], [name + "_qf"], to=onnx.TensorProto.FLOAT),
+                helper.make_node("Mul", [name + "_qf", name + "_scale"], [name + "_dq"]),
+            ]
+            done[name] = name + "_dq"
+        node.input[j] = done[name]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
 
 
 def repo_int8(pairs, held) -> dict:

@@ -155,7 +155,7 @@ async def test_health_and_metrics_after_a_known_sequence(
     assert report["status"] == "ok"
     assert report["redis"] == "ok"
     assert report["index_exists"] is True
-    assert report["embedder"] == "minilm-l6-v2-int8"
+    assert report["embedder"] == "minilm-l6-sentinel-ft1-int8"
     assert report["embedding_dimension"] == 384
     assert report["upstream_status"] == "configured"
     assert report["redis_mode"] == "external"

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.providers.embedders.local import LocalEmbedder
+from app.providers.embedders.local import DEFAULT_MODEL, LocalEmbedder
+from app.service.guard import Guard
 from app.service.prompt import normalize_prompt
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def brute_auc(scores: list[float], labels: list[int]) -> float:
 
 
 async def test_pairs_mode_matches_an_independent_computation(tmp_path: Path) -> None:
-    result = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "pairs.json"))
+    result = run_eval("pairs", str(PAIRS), "--no-guard", "--json", str(tmp_path / "pairs.json"))
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines()]
     embedder = await LocalEmbedder.load()
     try:
@@ -58,6 +59,7 @@ async def test_pairs_mode_matches_an_independent_computation(tmp_path: Path) -> 
 
     assert result["n"] == 48
     assert result["threshold"] == 0.9
+    assert result["guard_threshold"] is None
     assert result["auc"] == pytest.approx(brute_auc(scores, labels), abs=1e-3)
     chosen = [s >= 0.9 for s in scores]
     true_pos = sum(c and y == 1 for c, y in zip(chosen, labels, strict=True))
@@ -69,6 +71,51 @@ async def test_pairs_mode_matches_an_independent_computation(tmp_path: Path) -> 
     assert set(by_source) == {"qqp", "mqp", "comqa"}
     assert all(report["n"] == 16 for report in by_source.values())
     assert set(result["recall_at_precision"]) == {"0.9", "0.95", "0.99"}  # type: ignore[arg-type]
+
+
+async def test_pairs_mode_scores_with_the_guard_by_default(tmp_path: Path) -> None:
+    result = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "pairs.json"))
+    guard = Guard.for_embedder(DEFAULT_MODEL)
+    assert guard is not None
+    rows = [json.loads(line) for line in PAIRS.read_text().splitlines()]
+    embedder = await LocalEmbedder.load()
+    try:
+        scores = []
+        for r in rows:
+            a, b = normalize_prompt(r["question1"]), normalize_prompt(r["question2"])
+            cosine = float(np.dot(await embedder.embed(a), await embedder.embed(b)))
+            below_floor = cosine < guard.min_cosine
+            scores.append(0.0 if below_floor else guard.probability(b, a, cosine))
+    finally:
+        await embedder.aclose()
+    labels = [r["label"] for r in rows]
+    assert result["threshold"] == guard.min_cosine
+    assert result["guard_threshold"] == guard.threshold
+    assert result["auc"] == pytest.approx(brute_auc(scores, labels), abs=1e-3)
+    chosen = [s >= guard.threshold for s in scores]
+    true_pos = sum(c and y == 1 for c, y in zip(chosen, labels, strict=True))
+    at_default = result["at_default"]
+    assert isinstance(at_default, dict)
+    assert at_default["recall"] == pytest.approx(true_pos / sum(labels), abs=1e-3)
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "pairs.png"
+    run_eval("pairs", str(PAIRS), "--plot", str(out), "--json", str(tmp_path / "p.json"))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_workload_sweep_agrees_with_the_replay_at_the_default(tmp_path: Path) -> None:
+    result = run_eval("workload", str(STREAM), "--sweep", "--json", str(tmp_path / "w.json"))
+    sweep = result["sweep"]
+    assert isinstance(sweep, list)
+    assert len(sweep) >= 10
+    at_default = [p for p in sweep if p["threshold"] == result["guard_threshold"]]
+    assert len(at_default) == 1  # the default lies on the sweep's grid
+    for field in ("served", "true_hits", "precision", "hit_recall", "answer_precision"):
+        assert at_default[0][field] == result[field], field
+    served = [p["served"] for p in sorted(sweep, key=lambda p: p["threshold"])]
+    assert served == sorted(served, reverse=True)  # stricter never serves more
 
 
 def test_workload_mode_scores_the_replay(tmp_path: Path) -> None:
@@ -91,7 +138,13 @@ def test_workload_mode_scores_the_replay(tmp_path: Path) -> None:
 
 def test_workload_thresholds_bound_what_is_served(tmp_path: Path) -> None:
     everything = run_eval(
-        "workload", str(STREAM), "--threshold", "0", "--json", str(tmp_path / "all.json")
+        "workload",
+        str(STREAM),
+        "--threshold",
+        "0",
+        "--no-guard",
+        "--json",
+        str(tmp_path / "all.json"),
     )
     assert everything["served"] == 56  # every query after the first finds something
     nothing = run_eval(

@@ -12,6 +12,8 @@ import pytest
 
 from app.errors import EmbeddingError, StartupError
 from app.providers.embedders.local import (
+    BASE_MODEL,
+    DEFAULT_MODEL,
     LocalEmbedder,
     _default_model_path,
     _default_tokenizer_path,
@@ -38,8 +40,25 @@ def _corrupt_copy(source: Path, target: Path) -> Path:
 
 
 async def test_id_and_dimension(embedder: LocalEmbedder) -> None:
-    assert embedder.id == "minilm-l6-v2-int8"
+    assert embedder.id == DEFAULT_MODEL == "minilm-l6-sentinel-ft1-int8"
     assert embedder.dimension == 384
+
+
+async def test_base_model_loads_and_differs_from_the_tuned_one(embedder: LocalEmbedder) -> None:
+    base = await LocalEmbedder.load(model=BASE_MODEL)
+    try:
+        assert base.id == "minilm-l6-v2-int8"
+        tuned_vectors = await embedder.embed_many(list(PARAPHRASE))
+        base_vectors = await base.embed_many(list(PARAPHRASE))
+        # Same architecture and tokenizer, different weights: different vectors.
+        assert float(tuned_vectors[0] @ base_vectors[0]) < 0.99
+    finally:
+        await base.aclose()
+
+
+async def test_unknown_model_is_refused() -> None:
+    with pytest.raises(StartupError, match="unknown local model"):
+        await LocalEmbedder.load(model="no-such-model")
 
 
 async def test_embed_shape_dtype_unit_norm(embedder: LocalEmbedder) -> None:
@@ -124,7 +143,7 @@ async def test_long_text_is_truncated(embedder: LocalEmbedder) -> None:
 
 
 async def test_wrong_model_sha256_refuses_to_start(tmp_path: Path) -> None:
-    bad = _corrupt_copy(_default_model_path(), tmp_path / "model.onnx")
+    bad = _corrupt_copy(_default_model_path(DEFAULT_MODEL), tmp_path / "model.onnx")
     with pytest.raises(StartupError, match="sha256") as caught:
         await LocalEmbedder.load(model_path=bad)
     assert "\n" not in str(caught.value)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.lifespan import _config_value
-from app.settings import DEFAULT_SIMILARITY_THRESHOLD, SettingsError, load_settings
+from app.settings import SettingsError, load_settings
 
 
 def test_defaults_without_environment() -> None:
@@ -11,7 +11,10 @@ def test_defaults_without_environment() -> None:
     assert settings.redis_url is None
     assert settings.embedded_redis_port == 6390
     assert settings.cache_ttl == 3600
-    assert settings.similarity_threshold == DEFAULT_SIMILARITY_THRESHOLD
+    assert settings.similarity_threshold is None  # the guard's floor, or 0.9 without a guard
+    assert settings.guard == "on"
+    assert settings.guard_threshold is None
+    assert settings.local_embedding_model == "minilm-l6-sentinel-ft1-int8"
     assert settings.max_prompt_chars == 32000
     assert settings.port == 8000
     assert settings.embedding_provider == "local"
@@ -60,6 +63,9 @@ def test_empty_values_count_as_unset() -> None:
         ({"PORT": "70000"}, "PORT"),
         ({"MAX_PROMPT_CHARS": "0"}, "MAX_PROMPT_CHARS"),
         ({"EMBEDDING_PROVIDER": "jina"}, "JINA_API_KEY"),
+        ({"GUARD": "maybe"}, "GUARD"),
+        ({"GUARD_THRESHOLD": "2"}, "GUARD_THRESHOLD"),
+        ({"LOCAL_EMBEDDING_MODEL": "bert"}, "LOCAL_EMBEDDING_MODEL"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:

@@ -27,4 +27,4 @@ async def build_embedder(settings: Settings, session: aiohttp.ClientSession) -> 
         )
     from app.providers.embedders.local import LocalEmbedder  # noqa: PLC0415
 
-    return await LocalEmbedder.load()
+    return await LocalEmbedder.load(model=settings.local_embedding_model)

