@@ -23,6 +23,11 @@ class Health(msgspec.Struct, kw_only=True):
     index_exists: bool
     embedder: str
     embedding_dimension: int
+    # How semantic hits are decided: cosine >= similarity_threshold, then (guard on) the
+    # guard's probability >= guard_threshold.
+    similarity_threshold: float
+    guard: Literal["on", "off"]
+    guard_threshold: float | None
     upstream: str
     upstream_status: Literal["configured", "not_configured"]
     upstream_model: str
@@ -75,6 +80,9 @@ async def health(service: QueryService, *, redis_mode: Literal["embedded", "exte
         index_exists=index_ok,
         embedder=service.embedder.id,
         embedding_dimension=service.embedder.dimension,
+        similarity_threshold=service.similarity_threshold,
+        guard="off" if service.guard is None else "on",
+        guard_threshold=None if service.guard is None else service.guard.threshold,
         upstream=service.upstream.name,
         upstream_status="configured" if service.upstream.configured else "not_configured",
         upstream_model=service.upstream.default_model,

@@ -1,0 +1,59 @@
+"""The hit guard in the request path: it rejects a near miss that the cosine alone would serve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from app.settings import Settings
+from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.conftest import app_client
+
+pytestmark = pytest.mark.integration
+
+STORED = "When was Albert Einstein born?"
+NEAR_MISS = "Where was Albert Einstein born?"  # cosine ~0.83 with the tuned embedder
+PARAPHRASE = "When was Albert Einstein born exactly?"
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+async def test_guard_rejects_a_near_miss_and_keeps_a_paraphrase(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    async with app_client(make_settings()) as http:
+        health = (await http.get("/health")).json()
+        assert health["guard"] == "on"
+        assert health["similarity_threshold"] == 0.7
+        assert health["guard_threshold"] == 0.8
+
+        assert (await http.post("/v1/query", json={"prompt": STORED})).json()["match"] == "miss"
+        near = (await http.post("/v1/query", json={"prompt": NEAR_MISS})).json()
+        assert near["match"] == "miss"  # "where" is not "when"
+        assert near["guard_score"] is None
+
+        hit = (await http.post("/v1/query", json={"prompt": PARAPHRASE})).json()
+        assert hit["match"] == "semantic", hit
+        assert hit["matched_prompt"] == STORED
+        assert hit["guard_score"] >= 0.8
+    assert fake_llm.call_count == 2  # STORED and NEAR_MISS; the paraphrase was a hit
+
+
+async def test_without_the_guard_the_cosine_alone_serves_the_near_miss(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    settings = make_settings(guard="off", similarity_threshold=0.8)
+    async with app_client(settings) as http:
+        assert (await http.get("/health")).json()["guard"] == "off"
+        await http.post("/v1/query", json={"prompt": STORED})
+        near = (await http.post("/v1/query", json={"prompt": NEAR_MISS})).json()
+        assert near["match"] == "semantic"  # the wrong answer the guard exists to stop
+        assert near["matched_prompt"] == STORED
+        assert near["similarity"] >= 0.8
+        assert near["guard_score"] is None
+    assert fake_llm.call_count == 1
