@@ -40,13 +40,15 @@ typecheck:
 bench: setup
 	$(PY) -m bench.run
 
-# Hit quality on the labeled dev data (see ../shared/data/dev/README.md); JSON in var/eval/.
+# Hit quality on the labeled dev data (see ../shared/data/dev/README.md) with the service's
+# embedder and guard; JSON and PNG curves in var/eval/.
 EVAL_DATA ?= ../shared/data/dev
 eval: setup
-	$(PY) -m app.eval pairs $(EVAL_DATA)/pairs.jsonl --json var/eval/pairs.json
+	$(PY) -m app.eval pairs $(EVAL_DATA)/pairs.jsonl --sweep \
+	  --json var/eval/pairs.json --plot var/eval/pairs.png
 	for stream in qqp mqp comqa; do \
-	  $(PY) -m app.eval workload $(EVAL_DATA)/workload_$$stream.jsonl \
-	    --json var/eval/workload_$$stream.json || exit 1; \
+	  $(PY) -m app.eval workload $(EVAL_DATA)/workload_$$stream.jsonl --sweep \
+	    --json var/eval/workload_$$stream.json --plot var/eval/workload_$$stream.png || exit 1; \
 	done
 
 # Re-pin every transitive dependency from fresh resolves of pyproject.toml:
