@@ -9,10 +9,14 @@ class SentinelError(Exception):
     status_code = 500
     code = "INTERNAL_ERROR"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        # The request field at fault, when there is one (OpenAI's error shape has `param`).
+        self.param = param
 
 
 class BadRequest(SentinelError):
@@ -90,3 +94,9 @@ class CacheUnavailable(SentinelError):
 
 class StartupError(Exception):
     """Sentinel cannot start; the message is one line that says what to do."""
+
+
+class UnknownModel(BadRequest):
+    """The model id names a provider Sentinel does not route to, or no model at all."""
+
+    code = "MODEL_NOT_FOUND"

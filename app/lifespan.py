@@ -17,7 +17,7 @@ from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore
 from app.errors import StartupError
 from app.providers.embedders import build_embedder
-from app.providers.upstreams.groq import GroqUpstream
+from app.providers.upstreams.router import ProviderRouter, build_router
 from app.service.guard import Guard, configured_decision
 from app.service.query import QueryService
 from app.settings import Settings
@@ -58,6 +58,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             stack.push_async_callback(embedder.aclose)
 
             guard, threshold = configured_decision(settings, embedder.id)
+            router = _router(settings, session)
             store = CacheStore(
                 redis,
                 embedder_id=embedder.id,
@@ -72,13 +73,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 store=store,
                 metrics=MetricsStore(redis),
                 embedder=embedder,
-                upstream=GroqUpstream(
-                    session,
-                    api_key=settings.groq_api_key,
-                    base_url=settings.groq_base_url,
-                    model=settings.groq_model,
-                    timeout=settings.upstream_timeout,
-                ),
+                providers=router,
                 similarity_threshold=threshold,
                 guard=guard,
                 ttl=settings.cache_ttl,
@@ -162,6 +157,33 @@ def _module_name(module: object) -> str:
     return name.decode().lower() if isinstance(name, bytes) else str(name).lower()
 
 
+def _router(settings: Settings, session: aiohttp.ClientSession) -> ProviderRouter:
+    """Every provider from settings on the app's session; StartupError for a bad chain."""
+    try:
+        return build_router(
+            session,
+            timeout=settings.upstream_timeout,
+            idle_timeout=settings.stream_idle_timeout,
+            groq_api_key=settings.groq_api_key,
+            groq_base_url=settings.groq_base_url,
+            groq_model=settings.groq_model,
+            openai_api_key=settings.openai_api_key,
+            openai_base_url=settings.openai_base_url,
+            openai_model=settings.openai_model,
+            anthropic_api_key=settings.anthropic_api_key,
+            anthropic_base_url=settings.anthropic_base_url,
+            anthropic_model=settings.anthropic_model,
+            openai_compatible_base_url=settings.openai_compatible_base_url,
+            openai_compatible_api_key=settings.openai_compatible_api_key,
+            openai_compatible_model=settings.openai_compatible_model,
+            default_provider=settings.default_provider,
+            fallbacks=settings.fallbacks,
+            extra_models=settings.extra_models,
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def _safe_url(url: str) -> str:
     """The URL without credentials, fit for a log line."""
     scheme, sep, rest = url.partition("://")
@@ -173,7 +195,9 @@ def _warn_about(
 ) -> None:
     if not settings.upstream_configured:
         log.warning(
-            "GROQ_API_KEY is not set: cache lookups work, misses answer 503 UPSTREAM_NOT_CONFIGURED"
+            "the default provider %s has no key: cache lookups work, its misses answer 503 "
+            "UPSTREAM_NOT_CONFIGURED",
+            settings.default_provider,
         )
     if settings.guard == "on" and guard is None:
         log.warning(

@@ -35,7 +35,25 @@ class Settings(
     groq_api_key: str | None = None
     groq_base_url: str = "https://api.groq.com/openai/v1"
     groq_model: str = "llama-3.1-8b-instant"
+    openai_api_key: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_model: str = "claude-haiku-4-5"
+    # Any OpenAI-compatible server (Ollama, vLLM, Together): configured by its base URL.
+    openai_compatible_base_url: str | None = None
+    openai_compatible_api_key: str | None = None
+    openai_compatible_model: str | None = None
+    # The provider for model names without a `provider/` prefix.
+    default_provider: Literal["groq", "openai", "anthropic", "openai_compatible"] = "groq"
+    # Ordered fallbacks after retries fail on 429/5xx/timeout: `groq=openai,anthropic;openai=groq`.
+    fallbacks: str | None = None
+    # More routable models for GET /v1/models, beside each provider's default: `openai=gpt-4o`.
+    extra_models: str | None = None
     upstream_timeout: PositiveFloat = 30.0
+    # A stream that sends nothing for this long is broken (it is not stored).
+    stream_idle_timeout: PositiveFloat = 30.0
 
     embedding_provider: Literal["local", "jina"] = "local"
     local_embedding_model: Literal["minilm-l6-sentinel-ft1-int8", "minilm-l6-v2-int8"] = (
@@ -78,8 +96,15 @@ class Settings(
 
     @property
     def upstream_configured(self) -> bool:
-        """Whether a Groq key is set, so a miss can be answered."""
-        return bool(self.groq_api_key)
+        """Whether the default provider can be called, so a miss can be answered."""
+        return bool(
+            {
+                "groq": self.groq_api_key,
+                "openai": self.openai_api_key,
+                "anthropic": self.anthropic_api_key,
+                "openai_compatible": self.openai_compatible_base_url,
+            }[self.default_provider]
+        )
 
 
 _FIELDS = {field.encode_name for field in msgspec.structs.fields(Settings)}

@@ -372,7 +372,7 @@ async def _components(
             ef_runtime=settings.knn_ef_runtime,
         )
         recorder = MetricsStore(redis)
-        scope = Scope(model=model).tag()
+        scope = Scope(model=f"groq/{model}").tag()  # the service scopes by provider/model
         ids = [keys.entry_id(scope, p.original) for p in pairs]
         texts = [p.paraphrase for p in (verified or pairs)]
         vectors = [await embedder.embed(t) for t in texts[:20]]
@@ -399,7 +399,7 @@ async def _components(
 
         async def cpu(i: int) -> None:
             prompt = normalize_prompt(pairs[i % len(pairs)].original)
-            keys.entry_id(Scope(model=model).tag(), prompt)
+            keys.entry_id(Scope(model=f"groq/{model}").tag(), prompt)
 
         async def embed(i: int) -> None:
             await embedder.embed(texts[i % len(texts)])

@@ -17,22 +17,46 @@ log = logging.getLogger("sentinel.errors")
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> Response[dict[str, Any]]:
-    """A JSON error body in Sentinel's shape."""
+    """A JSON error body: Sentinel's `{code, message}`, plus OpenAI's `type` and `param`."""
     return Response(
-        {"error": {"code": code, "message": message}},
+        {"error": error_body(status, code, message, param)},
         status_code=status,
         headers=headers,
         media_type="application/json",
     )
 
 
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The inside of an error response (also sent as an SSE event when a stream fails)."""
+    return {"code": code, "message": message, "type": _error_type(status), "param": param}
+
+
+def _error_type(status: int) -> str:
+    """OpenAI's error `type` for a status, so its SDKs raise the matching exception class."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
 def sentinel_error(_: Request[Any, Any, Any], exc: SentinelError) -> Response[dict[str, Any]]:
     """Our own errors carry their status, code and message."""
     if exc.status_code >= 500:
         log.warning("request failed: %s", exc.code)
-    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers, exc.param)
 
 
 def validation_error(

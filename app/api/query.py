@@ -1,4 +1,4 @@
-"""POST /v1/query: answer a prompt from the cache or the upstream."""
+"""POST /v1/query: answer a prompt from the cache or the provider, whole or streamed."""
 
 from __future__ import annotations
 
@@ -6,17 +6,46 @@ import msgspec
 from litestar import Response, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
+from litestar.response import Stream
 
+from app.api.chat import cache_headers, event_stream
+from app.api.openai_schemas import sse
 from app.api.schemas import QueryRequest
+from app.providers.upstreams.base import ChatDelta
 from app.service.query import Answer, Query, QueryService
 
-_CACHE_HEADER = {"exact": "EXACT-HIT", "semantic": "SEMANTIC-HIT", "miss": "MISS"}
+# Known only once a miss has been streamed, so not in the `meta` event.
+_AFTER_STREAM = {"response", "usage", "cost_usd", "saved_usd", "latency_ms", "tool_calls"}
 
 
 @post("/v1/query", status_code=200)
 async def query(
     data: JSONBody[QueryRequest], service: NamedDependency[QueryService]
-) -> Response[Answer]:
-    """Answer a prompt: exact hit, semantic hit, or a fresh upstream answer."""
-    answer = await service.answer(msgspec.convert(msgspec.structs.asdict(data), Query))
-    return Response(answer, headers={"X-Sentinel-Cache": _CACHE_HEADER[answer.match]})
+) -> Response[Answer] | Stream:
+    """Answer a prompt: exact hit, semantic hit, or a fresh provider answer.
+
+    With `"stream": true` the answer comes as server-sent events: `meta` (where it comes
+    from), `data: {"text": ...}` pieces, then `done` with the whole text.
+    """
+    fields = msgspec.structs.asdict(data)
+    stream = fields.pop("stream")
+    ask = msgspec.convert(fields, Query).ask()
+    if not stream:
+        answer = await service.answer(ask)
+        return Response(answer, headers=cache_headers(answer))
+    streamed = await service.stream(ask)
+    meta = {
+        k: v for k, v in msgspec.structs.asdict(streamed.head).items() if k not in _AFTER_STREAM
+    }
+    parts: list[str] = []
+
+    def encode(delta: ChatDelta) -> bytes:
+        if not delta.content:
+            return b""
+        parts.append(delta.content)
+        return sse({"text": delta.content})
+
+    def done() -> bytes:
+        return sse({"response": "".join(parts)}, event="done")
+
+    return event_stream(streamed, encode, end=done, start=sse(meta, event="meta"))

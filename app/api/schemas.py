@@ -18,3 +18,4 @@ class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+    stream: bool = False

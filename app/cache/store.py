@@ -36,6 +36,9 @@ ENTRY_FIELDS = (
     "hits",
     "prompt_tokens",
     "completion_tokens",
+    "tool_calls",
+    "finish_reason",
+    "provider",
 )
 
 
@@ -51,6 +54,11 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     hits: int
     prompt_tokens: int
     completion_tokens: int
+    # The answer's tool calls as OpenAI-shaped JSON, "" when it has none.
+    tool_calls: str = ""
+    finish_reason: str = "stop"
+    # Who answered (after any fallback); "" for entries written before providers were named.
+    provider: str = ""
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -153,6 +161,9 @@ class CacheStore:
             hits=int(row["hits"] or 0),
             prompt_tokens=int(row["prompt_tokens"] or 0),
             completion_tokens=int(row["completion_tokens"] or 0),
+            tool_calls=_text(row["tool_calls"]),
+            finish_reason=_text(row["finish_reason"]) or "stop",
+            provider=_text(row["provider"]),
         )
 
     @redis_errors_as_unavailable
@@ -191,11 +202,15 @@ class CacheStore:
     async def put(
         self,
         entry: Entry,
-        vector: npt.NDArray[np.float32],
+        vector: npt.NDArray[np.float32] | None,
         *,
         ttl: int,
     ) -> None:
-        """Store (or replace) an entry with its vector and a TTL, atomically."""
+        """Store (or replace) an entry with a TTL, atomically.
+
+        Without a vector the entry is exact-only: it is not in the HNSW index (a conversation
+        ending in a tool result has no question to match semantically).
+        """
         key = self._key(entry.id)
         mapping: dict[FieldT, EncodableT] = {
             "prompt": entry.prompt,
@@ -206,8 +221,12 @@ class CacheStore:
             "hits": entry.hits,
             "prompt_tokens": entry.prompt_tokens,
             "completion_tokens": entry.completion_tokens,
-            VECTOR_FIELD: encode_vector(vector, self.dimension),
+            "tool_calls": entry.tool_calls,
+            "finish_reason": entry.finish_reason,
+            "provider": entry.provider,
         }
+        if vector is not None:
+            mapping[VECTOR_FIELD] = encode_vector(vector, self.dimension)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=mapping)
@@ -232,6 +251,9 @@ def new_entry(
     scope: str,
     prompt_tokens: int,
     completion_tokens: int,
+    tool_calls: str = "",
+    finish_reason: str = "stop",
+    provider: str = "",
 ) -> Entry:
     """An entry as stored right after a successful upstream call."""
     return Entry(
@@ -244,6 +266,9 @@ def new_entry(
         hits=0,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        tool_calls=tool_calls,
+        finish_reason=finish_reason,
+        provider=provider,
     )
 
 

@@ -5,22 +5,21 @@ from __future__ import annotations
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
 
-from app.cache import keys
 from app.cache.embedded import EmbeddedRedis
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.lifespan import connect_redis
 from app.providers.embedders.base import Embedder, Vector
-from app.providers.upstreams.base import Completion
+from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
+from app.providers.upstreams.router import ProviderRouter
 from app.service.guard import Guard
-from app.service.prompt import Scope, normalize_prompt
-from app.service.query import Query, QueryService
+from app.service.query import Plan, Query, QueryService
 from app.settings import Settings
 
 # Entries must outlive the replay; the stream has no notion of time.
@@ -77,7 +76,7 @@ class _Candidate(msgspec.Struct, frozen=True):
     probability: float | None
 
 
-class ReplayUpstream:
+class ReplayProvider:
     """Answers a miss with the stream position of the query being replayed.
 
     The eval measures which stored question a hit comes from, so the "answer" is the
@@ -91,16 +90,20 @@ class ReplayUpstream:
     def __init__(self) -> None:
         self.current = -1
 
-    async def complete(
-        self,
-        prompt: str,
-        *,
-        model: str,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-    ) -> Completion:
+    async def chat(self, request: ChatRequest) -> ChatResult:
         """The position of the query being replayed, as the answer text."""
-        return Completion(text=str(self.current), model=model, prompt_tokens=0, completion_tokens=0)
+        return ChatResult(
+            message=ChatMessage(role="assistant", content=str(self.current)),
+            finish_reason="stop",
+            model=request.model,
+            prompt_tokens=0,
+            completion_tokens=0,
+            provider=self.name,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """The same answer as one piece (the replay never streams)."""
+        yield ChatDelta(content=str(self.current), finish_reason="stop", provider=self.name)
 
 
 def load_stream(path: Path) -> list[StreamQuery]:
@@ -166,19 +169,18 @@ class _Replay:
             dimension=embedder.dimension,
             ef_runtime=settings.knn_ef_runtime,
         )
-        self.upstream = ReplayUpstream()
+        self.upstream = ReplayProvider()
         self.service = QueryService(
             store=self.store,
             metrics=MetricsStore(redis),
             embedder=embedder,
-            upstream=self.upstream,
+            providers=ProviderRouter({"replay": self.upstream}, "replay"),
             similarity_threshold=threshold,
             guard=guard,
             ttl=REPLAY_TTL,
             top_k=settings.knn_top_k,
             max_prompt_chars=sys.maxsize,
         )
-        self.scope = Scope(model=self.upstream.default_model).tag()
 
     async def run(self, sweep: Sequence[float], *, progress: bool) -> WorkloadResult:
         await self.store.ensure_index()
@@ -187,31 +189,32 @@ class _Replay:
         served: list[int | None] = []
         candidates: list[list[_Candidate]] = []
         for done, row in enumerate(stream, 1):
-            prompt = normalize_prompt(row.query)
+            ask = Query(prompt=row.query).ask()
+            plan = self.service.plan(ask)
+            prompt = plan.question or ""
             vector = await self.embedder.embed(prompt)
             if sweep:
-                candidates.append(await self._candidates(prompt, vector, stored_at))
+                candidates.append(await self._candidates(plan, vector, stored_at))
             self.upstream.current = row.t
-            answer = await self.service.answer(Query(prompt=row.query))
+            answer = await self.service.answer(ask)
             served.append(None if answer.match == "miss" else int(answer.response))
-            entry_id = keys.entry_id(self.scope, prompt)
             if answer.match != "miss":
                 # Every query is stored after it is processed, hit or not (the data README's
                 # scoring), so later paraphrases can match it too; misses the service stored.
                 await self.store.put(
                     new_entry(
-                        entry_id=entry_id,
+                        entry_id=plan.entry_id,
                         prompt=prompt,
                         response=str(row.t),
                         model=self.upstream.default_model,
-                        scope=self.scope,
+                        scope=plan.scope,
                         prompt_tokens=0,
                         completion_tokens=0,
                     ),
                     vector,
                     ttl=REPLAY_TTL,
                 )
-            stored_at[entry_id] = row.t
+            stored_at[plan.entry_id] = row.t
             if progress:
                 _progress(done, len(stream))
         scored = _score(stream, served)
@@ -232,9 +235,10 @@ class _Replay:
         )
 
     async def _candidates(
-        self, prompt: str, vector: Vector, stored_at: dict[str, int]
+        self, plan: Plan, vector: Vector, stored_at: dict[str, int]
     ) -> list[_Candidate]:
-        found = await self.store.nearest(vector, scope=self.scope, k=self.top_k)
+        prompt = plan.question or ""
+        found = await self.store.nearest(vector, scope=plan.scope, k=self.top_k)
         return [
             _Candidate(
                 source=stored_at[c.entry_id],

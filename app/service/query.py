@@ -1,30 +1,63 @@
-"""Answer a prompt: exact hit, else semantic hit, else the upstream (and store its answer)."""
+"""Answer a request: exact hit, else semantic hit, else the provider (and store its answer).
+
+Both endpoints come here: /v1/query as a one-message chat, /v1/chat/completions as it is.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import msgspec
 
 from app.cache import keys
 from app.cache.metrics import MetricsStore, Outcome
 from app.cache.store import CacheStore, Entry, new_entry
-from app.errors import CacheUnavailable, PromptTooLarge, UpstreamError, UpstreamNotConfigured
-from app.providers.embedders.base import Embedder
-from app.providers.upstreams.base import Upstream
+from app.errors import (
+    BadRequest,
+    CacheUnavailable,
+    PromptTooLarge,
+    UpstreamError,
+    UpstreamNotConfigured,
+)
+from app.providers.embedders.base import Embedder, Vector
+from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
+from app.providers.upstreams.router import ProviderRouter
 from app.service.guard import Guard
 from app.service.pricing import cost_usd
-from app.service.prompt import Scope, normalize_prompt
+from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
 
 log = logging.getLogger("sentinel.service")
 
 Match = Literal["exact", "semantic", "miss"]
 
+# A cached answer is replayed as a stream in pieces of about this many characters.
+REPLAY_CHUNK_CHARS = 64
+
+
+class Ask(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to the cache: a conversation and every parameter that shapes its answer."""
+
+    messages: list[ChatMessage]
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    # Cache controls (None: the configured default).
+    similarity_threshold: float | None = None
+    ttl: int | None = None
+
 
 class Query(msgspec.Struct, frozen=True, kw_only=True):
-    """One prompt and the caller's options (None means the configured default)."""
+    """One prompt and the caller's options, as /v1/query takes them."""
 
     prompt: str
     similarity_threshold: float | None = None
@@ -32,6 +65,17 @@ class Query(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+
+    def ask(self) -> Ask:
+        """The same request as a one-message chat."""
+        return Ask(
+            messages=[ChatMessage(role="user", content=self.prompt)],
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            similarity_threshold=self.similarity_threshold,
+            ttl=self.ttl,
+        )
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,7 +86,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
-    """What /v1/query returns."""
+    """The answer and where it came from (the body of /v1/query)."""
 
     response: str
     cache_hit: bool
@@ -53,14 +97,38 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     matched_prompt: str | None
     entry_id: str
     model: str
+    provider: str
+    finish_reason: str = "stop"
+    tool_calls: list[dict[str, Any]] | None = None
     latency_ms: float
     usage: Usage
     cost_usd: float
     saved_usd: float
 
 
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """How one request meets the cache: its routed model, scope, question and entry id."""
+
+    model_id: str  # `provider/model`, what the scope holds
+    request: ChatRequest  # for the provider, model still as the client named it
+    scope: str
+    # The last user message, normalized: what the semantic layer embeds. None when the
+    # conversation ends otherwise (e.g. a tool result): exact matches only.
+    question: str | None
+    entry_id: str
+    threshold: float
+    ttl: int
+
+
+class StreamedAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """A streamed answer: what is known before the first piece, then the pieces."""
+
+    head: Answer  # for a miss: response "" and usage 0 until the stream completes
+    deltas: AsyncIterator[ChatDelta]
+
+
 class QueryService:
-    """The cache decision, in order: exact → semantic → upstream → store."""
+    """The cache decision, in order: exact → semantic (guarded) → provider → store."""
 
     def __init__(
         self,
@@ -68,7 +136,7 @@ class QueryService:
         store: CacheStore,
         metrics: MetricsStore,
         embedder: Embedder,
-        upstream: Upstream,
+        providers: ProviderRouter,
         similarity_threshold: float,
         guard: Guard | None = None,
         ttl: int,
@@ -78,71 +146,194 @@ class QueryService:
         self.store = store
         self.metrics = metrics
         self.embedder = embedder
-        self.upstream = upstream
+        self.providers = providers
         self.similarity_threshold = similarity_threshold
         self.guard = guard
         self.ttl = ttl
         self.top_k = top_k
         self.max_prompt_chars = max_prompt_chars
 
-    async def answer(self, query: Query) -> Answer:
-        """Answer from the cache when it can, from the upstream when it must."""
-        started = time.perf_counter()
-        if len(query.prompt) > self.max_prompt_chars:
+    def plan(self, ask: Ask) -> Plan:
+        """Route the model and compute scope, question and entry id; 4xx errors for bad input."""
+        if not ask.messages:
+            raise BadRequest("messages must hold at least one message")
+        size = sum(len(m.content or "") for m in ask.messages)
+        if size > self.max_prompt_chars:
             raise PromptTooLarge(
-                f"prompt has {len(query.prompt)} characters; the limit is "
+                f"the messages have {size} characters; the limit is "
                 f"{self.max_prompt_chars} (MAX_PROMPT_CHARS)"
             )
-        prompt = normalize_prompt(query.prompt)
-        model = query.model or self.upstream.default_model
-        scope = Scope(model=model, max_tokens=query.max_tokens, temperature=query.temperature).tag()
-        entry_id = keys.entry_id(scope, prompt)
-
-        entry = await self.store.take_hit(entry_id)
-        if entry is not None:
-            return await self._hit(entry, "exact", 1.0, started)
-
-        vector = await self.embedder.embed(prompt)
-        threshold = (
-            self.similarity_threshold
-            if query.similarity_threshold is None
-            else query.similarity_threshold
+        provider, native = self.providers.resolve(
+            ask.model or self.providers.default_provider.name + "/"
         )
-        for candidate in await self.store.nearest(vector, scope=scope, k=self.top_k):
-            if candidate.similarity < threshold:
+        model_id = f"{provider.name}/{native}"
+        last = ask.messages[-1]
+        question = normalize_prompt(last.content or "") if last.role == "user" else None
+        context = ask.messages[:-1] if question is not None else ask.messages
+        scope = Scope(
+            model=model_id,
+            context=tuple(_context(m) for m in context),
+            temperature=ask.temperature,
+            top_p=ask.top_p,
+            max_tokens=ask.max_tokens,
+            stop=None if ask.stop is None else tuple(ask.stop),
+            seed=ask.seed,
+            tools=ask.tools,
+            tool_choice=ask.tool_choice,
+            response_format=ask.response_format,
+        ).tag()
+        request = ChatRequest(
+            model=model_id,
+            messages=ask.messages,
+            temperature=ask.temperature,
+            top_p=ask.top_p,
+            max_tokens=ask.max_tokens,
+            stop=ask.stop,
+            seed=ask.seed,
+            tools=ask.tools,
+            tool_choice=ask.tool_choice,
+            response_format=ask.response_format,
+            user=ask.user,
+        )
+        return Plan(
+            model_id=model_id,
+            request=request,
+            scope=scope,
+            question=question,
+            entry_id=keys.entry_id(scope, question or ""),
+            threshold=(
+                self.similarity_threshold
+                if ask.similarity_threshold is None
+                else ask.similarity_threshold
+            ),
+            ttl=ask.ttl or self.ttl,
+        )
+
+    async def answer(self, ask: Ask) -> Answer:
+        """Answer from the cache when it can, from the provider when it must."""
+        started = time.perf_counter()
+        plan = self.plan(ask)
+        hit, vector = await self._lookup(plan, started)
+        if hit is not None:
+            return hit
+        try:
+            result = await self.providers.chat(plan.model_id, plan.request)
+        except UpstreamError as exc:
+            await self._failed(exc, started)
+            raise
+        return await self._store(plan, result, vector, started)
+
+    async def stream(self, ask: Ask) -> StreamedAnswer:
+        """Like `answer`, streamed: a hit is replayed in pieces; a miss is relayed as it arrives.
+
+        A miss returns once the provider's first piece is in (so errors before it are still
+        plain HTTP errors) and is stored only after the provider ended the stream properly.
+        """
+        started = time.perf_counter()
+        plan = self.plan(ask)
+        hit, vector = await self._lookup(plan, started)
+        if hit is not None:
+            entry_deltas = _replay(hit)
+            return StreamedAnswer(head=hit, deltas=entry_deltas)
+        deltas = self.providers.stream(plan.model_id, plan.request)
+        try:
+            first = await anext(deltas)
+        except UpstreamError as exc:
+            await self._failed(exc, started)
+            raise
+        head = Answer(
+            response="",
+            cache_hit=False,
+            match="miss",
+            similarity=None,
+            matched_prompt=None,
+            entry_id=plan.entry_id,
+            model=first.model or plan.request.model,
+            provider=first.provider or "",
+            latency_ms=_elapsed_ms(started),
+            usage=Usage(prompt_tokens=0, completion_tokens=0),
+            cost_usd=0.0,
+            saved_usd=0.0,
+        )
+        relay = self._relay(plan, first, deltas, vector, started)
+        return StreamedAnswer(head=head, deltas=relay)
+
+    async def _relay(
+        self,
+        plan: Plan,
+        first: ChatDelta,
+        deltas: AsyncIterator[ChatDelta],
+        vector: Vector | None,
+        started: float,
+    ) -> AsyncIterator[ChatDelta]:
+        """Pass the provider's pieces on, assembling the answer; store it once complete."""
+        assembled = _Assembler(first)
+        try:
+            yield first
+            async for delta in deltas:
+                assembled.add(delta)
+                yield delta
+        except UpstreamError as exc:
+            await self._failed(exc, started)
+            raise
+        finally:
+            # A client that went away closes this generator: close the provider's stream too.
+            closer = getattr(deltas, "aclose", None)
+            if closer is not None:
+                await closer()
+        result = assembled.result(plan.request.model)
+        if result is None:
+            log.warning("stream ended without an answer; nothing stored")
+            return
+        await self._store(plan, result, vector, started)
+
+    async def _lookup(self, plan: Plan, started: float) -> tuple[Answer | None, Vector | None]:
+        """An exact hit, else a guarded semantic hit; with the query's vector for a later store."""
+        entry = await self.store.take_hit(plan.entry_id)
+        if entry is not None:
+            return await self._hit(entry, "exact", 1.0, started), None
+        if plan.question is None:
+            return None, None
+        vector = await self.embedder.embed(plan.question)
+        for candidate in await self.store.nearest(vector, scope=plan.scope, k=self.top_k):
+            if candidate.similarity < plan.threshold:
                 break
             score = None
             if self.guard is not None:
-                score = self.guard.probability(prompt, candidate.prompt, candidate.similarity)
+                score = self.guard.probability(
+                    plan.question, candidate.prompt, candidate.similarity
+                )
                 if score < self.guard.threshold:
                     continue  # a near miss; a lower neighbour may still be the same question
             entry = await self.store.take_hit(candidate.entry_id)
             if entry is not None:  # None: it expired between the KNN and the read
-                return await self._hit(
+                hit = await self._hit(
                     entry, "semantic", candidate.similarity, started, guard_score=score
                 )
+                return hit, vector
+        return None, vector
 
-        try:
-            completion = await self.upstream.complete(
-                prompt, model=model, max_tokens=query.max_tokens, temperature=query.temperature
-            )
-        except UpstreamNotConfigured:
-            await self._record("error", started)
-            raise
-        except UpstreamError:
-            await self._record("error", started, upstream_called=True, upstream_failed=True)
-            raise
+    async def _store(
+        self, plan: Plan, result: ChatResult, vector: Vector | None, started: float
+    ) -> Answer:
+        """Keep a successful answer (if the cache can) and report the miss."""
+        message = result.message
         entry = new_entry(
-            entry_id=entry_id,
-            prompt=prompt,
-            response=completion.text,
-            model=completion.model,
-            scope=scope,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
+            entry_id=plan.entry_id,
+            prompt=plan.question or "",
+            response=message.content or "",
+            model=result.model,
+            scope=plan.scope,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            tool_calls=(
+                msgspec.json.encode(message.tool_calls).decode() if message.tool_calls else ""
+            ),
+            finish_reason=result.finish_reason,
+            provider=result.provider,
         )
         try:
-            await self.store.put(entry, vector, ttl=query.ttl or self.ttl)
+            await self.store.put(entry, vector, ttl=plan.ttl)
         except CacheUnavailable as exc:
             # The caller paid for this answer: give it to them even if it cannot be kept.
             log.warning("answer not stored: %s", exc.message)
@@ -150,6 +341,12 @@ class QueryService:
         latency_ms = _elapsed_ms(started)
         await self._record("miss", started, upstream_called=True, usd_spent=spent)
         return _answer(entry, "miss", None, latency_ms, cost=spent, saved=0.0)
+
+    async def _failed(self, exc: UpstreamError, started: float) -> None:
+        if isinstance(exc, UpstreamNotConfigured):
+            await self._record("error", started)
+        else:
+            await self._record("error", started, upstream_called=True, upstream_failed=True)
 
     async def _hit(
         self,
@@ -198,6 +395,76 @@ class QueryService:
             log.warning("metrics not recorded: %s", exc.message)
 
 
+class _Assembler:
+    """Builds the whole answer from a stream's deltas (tool-call pieces merged by index)."""
+
+    def __init__(self, first: ChatDelta) -> None:
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage = (0, 0)
+        self.model = ""
+        self.provider = first.provider or ""
+        self.add(first)
+
+    def add(self, delta: ChatDelta) -> None:
+        if delta.content:
+            self.text.append(delta.content)
+        for piece in delta.tool_calls or ():
+            call = self.calls.setdefault(
+                int(piece.get("index", 0)),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            call["id"] = piece.get("id") or call["id"]
+            call["type"] = piece.get("type") or call["type"]
+            function = piece.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+        if delta.usage:
+            self.usage = delta.usage
+        if delta.model:
+            self.model = delta.model
+
+    def result(self, requested_model: str) -> ChatResult | None:
+        """The answer, or None when the stream carried no text, no tool call or no finish."""
+        text = "".join(self.text)
+        calls = [self.calls[i] for i in sorted(self.calls)]
+        if self.finish_reason is None or not (text or calls):
+            return None
+        return ChatResult(
+            message=ChatMessage(role="assistant", content=text or None, tool_calls=calls or None),
+            finish_reason=self.finish_reason,
+            model=self.model or requested_model.partition("/")[2] or requested_model,
+            prompt_tokens=self.usage[0],
+            completion_tokens=self.usage[1],
+            provider=self.provider,
+        )
+
+
+async def _replay(answer: Answer) -> AsyncIterator[ChatDelta]:
+    """A cached answer as a stream: role, text in pieces, tool calls, finish, usage."""
+    yield ChatDelta(role="assistant", model=answer.model, provider=answer.provider)
+    text = answer.response
+    for start in range(0, len(text), REPLAY_CHUNK_CHARS):
+        yield ChatDelta(content=text[start : start + REPLAY_CHUNK_CHARS])
+    if answer.tool_calls:
+        yield ChatDelta(tool_calls=[{"index": i, **c} for i, c in enumerate(answer.tool_calls)])
+    yield ChatDelta(finish_reason=answer.finish_reason)
+    yield ChatDelta(usage=(answer.usage.prompt_tokens, answer.usage.completion_tokens))
+
+
+def _context(message: ChatMessage) -> ContextMessage:
+    return ContextMessage(
+        role=message.role,
+        content=normalize_text(message.content),
+        name=message.name,
+        tool_calls=message.tool_calls,
+        tool_call_id=message.tool_call_id,
+    )
+
+
 def _answer(
     entry: Entry,
     match: Match,
@@ -217,6 +484,9 @@ def _answer(
         matched_prompt=None if match == "miss" else entry.prompt,
         entry_id=entry.id,
         model=entry.model,
+        provider=entry.provider,
+        finish_reason=entry.finish_reason,
+        tool_calls=msgspec.json.decode(entry.tool_calls) if entry.tool_calls else None,
         latency_ms=round(latency_ms, 3),
         usage=Usage(prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens),
         cost_usd=round(cost, 10),

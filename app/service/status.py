@@ -28,9 +28,12 @@ class Health(msgspec.Struct, kw_only=True):
     similarity_threshold: float
     guard: Literal["on", "off"]
     guard_threshold: float | None
+    # The default provider (model names without a `provider/` prefix go there)...
     upstream: str
     upstream_status: Literal["configured", "not_configured"]
     upstream_model: str
+    # ...and every provider: a request routed to a not_configured one answers 503.
+    providers: dict[str, Literal["configured", "not_configured"]]
 
 
 class LatencySummary(msgspec.Struct, kw_only=True):
@@ -71,6 +74,7 @@ async def health(service: QueryService, *, redis_mode: Literal["embedded", "exte
         reasons.append(f"redis: {exc.message}")
     if redis_ok and not index_ok:
         reasons.append(f"index {service.store.index_name} does not exist")
+    default = service.providers.default_provider
     return Health(
         status="ok" if redis_ok and index_ok else "degraded",
         reasons=reasons,
@@ -83,9 +87,13 @@ async def health(service: QueryService, *, redis_mode: Literal["embedded", "exte
         similarity_threshold=service.similarity_threshold,
         guard="off" if service.guard is None else "on",
         guard_threshold=None if service.guard is None else service.guard.threshold,
-        upstream=service.upstream.name,
-        upstream_status="configured" if service.upstream.configured else "not_configured",
-        upstream_model=service.upstream.default_model,
+        upstream=default.name,
+        upstream_status="configured" if default.configured else "not_configured",
+        upstream_model=default.default_model,
+        providers={
+            name: "configured" if provider.configured else "not_configured"
+            for name, provider in service.providers.providers.items()
+        },
     )
 
 

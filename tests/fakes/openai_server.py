@@ -10,6 +10,11 @@ it never blocks) and bench scripts alike. In-process it shares the GIL with the 
 test; for a benchmark that must not, run it alone:
 
     python tests/fakes/openai_server.py --port 8099 --delay 0.05
+
+It answers deterministically from the request: `answer to: <last user message>`, a tool call
+when the request offers tools and asks for one (or its last user message holds the trigger
+word), `tool said: <result>` after a tool result; with `stream: true` the same answer comes
+as SSE chunks ending in `data: [DONE]`. `FakeProvider` is the machinery the fakes share.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import re
 import signal
 import socket
 import struct
@@ -31,7 +37,18 @@ from typing import Any, Literal, Self
 import msgspec
 from aiohttp import web
 
-FaultKind = Literal["status", "timeout", "malformed", "empty", "reset", "no_usage"]
+FaultKind = Literal[
+    "status",
+    "timeout",
+    "malformed",
+    "empty",
+    "reset",
+    "no_usage",
+    "stall",
+    "cut",
+    "truncate",
+    "stream_error",
+]
 Answer = Callable[[dict[str, Any]], str]
 
 _STATUS_TEXT = {
@@ -44,25 +61,35 @@ _STATUS_TEXT = {
     500: "Internal server error",
     502: "Bad gateway",
     503: "Service unavailable",
+    529: "Overloaded",
 }
 _ERROR_TYPE = {401: "invalid_request_error", 429: "rate_limit_exceeded"}
+# The word that makes the fakes call a tool when the request offers tools with tool_choice auto.
+TOOL_TRIGGER = "weather"
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One scripted misbehaviour, consumed by exactly one chat-completions request."""
+    """One scripted misbehaviour, consumed by exactly one request to the provider's endpoint.
+
+    The stream faults (`stall`, `cut`, `truncate`, `stream_error`) strike after `after`
+    pieces of a streamed answer's body; on a plain (non-stream) request `stall` acts like
+    `timeout` and `cut` like `reset`.
+    """
 
     kind: FaultKind
     code: int = 200
     retry_after: str | None = None
     message: str | None = None
     seconds: float = 0.0
+    after: int = 0
+    error_type: str | None = None
 
     @classmethod
     def status(
         cls, code: int, *, retry_after: str | None = None, message: str | None = None
     ) -> Fault:
-        """Answer `code` with an OpenAI error body (and a Retry-After header if given)."""
+        """Answer `code` with the provider's error body (and a Retry-After header if given)."""
         return cls("status", code=code, retry_after=retry_after, message=message)
 
     @classmethod
@@ -72,7 +99,7 @@ class Fault:
 
     @classmethod
     def malformed(cls) -> Fault:
-        """Answer 200 with a truncated JSON body."""
+        """Answer 200 with a truncated JSON body (in a stream: one unreadable chunk)."""
         return cls("malformed")
 
     @classmethod
@@ -90,26 +117,27 @@ class Fault:
         """Answer normally but without the `usage` object, like some compatible servers."""
         return cls("no_usage")
 
+    @classmethod
+    def stall(cls, seconds: float, *, after: int = 1) -> Fault:
+        """Go silent for `seconds` after `after` pieces of the stream, then carry on."""
+        return cls("stall", seconds=seconds, after=after)
 
-def _error_response(
-    code: int, message: str, *, headers: dict[str, str] | None = None
-) -> web.Response:
-    """An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`."""
-    body = {
-        "error": {
-            "message": message,
-            "type": _ERROR_TYPE.get(
-                code, "invalid_request_error" if code < 500 else "server_error"
-            ),
-            "code": None,
-        }
-    }
-    return web.Response(
-        status=code,
-        body=msgspec.json.encode(body),
-        content_type="application/json",
-        headers=headers,
-    )
+    @classmethod
+    def cut(cls, *, after: int = 1) -> Fault:
+        """Drop the connection (TCP RST) after `after` pieces of the stream."""
+        return cls("cut", after=after)
+
+    @classmethod
+    def truncate(cls, *, after: int = 1) -> Fault:
+        """End the body cleanly after `after` pieces, without the stream's proper end."""
+        return cls("truncate", after=after)
+
+    @classmethod
+    def stream_error(
+        cls, *, after: int = 1, error_type: str | None = None, message: str | None = None
+    ) -> Fault:
+        """Send the provider's in-stream error event after `after` pieces, then end."""
+        return cls("stream_error", after=after, error_type=error_type, message=message)
 
 
 def _last_user_message(body: dict[str, Any]) -> str | None:
@@ -133,22 +161,39 @@ def _count_words(body: dict[str, Any]) -> int:
     )
 
 
-class FakeOpenAI:
-    """A context-managed fake of `POST /v1/chat/completions` and `GET /v1/models`."""
+def pieces(text: str) -> list[str]:
+    """`text` cut into word-sized stream pieces that join back into it exactly."""
+    return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
+
+
+def pick_tool(tools: Any, choice: Any, prompt: str) -> str | None:
+    """The tool the fake calls, in OpenAI terms (`choice` is OpenAI's tool_choice), or None."""
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    names = [
+        tool["function"]["name"]
+        for tool in tools
+        if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
+    ]
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        return function.get("name") if isinstance(function, dict) else None
+    if names and (choice == "required" or TOOL_TRIGGER in prompt.lower()):
+        return names[0]
+    return None
+
+
+class FakeProvider:
+    """What every fake provider shares: its server thread, call log, fault script, streams."""
 
     def __init__(
-        self,
-        *,
-        delay: float = 0.0,
-        api_key: str | None = None,
-        answer: Answer | None = None,
-        models: Iterable[str] = ("fake-model",),
-        port: int = 0,
+        self, *, delay: float, api_key: str | None, answer: Answer | None, port: int
     ) -> None:
         self.delay = delay
         self.api_key = api_key
         self.answer: Answer | None = answer
-        self.models = list(models)
+        # Seconds between two streamed pieces; 0 sends them back to back.
+        self.chunk_delay = 0.0
         self._lock = threading.Lock()
         self._calls: list[dict[str, Any]] = []
         self._faults: deque[Fault] = deque()
@@ -165,9 +210,9 @@ class FakeOpenAI:
     def start(self) -> Self:
         """Start the server thread and wait until it listens."""
         if self._thread is not None:
-            raise RuntimeError("FakeOpenAI is already running")
+            raise RuntimeError(f"{type(self).__name__} is already running")
         loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="FakeOpenAI", daemon=True)
+        thread = threading.Thread(target=loop.run_forever, name=type(self).__name__, daemon=True)
         thread.start()
         self._loop, self._thread = loop, thread
         try:
@@ -201,10 +246,12 @@ class FakeOpenAI:
     ) -> None:
         self.stop()
 
+    def _routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
     async def _serve(self) -> None:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat_completions)
-        app.router.add_get("/v1/models", self._list_models)
+        self._routes(app)
         # handler_cancellation: a client that gave up (timeout test) frees its stalled handler
         # at once; a short shutdown_timeout keeps teardown fast when one is still stalled.
         runner = web.AppRunner(
@@ -232,28 +279,23 @@ class FakeOpenAI:
     def port(self) -> int:
         """The TCP port chosen by the OS."""
         if self._port is None:
-            raise RuntimeError("FakeOpenAI is not running")
+            raise RuntimeError(f"{type(self).__name__} is not running")
         return self._port
 
     @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:PORT/v1`, what GROQ_BASE_URL would be set to."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
     def calls(self) -> list[dict[str, Any]]:
-        """A copy of every chat-completions JSON body received, in order."""
+        """A copy of every JSON body received at the provider's endpoint, in order."""
         with self._lock:
             return list(self._calls)
 
     @property
     def call_count(self) -> int:
-        """How many chat-completions requests arrived (rejected ones included)."""
+        """How many requests arrived at the provider's endpoint (rejected ones included)."""
         with self._lock:
             return len(self._calls)
 
     def script(self, faults: Iterable[Fault]) -> None:
-        """Queue faults, one consumed per chat-completions request; normal answers resume after."""
+        """Queue faults, one consumed per request; normal answers resume after."""
         with self._lock:
             self._faults.extend(faults)
 
@@ -262,6 +304,136 @@ class FakeOpenAI:
         with self._lock:
             self._calls.clear()
             self._faults.clear()
+
+    # -- for the fakes -----------------------------------------------------------------------
+
+    async def _receive(self, request: web.Request) -> dict[str, Any] | None:
+        """The request's JSON object (None if not one), recorded, after the configured delay."""
+        raw = await request.read()
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            body = None
+        with self._lock:
+            # Recorded before any check so a test can count rejected calls too.
+            self._calls.append(body if isinstance(body, dict) else {})
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+        return body if isinstance(body, dict) else None
+
+    def _next_fault(self) -> Fault | None:
+        # Taken only once a request is valid so a rejected one does not swallow a fault.
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    async def _play_stream(
+        self,
+        request: web.Request,
+        *,
+        head: list[bytes],
+        body: list[bytes],
+        tail: list[bytes],
+        fault: Fault | None,
+        broken: bytes,
+        error_event: bytes,
+    ) -> web.StreamResponse:
+        """Send an SSE answer piece by piece, striking with `fault` where it says."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        for piece in head:
+            await response.write(piece)
+        if fault is not None and fault.kind == "malformed":
+            await response.write(broken)
+        for index, piece in enumerate([*body, None]):
+            if fault is not None and index == min(fault.after, len(body)):
+                if fault.kind == "stall":
+                    await asyncio.sleep(fault.seconds)
+                elif fault.kind == "cut":
+                    self._reset(request)
+                    return response
+                elif fault.kind == "truncate":
+                    await response.write_eof()
+                    return response
+                elif fault.kind == "stream_error":
+                    await response.write(error_event)
+                    await response.write_eof()
+                    return response
+            if piece is None:
+                break
+            if self.chunk_delay > 0:
+                await asyncio.sleep(self.chunk_delay)
+            await response.write(piece)
+        for piece in tail:
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _reset(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0 turns close() into a RST, like a crashed proxy, rather than a clean FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        # Never sent: the connection is gone; aiohttp drops it quietly.
+        return web.Response(status=204)
+
+
+def _error_response(
+    code: int, message: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`."""
+    body = {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPE.get(
+                code, "invalid_request_error" if code < 500 else "server_error"
+            ),
+            "code": None,
+        }
+    }
+    return web.Response(
+        status=code,
+        body=msgspec.json.encode(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+class FakeOpenAI(FakeProvider):
+    """A context-managed fake of `POST /v1/chat/completions` and `GET /v1/models`."""
+
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        api_key: str | None = None,
+        answer: Answer | None = None,
+        models: Iterable[str] = ("fake-model",),
+        port: int = 0,
+    ) -> None:
+        super().__init__(delay=delay, api_key=api_key, answer=answer, port=port)
+        self.models = list(models)
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:PORT/v1`, what GROQ_BASE_URL would be set to."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._list_models)
 
     # -- handlers ----------------------------------------------------------------------------
 
@@ -277,27 +449,17 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            body = None
-        with self._lock:
-            # Recorded before any check so a test can count rejected calls too.
-            self._calls.append(body if isinstance(body, dict) else {})
-        if self.delay > 0:
-            await asyncio.sleep(self.delay)
+        body = await self._receive(request)
         if not self._authorized(request):
             return _error_response(401, _STATUS_TEXT[401])
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if body is None or not isinstance(body.get("model"), str):
             return _error_response(400, "body must be a JSON object with a `model` string")
         prompt = _last_user_message(body)
         if prompt is None:
             return _error_response(400, "`messages` must contain a user message with text")
 
-        # Taken only now so a rejected request does not swallow a fault meant for a real one.
-        with self._lock:
-            fault = self._faults.popleft() if self._faults else None
+        fault = self._next_fault()
+        stream = body.get("stream") is True
         if fault is not None:
             if fault.kind == "status":
                 headers = (
@@ -305,55 +467,137 @@ class FakeOpenAI:
                 )
                 message = fault.message or _STATUS_TEXT.get(fault.code, f"HTTP {fault.code}")
                 return _error_response(fault.code, message, headers=headers)
-            if fault.kind == "timeout":
+            if fault.kind == "timeout" or (fault.kind == "stall" and not stream):
                 await asyncio.sleep(fault.seconds)
-            elif fault.kind == "malformed":
+            elif fault.kind == "malformed" and not stream:
                 return web.Response(
                     status=200,
                     body=b'{"id": "chatcmpl-broken", "choices": [{"mess',
                     content_type="application/json",
                 )
-            elif fault.kind == "reset":
+            elif fault.kind == "reset" or (fault.kind == "cut" and not stream):
                 return self._reset(request)
 
-        text = "" if fault is not None and fault.kind == "empty" else self._answer(body, prompt)
+        empty = fault is not None and fault.kind == "empty"
+        tool = None if empty or self._after_tool(body) else self._tool_call(body, prompt)
+        text = None if tool is not None else "" if empty else self._answer(body, prompt)
+        with_usage = fault is None or fault.kind != "no_usage"
+        if stream:
+            return await self._stream(request, body, text, tool, fault, with_usage=with_usage)
+
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool is not None:
+            message["tool_calls"] = [tool]
         reply: dict[str, Any] = {
-            "id": f"chatcmpl-fake-{next(self._ids)}",
+            "id": f"chatcmpl-fake-{self._next_id()}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body["model"],
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": "stop" if tool is None else "tool_calls",
                 }
             ],
         }
-        if fault is None or fault.kind != "no_usage":
-            prompt_tokens, completion_tokens = _count_words(body), len(text.split())
-            reply["usage"] = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
+        if with_usage:
+            reply["usage"] = self._usage(body, text, tool)
         return web.Response(body=msgspec.json.encode(reply), content_type="application/json")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        text: str | None,
+        tool: dict[str, Any] | None,
+        fault: Fault | None,
+        *,
+        with_usage: bool,
+    ) -> web.StreamResponse:
+        base = {
+            "id": f"chatcmpl-fake-{self._next_id()}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return _sse({**base, "choices": [choice]})
+
+        head = [chunk({"role": "assistant", "content": ""})]
+        if tool is not None:
+            arguments = tool["function"]["arguments"]
+            half = len(arguments) // 2
+            opening = {**tool, "index": 0, "function": {**tool["function"], "arguments": ""}}
+            parts = [
+                chunk({"tool_calls": [opening]}),
+                *(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+                    for part in (arguments[:half], arguments[half:])
+                ),
+            ]
+        else:
+            parts = [chunk({"content": piece}) for piece in pieces(text or "")]
+        tail = [chunk({}, "stop" if tool is None else "tool_calls")]
+        options = body.get("stream_options")
+        if with_usage and isinstance(options, dict) and options.get("include_usage"):
+            tail.append(_sse({**base, "choices": [], "usage": self._usage(body, text, tool)}))
+        tail.append(b"data: [DONE]\n\n")
+        error = {
+            "error": {
+                "message": fault.message if fault and fault.message else "The server had an error",
+                "type": fault.error_type if fault and fault.error_type else "server_error",
+            }
+        }
+        return await self._play_stream(
+            request,
+            head=head,
+            body=parts,
+            tail=tail,
+            fault=fault,
+            broken=b'data: {"id": "chatcmpl-broken", "choices": [{"delt\n\n',
+            error_event=_sse(error),
+        )
+
+    @staticmethod
+    def _after_tool(body: dict[str, Any]) -> bool:
+        messages = body["messages"]
+        return (
+            bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        )
+
+    def _tool_call(self, body: dict[str, Any], prompt: str) -> dict[str, Any] | None:
+        name = pick_tool(body.get("tools"), body.get("tool_choice"), prompt)
+        if name is None:
+            return None
+        return {
+            "id": f"call_fake_{self._next_id()}",
+            "type": "function",
+            "function": {"name": name, "arguments": _dumps({"query": prompt})},
+        }
 
     def _answer(self, body: dict[str, Any], prompt: str) -> str:
         answer = self.answer
-        return answer(body) if answer is not None else f"answer to: {prompt}"
+        if answer is not None:
+            return answer(body)
+        if self._after_tool(body):
+            return f"tool said: {body['messages'][-1].get('content')}"
+        return f"answer to: {prompt}"
 
     @staticmethod
-    def _reset(request: web.Request) -> web.StreamResponse:
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0 turns close() into a RST, like a crashed proxy, rather than a clean FIN.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        # Never sent: the connection is gone; aiohttp drops it quietly.
-        return web.Response(status=204)
+    def _usage(
+        body: dict[str, Any], text: str | None, tool: dict[str, Any] | None
+    ) -> dict[str, int]:
+        prompt_tokens = _count_words(body)
+        said = tool["function"]["arguments"] if tool is not None else text or ""
+        completion_tokens = len(said.split())
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
 
 def _dumps(obj: Any) -> str:

@@ -83,7 +83,7 @@ def test_miss_then_exact_then_semantic_then_unrelated_miss(
     assert near["matched_prompt"] == QUESTION
     assert 0.9 <= near["similarity"] < 1.0
     assert near["response"] == body["response"]
-    assert semantic.headers["x-sentinel-cache"] == "SEMANTIC-HIT"
+    assert semantic.headers["x-sentinel-cache"] == "HIT-SEMANTIC"
     assert fake_llm.call_count == 1
 
     other = ask(sentinel, {"prompt": UNRELATED})
@@ -162,7 +162,7 @@ def test_prompts_and_keys_stay_out_of_info_logs(
     secret_prompt = "my private question about zebra-42"
     ask(sentinel, {"prompt": secret_prompt})
     ask(sentinel, {"prompt": secret_prompt})
-    logs = sentinel.wait_for_log('"match":"EXACT-HIT"')
+    logs = sentinel.wait_for_log('"match":"HIT-EXACT"')
     assert '"message":"request"' in logs
     assert "zebra-42" not in logs
     assert "answer to" not in logs

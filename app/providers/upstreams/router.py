@@ -1,0 +1,291 @@
+"""Routing `provider/model` ids to chat providers, with an ordered fallback chain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+
+import aiohttp
+import msgspec
+
+from app.errors import (
+    UnknownModel,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.providers.retry import Retryable
+from app.providers.upstreams.anthropic import AnthropicProvider
+from app.providers.upstreams.base import ChatDelta, ChatProvider, ChatRequest, ChatResult
+from app.providers.upstreams.groq import GroqUpstream
+from app.providers.upstreams.openai_compat import OpenAICompatProvider
+
+log = logging.getLogger(__name__)
+
+GROQ_BASE_URL = "https://api.groq.com/openai/v1"
+GROQ_MODEL = "llama-3.1-8b-instant"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_MODEL = "gpt-4o-mini"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+ANTHROPIC_MODEL = "claude-haiku-4-5"
+
+Chains = Mapping[str, Sequence[str]]
+
+
+class ProviderRouter:
+    """Picks the provider for a model id and falls back along a chain on transient failures.
+
+    A model id is `provider/model` (`groq/llama-3.1-8b-instant`; the model part may hold more
+    slashes) or a bare model for the default provider. A chain is keyed by a full model id or a
+    provider name; its entries are `provider` (that provider's default model) or
+    `provider/model`. Fallback happens only after a provider's own retries are exhausted on a
+    rate limit, 5xx, timeout or unreachable host, and providers without a key are skipped.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, ChatProvider],
+        default_provider: str,
+        fallbacks: Chains | None = None,
+        *,
+        models: Chains | None = None,
+    ) -> None:
+        self._providers = dict(providers)
+        if default_provider not in self._providers:
+            raise ValueError(f"default provider {default_provider!r} is not one of {self._known()}")
+        self._default = self._providers[default_provider]
+        self._fallbacks = {key: list(chain) for key, chain in (fallbacks or {}).items()}
+        for key, chain in self._fallbacks.items():
+            for model_id in (key, *chain):
+                if model_id.partition("/")[0] not in self._providers:
+                    raise ValueError(
+                        f"fallback {model_id!r} names no provider; known: {self._known()}"
+                    )
+        self._extra_models = {name: list(ids) for name, ids in (models or {}).items()}
+        for name in self._extra_models:
+            if name not in self._providers:
+                raise ValueError(f"models for {name!r}: no such provider; known: {self._known()}")
+
+    @property
+    def providers(self) -> Mapping[str, ChatProvider]:
+        """Every provider by name, configured or not (for /health)."""
+        return dict(self._providers)
+
+    @property
+    def default_provider(self) -> ChatProvider:
+        """The provider for model ids without a prefix."""
+        return self._default
+
+    def resolve(self, model: str) -> tuple[ChatProvider, str]:
+        """The provider and its own model name for a model id; UnknownModel if none."""
+        prefix, slash, rest = model.partition("/")
+        if not slash:
+            provider, native = self._default, model
+        elif prefix in self._providers:
+            provider, native = self._providers[prefix], rest
+        else:
+            raise UnknownModel(
+                f"model {model!r}: unknown provider {prefix!r}; use one of {self._known()} "
+                f"as a prefix (e.g. `{self._default.name}/<model>`)"
+            )
+        native = native or provider.default_model
+        if not native:
+            raise UnknownModel(f"model {model!r} names no model and {provider.name} has no default")
+        return provider, native
+
+    def models(self) -> list[str]:
+        """Routable `provider/model` ids: each configured provider's default, then extras."""
+        ids: list[str] = []
+        for name, provider in self._providers.items():
+            if not provider.configured:
+                continue
+            for native in (provider.default_model, *self._extra_models.get(name, ())):
+                model_id = f"{name}/{native}"
+                if native and model_id not in ids:
+                    ids.append(model_id)
+        return ids
+
+    async def chat(self, model: str, request: ChatRequest) -> ChatResult:
+        """The first answer along the chain; `.provider` says who gave it."""
+        failures: list[UpstreamError] = []
+        for provider, native in self._chain(model):
+            try:
+                result = await provider.chat(msgspec.structs.replace(request, model=native))
+            except UpstreamError as exc:
+                self._give_up_unless_transient(exc, provider, failures)
+                continue
+            if result.provider != provider.name:
+                result = msgspec.structs.replace(result, provider=provider.name)
+            return result
+        raise _chain_failed(failures)
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """The first stream along the chain that yields a delta; the first one names the provider.
+
+        Once a delta has gone out, a failure is the caller's: the answer is half-delivered.
+        """
+        failures: list[UpstreamError] = []
+        for provider, native in self._chain(model):
+            deltas = provider.stream(msgspec.structs.replace(request, model=native))
+            try:
+                first = await anext(deltas)
+            except StopAsyncIteration:
+                raise UpstreamBadResponse(f"{provider.name} ended the stream at once") from None
+            except UpstreamError as exc:
+                await _aclose(deltas)
+                self._give_up_unless_transient(exc, provider, failures)
+                continue
+            try:
+                yield msgspec.structs.replace(first, provider=provider.name)
+                async for delta in deltas:
+                    yield delta
+            finally:
+                await _aclose(deltas)
+            return
+        raise _chain_failed(failures)
+
+    def _chain(self, model: str) -> list[tuple[ChatProvider, str]]:
+        """The requested provider first (configured or not: its error says what to set), then
+        the configured fallbacks."""
+        primary, native = self.resolve(model)
+        chain = self._fallbacks.get(f"{primary.name}/{native}")
+        if chain is None:
+            chain = self._fallbacks.get(primary.name, [])
+        steps = [(primary, native)]
+        for entry in chain:
+            name, _, fallback_model = entry.partition("/")
+            provider = self._providers[name]  # names were checked at construction
+            fallback_model = fallback_model or provider.default_model
+            # A fallback without a key or a model cannot answer; skipping it beats failing.
+            if provider.configured and fallback_model and (provider, fallback_model) not in steps:
+                steps.append((provider, fallback_model))
+        return steps
+
+    def _give_up_unless_transient(
+        self, exc: UpstreamError, provider: ChatProvider, failures: list[UpstreamError]
+    ) -> None:
+        """Re-raise a failure the next provider would not fix; otherwise note it and go on."""
+        if not is_transient(exc):
+            raise exc
+        failures.append(exc)
+        log.warning(
+            "provider %s failed (%s); trying the next in the chain", provider.name, exc.code
+        )
+
+    def _known(self) -> str:
+        return ", ".join(sorted(self._providers))
+
+
+def is_transient(exc: UpstreamError) -> bool:
+    """Whether another provider might succeed: rate limit, 5xx, timeout, unreachable."""
+    if isinstance(exc, UpstreamRateLimited | UpstreamTimeout | UpstreamUnavailable):
+        return True
+    # A 5xx after retries is a plain UpstreamError raised from the last Retryable.
+    return type(exc) is UpstreamError and isinstance(exc.__cause__, Retryable)
+
+
+def _chain_failed(failures: list[UpstreamError]) -> UpstreamError:
+    """The last failure, its message naming every provider that failed before it."""
+    last = failures[-1]
+    if len(failures) == 1:
+        return last
+    earlier = "; ".join(failure.message for failure in failures[:-1])
+    error = type(last)(f"{last.message} (fallback; before it: {earlier})", headers=last.headers)
+    error.__cause__ = last
+    return error
+
+
+async def _aclose(deltas: AsyncIterator[ChatDelta]) -> None:
+    if isinstance(deltas, AsyncGenerator):
+        await deltas.aclose()
+
+
+def parse_chains(text: str | None, *, variable: str = "FALLBACKS") -> dict[str, list[str]]:
+    """`groq=openai,anthropic;openai=groq` as {"groq": ["openai", "anthropic"], ...}."""
+    chains: dict[str, list[str]] = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        key, equals, values = part.partition("=")
+        entries = [value.strip() for value in values.split(",") if value.strip()]
+        if not equals or not key.strip() or not entries:
+            raise ValueError(f"{variable}: {part.strip()!r} is not `name=a,b`")
+        chains[key.strip()] = entries
+    return chains
+
+
+def build_router(
+    session: aiohttp.ClientSession,
+    *,
+    timeout: float,
+    idle_timeout: float | None = None,
+    groq_api_key: str | None = None,
+    groq_base_url: str = GROQ_BASE_URL,
+    groq_model: str = GROQ_MODEL,
+    openai_api_key: str | None = None,
+    openai_base_url: str = OPENAI_BASE_URL,
+    openai_model: str = OPENAI_MODEL,
+    anthropic_api_key: str | None = None,
+    anthropic_base_url: str = ANTHROPIC_BASE_URL,
+    anthropic_model: str = ANTHROPIC_MODEL,
+    openai_compatible_base_url: str | None = None,
+    openai_compatible_api_key: str | None = None,
+    openai_compatible_model: str | None = None,
+    default_provider: str = "groq",
+    fallbacks: str | Chains | None = None,
+    extra_models: str | Chains | None = None,
+) -> ProviderRouter:
+    """Every provider on the app's session, from plain settings values; ValueError if invalid."""
+    providers: dict[str, ChatProvider] = {
+        "groq": GroqUpstream(
+            session,
+            api_key=groq_api_key,
+            base_url=groq_base_url,
+            model=groq_model,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+        ),
+        "openai": OpenAICompatProvider(
+            session,
+            name="openai",
+            api_key=openai_api_key,
+            base_url=openai_base_url,
+            model=openai_model,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            not_configured="the openai provider is not configured: set OPENAI_API_KEY",
+        ),
+        "anthropic": AnthropicProvider(
+            session,
+            api_key=anthropic_api_key,
+            base_url=anthropic_base_url,
+            model=anthropic_model,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+        ),
+        "openai_compatible": OpenAICompatProvider(
+            session,
+            name="openai_compatible",
+            api_key=openai_compatible_api_key,
+            base_url=openai_compatible_base_url,
+            model=openai_compatible_model or "",
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            # Ollama and vLLM on a private network need no key.
+            requires_key=False,
+            not_configured=(
+                "the openai_compatible provider is not configured: set "
+                "OPENAI_COMPATIBLE_BASE_URL (and OPENAI_COMPATIBLE_API_KEY if the server needs one)"
+            ),
+        ),
+    }
+    return ProviderRouter(
+        providers,
+        default_provider,
+        parse_chains(fallbacks) if isinstance(fallbacks, str | None) else fallbacks,
+        models=parse_chains(extra_models, variable="EXTRA_MODELS")
+        if isinstance(extra_models, str | None)
+        else extra_models,
+    )
