@@ -19,6 +19,8 @@ from app.cache.store import ENTRY_FIELDS, CacheStore
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
 from app.providers.upstreams.groq import GroqUpstream
+from app.providers.upstreams.router import ProviderRouter
+from app.service.guard import configured_decision
 from app.service.prompt import Scope, normalize_prompt
 from app.service.query import Query, QueryService
 from app.settings import load_settings
@@ -514,6 +516,7 @@ async def service_breakdown(
             dimension=embedder.dimension,
             ef_runtime=settings.knn_ef_runtime,
         )
+        guard, floor = configured_decision(settings, embedder.id)
         service = QueryService(
             store=cast(
                 CacheStore,
@@ -523,10 +526,16 @@ async def service_breakdown(
                 MetricsStore, _Timed(MetricsStore(redis), spans, {"record": "MetricsStore.record"})
             ),
             embedder=cast(LocalEmbedder, _Timed(embedder, spans, {"embed": "LocalEmbedder.embed"})),
-            upstream=GroqUpstream(
-                session, api_key="bench", base_url=provider_url, model=model, timeout=30.0
+            providers=ProviderRouter(
+                {
+                    "groq": GroqUpstream(
+                        session, api_key="bench", base_url=provider_url, model=model, timeout=30.0
+                    )
+                },
+                "groq",
             ),
-            similarity_threshold=settings.similarity_threshold,
+            similarity_threshold=floor,
+            guard=guard,
             ttl=settings.cache_ttl,
             top_k=settings.knn_top_k,
             max_prompt_chars=settings.max_prompt_chars,
@@ -540,7 +549,7 @@ async def service_breakdown(
             for prompt in prompt_list:
                 spans.clear()
                 started = time.perf_counter()
-                answer = await service.answer(Query(prompt=prompt))
+                answer = await service.answer(Query(prompt=prompt).ask())
                 spans["answer() total"] = (time.perf_counter() - started) * 1000
                 if answer.match in by_kind:
                     by_kind[answer.match].append(dict(spans))

@@ -10,6 +10,7 @@ import numpy as np
 
 from app.errors import EmptyPrompt
 from app.providers.embedders.local import LocalEmbedder
+from app.service.guard import Guard
 from app.service.prompt import normalize_prompt
 from bench.procs import ROOT
 
@@ -100,9 +101,13 @@ async def choose_pairs(
     *,
     want: int,
     threshold: float,
+    guard: Guard | None = None,
     seed: int,
 ) -> list[Pair]:
-    """Pairs whose paraphrase should hit its own original and nothing else, greedily chosen."""
+    """Pairs whose paraphrase should hit its own original and nothing else, greedily chosen.
+
+    With a guard, the paraphrase must also pass it (the service serves nothing else).
+    """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(candidates))
     seen: set[str] = set()
@@ -130,6 +135,8 @@ async def choose_pairs(
             vo, vp = vectors[j], vectors[len(chunk) + j]
             cosine = float(vo @ vp)
             if cosine < threshold + MARGIN:
+                continue
+            if guard is not None and not guard.accepts(paraphrase, original, cosine):
                 continue
             if originals:
                 o_mat, p_mat = np.stack(originals), np.stack(paraphrases)

@@ -17,6 +17,7 @@ import numpy as np
 
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
+from app.service.guard import configured_decision
 from app.service.prompt import Scope
 from app.settings import load_settings
 from bench import knn
@@ -448,19 +449,17 @@ async def amain(args: argparse.Namespace) -> int:
         if not args.skip_e2e:
             candidates, source_note = candidate_pairs()
             say(source_note)
+            guard, floor = configured_decision(settings, embedder.id)
             pairs = await choose_pairs(
-                embedder,
-                candidates,
-                want=plan.pairs,
-                threshold=settings.similarity_threshold,
-                seed=args.seed,
+                embedder, candidates, want=plan.pairs, threshold=floor, guard=guard, seed=args.seed
             )
             e2e_note = f"{source_note}; {e2e_vectors_note(pairs)}"
             report.add(
                 "b",
                 "## (b) End to end over HTTP (loopback)\n\n"
-                f"Fake provider delay {plan.delay:g} s; similarity threshold "
-                f"{settings.similarity_threshold}; EF_RUNTIME {settings.knn_ef_runtime}; "
+                f"Fake provider delay {plan.delay:g} s; cosine floor {floor}, guard "
+                f"{'off' if guard is None else f'p >= {guard.threshold}'}; "
+                f"EF_RUNTIME {settings.knn_ef_runtime}; "
                 f"top_k {settings.knn_top_k}. Questions: {e2e_note}.\n",
             )
 

@@ -52,6 +52,12 @@ def openai_fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
+def local_llm() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=("llama3",)) as fake:  # like Ollama or vLLM: no key
+        yield fake
+
+
+@pytest.fixture(scope="module")
 def anthropic() -> Iterator[FakeAnthropic]:
     with FakeAnthropic(api_key="anthropic-key") as fake:
         yield fake
@@ -63,6 +69,7 @@ def sentinel(
     groq: FakeOpenAI,
     openai_fake: FakeOpenAI,
     anthropic: FakeAnthropic,
+    local_llm: FakeOpenAI,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[SentinelProcess]:
     process = SentinelProcess(
@@ -74,6 +81,8 @@ def sentinel(
             "OPENAI_BASE_URL": openai_fake.base_url,
             "ANTHROPIC_API_KEY": "anthropic-key",
             "ANTHROPIC_BASE_URL": anthropic.base_url,
+            "OPENAI_COMPATIBLE_BASE_URL": local_llm.base_url,
+            "OPENAI_COMPATIBLE_MODEL": "llama3",
             "FALLBACKS": "groq/fallback-test=openai",
             "UPSTREAM_TIMEOUT": "5",
         },
@@ -85,8 +94,10 @@ def sentinel(
 
 
 @pytest.fixture(autouse=True)
-def fresh_fakes(groq: FakeOpenAI, openai_fake: FakeOpenAI, anthropic: FakeAnthropic) -> None:
-    for fake in (groq, openai_fake, anthropic):
+def fresh_fakes(
+    groq: FakeOpenAI, openai_fake: FakeOpenAI, anthropic: FakeAnthropic, local_llm: FakeOpenAI
+) -> None:
+    for fake in (groq, openai_fake, anthropic, local_llm):
         fake.reset()
 
 
@@ -351,6 +362,39 @@ def test_a_tool_result_is_scoped_by_the_whole_conversation(
 
 
 # -- providers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "fake_name", "native"),
+    [
+        ("groq/llama-3.1-8b-instant", "groq", "llama-3.1-8b-instant"),
+        ("openai/gpt-4o-mini", "openai_fake", "gpt-4o-mini"),
+        ("openai_compatible/llama3", "local_llm", "llama3"),
+        ("anthropic/claude-haiku-4-5", "anthropic", "claude-haiku-4-5"),
+    ],
+)
+def test_every_provider_streamed_and_not(
+    client: openai.OpenAI, request: pytest.FixtureRequest, model: str, fake_name: str, native: str
+) -> None:
+    fake = request.getfixturevalue(fake_name)
+    question, streamed_question = unique("Name a noble gas"), unique("Name a metal")
+    whole, headers = create(client, model=model, messages=user(question))
+    assert headers["x-sentinel-provider"] == model.partition("/")[0]
+    assert whole.choices[0].message.content == f"answer to: {question}"
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=user(streamed_question),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == f"answer to: {streamed_question}"
+    assert chunks[-1].usage is not None
+    assert [call["model"] for call in fake.calls] == [native, native]
+    assert cache(client, model=model, messages=user(streamed_question)) == "HIT-EXACT"
+    assert fake.call_count == 2
 
 
 def test_anthropic_through_the_openai_client(
