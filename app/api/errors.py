@@ -100,5 +100,6 @@ def _validation_message(exc: ValidationException) -> str:
         if isinstance(item, dict):
             key = item.get("key")
             message = str(item.get("message", ""))
-            parts.append(f"{key}: {message}" if key else message)
+            # "data" is Litestar's name for the whole body, not a field the client sent.
+            parts.append(f"{key}: {message}" if key and key != "data" else message)
     return "; ".join(parts) or str(exc.detail)
