@@ -39,6 +39,8 @@ ENTRY_FIELDS = (
     "tool_calls",
     "finish_reason",
     "provider",
+    "tenant",
+    "model_id",
 )
 
 
@@ -59,6 +61,10 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     finish_reason: str = "stop"
     # Who answered (after any fallback); "" for entries written before providers were named.
     provider: str = ""
+    # For admin listing and scope invalidation (both TAG fields of the index): the API key's
+    # tenant ("" when open) and the `provider/model` the client asked for.
+    tenant: str = ""
+    model_id: str = ""
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -94,6 +100,8 @@ class CacheStore:
                 "index": {"name": self.index_name, "prefix": self.prefix, "storage_type": "hash"},
                 "fields": [
                     {"name": "scope", "type": "tag"},
+                    {"name": "tenant", "type": "tag"},
+                    {"name": "model_id", "type": "tag"},
                     {
                         "name": VECTOR_FIELD,
                         "type": "vector",
@@ -164,6 +172,8 @@ class CacheStore:
             tool_calls=_text(row["tool_calls"]),
             finish_reason=_text(row["finish_reason"]) or "stop",
             provider=_text(row["provider"]),
+            tenant=_text(row["tenant"]),
+            model_id=_text(row["model_id"]),
         )
 
     @redis_errors_as_unavailable
@@ -224,6 +234,8 @@ class CacheStore:
             "tool_calls": entry.tool_calls,
             "finish_reason": entry.finish_reason,
             "provider": entry.provider,
+            "tenant": entry.tenant,
+            "model_id": entry.model_id,
         }
         if vector is not None:
             mapping[VECTOR_FIELD] = encode_vector(vector, self.dimension)
@@ -254,6 +266,8 @@ def new_entry(
     tool_calls: str = "",
     finish_reason: str = "stop",
     provider: str = "",
+    tenant: str = "",
+    model_id: str = "",
 ) -> Entry:
     """An entry as stored right after a successful upstream call."""
     return Entry(
@@ -269,6 +283,8 @@ def new_entry(
         tool_calls=tool_calls,
         finish_reason=finish_reason,
         provider=provider,
+        tenant=tenant,
+        model_id=model_id,
     )
 
 

@@ -32,6 +32,10 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """
 
     model: str
+    # Who asked (the API key's tenant; "" when Sentinel runs open) and the sub-scope they chose
+    # (X-Sentinel-Namespace): entries never serve another tenant or namespace.
+    tenant: str = ""
+    namespace: str = ""
     context: tuple[ContextMessage, ...] = ()
     temperature: float | None = None
     top_p: float | None = None

@@ -51,6 +51,9 @@ class Ask(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    # Who is asking: the API key's tenant ("" when Sentinel runs open), and a sub-scope.
+    tenant: str = ""
+    namespace: str = ""
     # Cache controls (None: the configured default).
     similarity_threshold: float | None = None
     ttl: int | None = None
@@ -110,6 +113,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """How one request meets the cache: its routed model, scope, question and entry id."""
 
     model_id: str  # `provider/model`, what the scope holds
+    tenant: str
     request: ChatRequest  # for the provider, model still as the client named it
     scope: str
     # The last user message, normalized: what the semantic layer embeds. None when the
@@ -172,6 +176,8 @@ class QueryService:
         context = ask.messages[:-1] if question is not None else ask.messages
         scope = Scope(
             model=model_id,
+            tenant=ask.tenant,
+            namespace=ask.namespace,
             context=tuple(_context(m) for m in context),
             temperature=ask.temperature,
             top_p=ask.top_p,
@@ -197,6 +203,7 @@ class QueryService:
         )
         return Plan(
             model_id=model_id,
+            tenant=ask.tenant,
             request=request,
             scope=scope,
             question=question,
@@ -331,6 +338,8 @@ class QueryService:
             ),
             finish_reason=result.finish_reason,
             provider=result.provider,
+            tenant=plan.tenant,
+            model_id=plan.model_id,
         )
         try:
             await self.store.put(entry, vector, ttl=plan.ttl)
