@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from app.cache.embedded import EmbeddedRedis
 from app.cache.metrics import MetricsStore
+from app.cache.negative import NegativeCache
 from app.cache.store import CacheStore
 from app.errors import StartupError
 from app.providers.embedders import build_embedder
@@ -76,6 +77,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 providers=router,
                 similarity_threshold=threshold,
                 guard=guard,
+                negative=NegativeCache(redis, ttl=settings.negative_ttl),
                 ttl=settings.cache_ttl,
                 top_k=settings.knn_top_k,
                 max_prompt_chars=settings.max_prompt_chars,

@@ -70,6 +70,9 @@ class Settings(
     # Unset: the probability the shipped guard was tuned for (bench/quality.md).
     guard_threshold: Threshold | None = None
     cache_ttl: PositiveInt = 3600
+    # Seconds a provider failure that survived retries (429, 5xx, timeout) is answered again
+    # from memory for the same request, without calling the provider; 0 turns it off.
+    negative_ttl: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 60
     knn_top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 300
     max_prompt_chars: PositiveInt = 32000

@@ -6,11 +6,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from litestar import Response, get, post
+import msgspec
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from app.api.controls import from_headers
 from app.api.errors import error_body
 from app.api.openai_schemas import DONE, ChatCompletionRequest, ChunkWriter, completion, sse
 from app.errors import SentinelError
@@ -36,10 +38,12 @@ def cache_headers(answer: Answer) -> dict[str, str]:
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(
-    data: JSONBody[ChatCompletionRequest], service: NamedDependency[QueryService]
+    request: Request[Any, Any, Any],
+    data: JSONBody[ChatCompletionRequest],
+    service: NamedDependency[QueryService],
 ) -> Response[dict[str, Any]] | Stream:
     """OpenAI's Chat Completions, answered from the cache when the same question was asked."""
-    ask = data.to_ask()
+    ask = msgspec.structs.replace(data.to_ask(), **from_headers(request.headers))
     if not data.stream:
         answer = await service.answer(ask)
         return Response(completion(answer), headers=cache_headers(answer))

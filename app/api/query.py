@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar import Response, post
+from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
 from app.api.chat import cache_headers, event_stream
+from app.api.controls import from_headers
 from app.api.openai_schemas import sse
 from app.api.schemas import QueryRequest
 from app.providers.upstreams.base import ChatDelta
@@ -20,7 +23,9 @@ _AFTER_STREAM = {"response", "usage", "cost_usd", "saved_usd", "latency_ms", "to
 
 @post("/v1/query", status_code=200)
 async def query(
-    data: JSONBody[QueryRequest], service: NamedDependency[QueryService]
+    request: Request[Any, Any, Any],
+    data: JSONBody[QueryRequest],
+    service: NamedDependency[QueryService],
 ) -> Response[Answer] | Stream:
     """Answer a prompt: exact hit, semantic hit, or a fresh provider answer.
 
@@ -29,7 +34,9 @@ async def query(
     """
     fields = msgspec.structs.asdict(data)
     stream = fields.pop("stream")
+    body_controls = _body_controls(fields)
     ask = msgspec.convert(fields, Query).ask()
+    ask = msgspec.structs.replace(ask, **{**from_headers(request.headers), **body_controls})
     if not stream:
         answer = await service.answer(ask)
         return Response(answer, headers=cache_headers(answer))
@@ -49,3 +56,18 @@ async def query(
         return sse({"response": "".join(parts)}, event="done")
 
     return event_stream(streamed, encode, end=done, start=sse(meta, event="meta"))
+
+
+def _body_controls(fields: dict[str, Any]) -> dict[str, Any]:
+    """Pop the body's cache controls as `Ask` fields (only those the body set)."""
+    controls: dict[str, Any] = {}
+    if fields.pop("no_cache"):
+        controls["read_cache"] = False
+    if fields.pop("no_store"):
+        controls["write_cache"] = False
+    if (namespace := fields.pop("namespace")) is not None:
+        controls["namespace"] = namespace
+    for name in ("ttl", "similarity_threshold"):
+        if fields.get(name) is not None:
+            controls[name] = fields[name]
+    return controls

@@ -19,3 +19,7 @@ class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
     stream: bool = False
+    # The body forms of Cache-Control: no-cache / no-store and X-Sentinel-Namespace.
+    no_cache: bool = False
+    no_store: bool = False
+    namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] | None = None

@@ -14,6 +14,7 @@ import msgspec
 
 from app.cache import keys
 from app.cache.metrics import MetricsStore, Outcome
+from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry, new_entry
 from app.errors import (
     BadRequest,
@@ -24,7 +25,7 @@ from app.errors import (
 )
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
-from app.providers.upstreams.router import ProviderRouter
+from app.providers.upstreams.router import ProviderRouter, is_transient
 from app.service.guard import Guard
 from app.service.pricing import cost_usd
 from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
@@ -54,9 +55,13 @@ class Ask(msgspec.Struct, frozen=True, kw_only=True):
     # Who is asking: the API key's tenant ("" when Sentinel runs open), and a sub-scope.
     tenant: str = ""
     namespace: str = ""
-    # Cache controls (None: the configured default).
+    # Cache controls (None: the configured default). read_cache=False (Cache-Control:
+    # no-cache) skips the lookup and refreshes the entry; write_cache=False (no-store) keeps
+    # the answer out of the cache.
     similarity_threshold: float | None = None
     ttl: int | None = None
+    read_cache: bool = True
+    write_cache: bool = True
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +127,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     entry_id: str
     threshold: float
     ttl: int
+    read_cache: bool
+    write_cache: bool
 
 
 class StreamedAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +150,7 @@ class QueryService:
         providers: ProviderRouter,
         similarity_threshold: float,
         guard: Guard | None = None,
+        negative: NegativeCache | None = None,
         ttl: int,
         top_k: int,
         max_prompt_chars: int,
@@ -153,6 +161,7 @@ class QueryService:
         self.providers = providers
         self.similarity_threshold = similarity_threshold
         self.guard = guard
+        self.negative = negative
         self.ttl = ttl
         self.top_k = top_k
         self.max_prompt_chars = max_prompt_chars
@@ -214,6 +223,8 @@ class QueryService:
                 else ask.similarity_threshold
             ),
             ttl=ask.ttl or self.ttl,
+            read_cache=ask.read_cache,
+            write_cache=ask.write_cache,
         )
 
     async def answer(self, ask: Ask) -> Answer:
@@ -226,7 +237,7 @@ class QueryService:
         try:
             result = await self.providers.chat(plan.model_id, plan.request)
         except UpstreamError as exc:
-            await self._failed(exc, started)
+            await self._failed(plan, exc, started)
             raise
         return await self._store(plan, result, vector, started)
 
@@ -246,7 +257,7 @@ class QueryService:
         try:
             first = await anext(deltas)
         except UpstreamError as exc:
-            await self._failed(exc, started)
+            await self._failed(plan, exc, started)
             raise
         head = Answer(
             response="",
@@ -281,7 +292,7 @@ class QueryService:
                 assembled.add(delta)
                 yield delta
         except UpstreamError as exc:
-            await self._failed(exc, started)
+            await self._failed(plan, exc, started)
             raise
         finally:
             # A client that went away closes this generator: close the provider's stream too.
@@ -295,7 +306,18 @@ class QueryService:
         await self._store(plan, result, vector, started)
 
     async def _lookup(self, plan: Plan, started: float) -> tuple[Answer | None, Vector | None]:
-        """An exact hit, else a guarded semantic hit; with the query's vector for a later store."""
+        """An exact hit, else a guarded semantic hit, else a remembered failure (raised).
+
+        Returns the query's vector too, for storing the answer later.
+        """
+        if not plan.read_cache:
+            return None, None
+        hit, vector = await self._find(plan, started)
+        if hit is None:
+            await self._check_negative(plan, started)
+        return hit, vector
+
+    async def _find(self, plan: Plan, started: float) -> tuple[Answer | None, Vector | None]:
         entry = await self.store.take_hit(plan.entry_id)
         if entry is not None:
             return await self._hit(entry, "exact", 1.0, started), None
@@ -325,6 +347,8 @@ class QueryService:
     ) -> Answer:
         """Keep a successful answer (if the cache can) and report the miss."""
         message = result.message
+        if vector is None and plan.question is not None and plan.write_cache:
+            vector = await self.embedder.embed(plan.question)
         entry = new_entry(
             entry_id=plan.entry_id,
             prompt=plan.question or "",
@@ -342,7 +366,10 @@ class QueryService:
             model_id=plan.model_id,
         )
         try:
-            await self.store.put(entry, vector, ttl=plan.ttl)
+            if plan.write_cache:
+                await self.store.put(entry, vector, ttl=plan.ttl)
+            if self.negative is not None:
+                await self.negative.forget(plan.entry_id)
         except CacheUnavailable as exc:
             # The caller paid for this answer: give it to them even if it cannot be kept.
             log.warning("answer not stored: %s", exc.message)
@@ -351,11 +378,29 @@ class QueryService:
         await self._record("miss", started, upstream_called=True, usd_spent=spent)
         return _answer(entry, "miss", None, latency_ms, cost=spent, saved=0.0)
 
-    async def _failed(self, exc: UpstreamError, started: float) -> None:
+    async def _check_negative(self, plan: Plan, started: float) -> None:
+        """Raise a failure remembered for this exact request, without calling the provider."""
+        if self.negative is None:
+            return
+        try:
+            await self.negative.check(plan.entry_id)
+        except RememberedFailure:
+            await self._record("error", started)
+            raise
+        except CacheUnavailable as exc:
+            log.warning("negative cache not read: %s", exc.message)
+
+    async def _failed(self, plan: Plan, exc: UpstreamError, started: float) -> None:
+        """Count a provider failure; remember a transient one (429, 5xx, timeout)."""
         if isinstance(exc, UpstreamNotConfigured):
             await self._record("error", started)
-        else:
-            await self._record("error", started, upstream_called=True, upstream_failed=True)
+            return
+        await self._record("error", started, upstream_called=True, upstream_failed=True)
+        if self.negative is not None and is_transient(exc):
+            try:
+                await self.negative.remember(plan.entry_id, exc)
+            except CacheUnavailable as failure:
+                log.warning("failure not remembered: %s", failure.message)
 
     async def _hit(
         self,
