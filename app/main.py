@@ -7,6 +7,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.middleware import request_log_middleware
@@ -31,7 +32,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the application; settings come from the environment unless given."""
     settings = settings or load_settings()
     return Litestar(
-        route_handlers=[query, chat_completions, models, health, metrics],
+        route_handlers=[
+            query,
+            chat_completions,
+            models,
+            cache_lookup,
+            cache_store,
+            health,
+            metrics,
+        ],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware],

@@ -241,6 +241,24 @@ class QueryService:
             raise
         return await self._store(plan, result, vector, started)
 
+    async def lookup(self, ask: Ask) -> Answer | None:
+        """Cache-aside read: the cached answer for this request, or None; never the provider."""
+        started = time.perf_counter()
+        plan = self.plan(msgspec.structs.replace(ask, read_cache=True))
+        hit, _ = await self._find(plan, started)
+        if hit is None:
+            await self._record("miss", started)
+        return hit
+
+    async def put(self, ask: Ask, result: ChatResult) -> Answer:
+        """Cache-aside write: store an answer the caller got from its own LLM call."""
+        started = time.perf_counter()
+        plan = self.plan(msgspec.structs.replace(ask, write_cache=True))
+        vector = None if plan.question is None else await self.embedder.embed(plan.question)
+        entry = _entry(plan, result)
+        await self.store.put(entry, vector, ttl=plan.ttl)
+        return _answer(entry, "miss", None, _elapsed_ms(started), cost=0.0, saved=0.0)
+
     async def stream(self, ask: Ask) -> StreamedAnswer:
         """Like `answer`, streamed: a hit is replayed in pieces; a miss is relayed as it arrives.
 
@@ -346,25 +364,9 @@ class QueryService:
         self, plan: Plan, result: ChatResult, vector: Vector | None, started: float
     ) -> Answer:
         """Keep a successful answer (if the cache can) and report the miss."""
-        message = result.message
         if vector is None and plan.question is not None and plan.write_cache:
             vector = await self.embedder.embed(plan.question)
-        entry = new_entry(
-            entry_id=plan.entry_id,
-            prompt=plan.question or "",
-            response=message.content or "",
-            model=result.model,
-            scope=plan.scope,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            tool_calls=(
-                msgspec.json.encode(message.tool_calls).decode() if message.tool_calls else ""
-            ),
-            finish_reason=result.finish_reason,
-            provider=result.provider,
-            tenant=plan.tenant,
-            model_id=plan.model_id,
-        )
+        entry = _entry(plan, result)
         try:
             if plan.write_cache:
                 await self.store.put(entry, vector, ttl=plan.ttl)
@@ -507,6 +509,25 @@ async def _replay(answer: Answer) -> AsyncIterator[ChatDelta]:
         yield ChatDelta(tool_calls=[{"index": i, **c} for i, c in enumerate(answer.tool_calls)])
     yield ChatDelta(finish_reason=answer.finish_reason)
     yield ChatDelta(usage=(answer.usage.prompt_tokens, answer.usage.completion_tokens))
+
+
+def _entry(plan: Plan, result: ChatResult) -> Entry:
+    """The entry that keeps a provider's answer for this plan's scope and question."""
+    message = result.message
+    return new_entry(
+        entry_id=plan.entry_id,
+        prompt=plan.question or "",
+        response=message.content or "",
+        model=result.model,
+        scope=plan.scope,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        tool_calls=msgspec.json.encode(message.tool_calls).decode() if message.tool_calls else "",
+        finish_reason=result.finish_reason,
+        provider=result.provider,
+        tenant=plan.tenant,
+        model_id=plan.model_id,
+    )
 
 
 def _context(message: ChatMessage) -> ContextMessage:

@@ -194,3 +194,98 @@ async def test_a_client_error_from_the_provider_is_not_remembered(
         second = await http.post("/v1/query", json={"prompt": QUESTION})
         assert second.status_code == 200
         assert second.headers["x-sentinel-cache"] == "MISS"
+
+
+# -- cache-aside ------------------------------------------------------------------------------
+
+
+async def test_cache_aside_store_then_lookup_and_the_gateway_sees_it(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    async with app_client(make_settings()) as http:
+        miss = await http.post("/v1/cache/lookup", json={"prompt": QUESTION})
+        assert miss.status_code == 200
+        assert miss.json() == {"hit": False, "answer": None}
+
+        stored = await http.post(
+            "/v1/cache/store",
+            json={
+                "prompt": QUESTION,
+                "response": "100 degrees Celsius",
+                "usage": {"prompt_tokens": 12, "completion_tokens": 4},
+                "ttl": 600,
+            },
+        )
+        assert stored.status_code == 201, stored.text
+        entry_id = stored.json()["entry_id"]
+
+        exact = (await http.post("/v1/cache/lookup", json={"prompt": QUESTION})).json()
+        assert exact["hit"] is True
+        assert exact["answer"]["response"] == "100 degrees Celsius"
+        assert exact["answer"]["entry_id"] == entry_id
+        near = (await http.post("/v1/cache/lookup", json={"prompt": PARAPHRASE})).json()
+        assert near["answer"]["match"] == "semantic"
+
+        # Same scoping as the gateway: /v1/query and chat find the stored answer.
+        query = await http.post("/v1/query", json={"prompt": QUESTION})
+        assert query.json()["response"] == "100 degrees Celsius"
+        completion = await http.post("/v1/chat/completions", json=chat(QUESTION))
+        assert completion.json()["choices"][0]["message"]["content"] == "100 degrees Celsius"
+        # ...but not under another model or namespace.
+        other = await http.post(
+            "/v1/cache/lookup", json={"prompt": QUESTION, "model": "groq/other-model"}
+        )
+        assert other.json()["hit"] is False
+        scoped = await http.post("/v1/cache/lookup", json={"prompt": QUESTION, "namespace": "x"})
+        assert scoped.json()["hit"] is False
+    assert fake_llm.call_count == 0
+
+
+async def test_cache_aside_messages_and_tool_calls(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    messages = [
+        {"role": "system", "content": "You call tools."},
+        {"role": "user", "content": "What is the weather in Rome?"},
+    ]
+    call = {
+        "id": "call_9",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+    }
+    async with app_client(make_settings()) as http:
+        stored = await http.post(
+            "/v1/cache/store",
+            json={"messages": messages, "tool_calls": [call], "finish_reason": "tool_calls"},
+        )
+        assert stored.status_code == 201, stored.text
+        found = (await http.post("/v1/cache/lookup", json={"messages": messages})).json()
+        assert found["answer"]["tool_calls"] == [call]
+        assert found["answer"]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("/v1/cache/lookup", {}, "prompt or messages"),
+        (
+            "/v1/cache/lookup",
+            {"prompt": "a", "messages": [{"role": "user", "content": "a"}]},
+            "prompt or messages",
+        ),
+        ("/v1/cache/store", {"prompt": QUESTION}, "response"),
+        ("/v1/cache/store", {"prompt": QUESTION, "response": "x", "ttl": -1}, "ttl"),
+        ("/v1/cache/lookup", {"prompt": QUESTION, "similarity_threshold": 2}, "similarity"),
+    ],
+)
+async def test_cache_aside_bad_input_is_400(
+    make_settings: Callable[..., Settings],
+    fake_llm: FakeOpenAI,
+    path: str,
+    body: dict[str, Any],
+    fragment: str,
+) -> None:
+    async with app_client(make_settings()) as http:
+        response = await http.post(path, json=body)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]["message"]
