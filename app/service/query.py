@@ -310,7 +310,9 @@ class QueryService:
                 assembled.add(delta)
                 yield delta
         except UpstreamError as exc:
-            await self._failed(plan, exc, started)
+            # Not remembered: a stream broken midway was never retried, so the next try may
+            # well succeed.
+            await self._failed(plan, exc, started, remember=False)
             raise
         finally:
             # A client that went away closes this generator: close the provider's stream too.
@@ -392,13 +394,15 @@ class QueryService:
         except CacheUnavailable as exc:
             log.warning("negative cache not read: %s", exc.message)
 
-    async def _failed(self, plan: Plan, exc: UpstreamError, started: float) -> None:
+    async def _failed(
+        self, plan: Plan, exc: UpstreamError, started: float, *, remember: bool = True
+    ) -> None:
         """Count a provider failure; remember a transient one (429, 5xx, timeout)."""
         if isinstance(exc, UpstreamNotConfigured):
             await self._record("error", started)
             return
         await self._record("error", started, upstream_called=True, upstream_failed=True)
-        if self.negative is not None and is_transient(exc):
+        if remember and self.negative is not None and is_transient(exc):
             try:
                 await self.negative.remember(plan.entry_id, exc)
             except CacheUnavailable as failure:

@@ -112,7 +112,14 @@ async def test_upstream_timeout_is_504_and_stores_nothing(
         response = await http.post("/v1/query", json={"prompt": "What is HNSW?"})
         assert_error(response, 504, "UPSTREAM_TIMEOUT")
         assert await entry_count(redis_url) == 0
-        retry = await http.post("/v1/query", json={"prompt": "What is HNSW?"})
+        # The failure is remembered (negative caching) for the same request...
+        remembered = await http.post("/v1/query", json={"prompt": "What is HNSW?"})
+        assert_error(remembered, 504, "UPSTREAM_TIMEOUT")
+        assert remembered.headers["x-sentinel-cache"] == "NEGATIVE-HIT"
+        # ...and a caller who wants a fresh try says so.
+        retry = await http.post(
+            "/v1/query", json={"prompt": "What is HNSW?"}, headers={"Cache-Control": "no-cache"}
+        )
         assert retry.status_code == 200
         assert retry.json()["match"] == "miss"
 
@@ -125,8 +132,11 @@ async def test_upstream_errors_are_502_and_store_nothing(
     assert_error(response, 502, "UPSTREAM_ERROR")
     assert fake_llm.call_count == 3
     fake_llm.script([Fault.empty()])
-    response = await client.post("/v1/query", json={"prompt": "What is HNSW?"})
-    assert response.status_code == 502
+    response = await client.post(
+        "/v1/query", json={"prompt": "What is HNSW?"}, headers={"Cache-Control": "no-cache"}
+    )
+    assert_error(response, 502, "UPSTREAM_BAD_RESPONSE")
+    assert fake_llm.call_count == 4
     assert await entry_count(redis_url) == 0
 
 

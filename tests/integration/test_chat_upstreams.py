@@ -179,20 +179,6 @@ async def test_chat_fills_in_the_default_model_and_sends_nothing_unset(
     assert fake.calls == [{"model": MODEL, "messages": [{"role": "user", "content": QUESTION}]}]
 
 
-async def test_complete_still_answers_through_the_same_provider(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    groq = GroqUpstream(session, api_key=KEY, base_url=fake.base_url, model=MODEL, timeout=2.0)
-    provider: ChatProvider = groq
-
-    completion = await groq.complete(QUESTION, model="")
-    result = await provider.chat(ask())
-
-    assert completion.text == result.message.content == f"answer to: {QUESTION}"
-    assert result.provider == "groq"
-    assert fake.call_count == 2
-
-
 # -- streams -----------------------------------------------------------------------------------
 
 
@@ -488,9 +474,12 @@ async def test_not_configured_names_the_variable_and_calls_nothing(
 
     with pytest.raises(UpstreamNotConfigured, match="OPENAI_API_KEY"):
         await unkeyed.chat(ask())
+    with pytest.raises(UpstreamNotConfigured, match="GROQ_API_KEY") as info:
+        await groq.chat(ask())
     with pytest.raises(UpstreamNotConfigured, match="GROQ_API_KEY"):
         await collect(groq.stream(ask()))
 
+    assert info.value.status_code == 503
     assert (unkeyed.configured, groq.configured) == (False, False)
     assert fake.call_count == 0
 

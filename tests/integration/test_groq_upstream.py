@@ -1,4 +1,8 @@
-"""GroqUpstream against a real local HTTP server (FakeOpenAI) through a real aiohttp session."""
+"""GroqUpstream.chat against a real local HTTP server (FakeOpenAI) through a real aiohttp
+session: retries, Retry-After, error mapping, timeouts, redaction and missing usage.
+
+What every chat provider shares (options on the wire, streams, tool calls, unusable bodies,
+not-configured) is in test_chat_upstreams.py."""
 
 from __future__ import annotations
 
@@ -12,14 +16,12 @@ import aiohttp
 import pytest
 
 from app.errors import (
-    UpstreamBadResponse,
     UpstreamError,
-    UpstreamNotConfigured,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.providers.upstreams.base import Upstream
+from app.providers.upstreams.base import ChatMessage, ChatProvider, ChatRequest
 from app.providers.upstreams.groq import GroqUpstream
 from tests.fakes import FakeOpenAI, Fault
 
@@ -60,58 +62,31 @@ def closed_port() -> int:
     return port
 
 
+def ask(text: str = PROMPT) -> ChatRequest:
+    return ChatRequest(model=MODEL, messages=[ChatMessage(role="user", content=text)])
+
+
 # -- success -----------------------------------------------------------------------------------
 
 
-async def test_success_returns_text_model_and_usage(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    upstream = make_upstream(session, fake.base_url)
-
-    completion = await upstream.complete(PROMPT, model=MODEL, max_tokens=64, temperature=0.2)
-
-    assert completion.text == f"answer to: {PROMPT}"
-    assert completion.model == MODEL
-    assert completion.prompt_tokens == len(PROMPT.split())
-    assert completion.completion_tokens == len(completion.text.split())
-    assert fake.calls == [
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 64,
-            "temperature": 0.2,
-        }
-    ]
-
-
-async def test_unset_options_are_left_out_of_the_request(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    upstream = make_upstream(session, fake.base_url + "/")  # a trailing slash is tolerated
-
-    await upstream.complete(PROMPT, model="other-model")
-
-    assert fake.calls == [
-        {"model": "other-model", "messages": [{"role": "user", "content": PROMPT}]}
-    ]
-
-
-async def test_custom_answer_and_missing_usage_is_estimated(
+async def test_chat_without_usage_estimates_it_and_names_groq(
     fake: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
     fake.answer = lambda body: "Paris, obviously."
     fake.script([Fault.no_usage()])
     upstream = make_upstream(session, fake.base_url)
 
-    completion = await upstream.complete(PROMPT, model=MODEL)
+    result = await upstream.chat(ask())
 
-    assert completion.text == "Paris, obviously."
-    assert completion.prompt_tokens == math.ceil(len(PROMPT) / 4)
-    assert completion.completion_tokens == math.ceil(len("Paris, obviously.") / 4)
+    assert result.message == ChatMessage(role="assistant", content="Paris, obviously.")
+    assert result.finish_reason == "stop"
+    assert result.provider == "groq"
+    assert result.prompt_tokens == math.ceil(len(PROMPT) / 4)
+    assert result.completion_tokens == math.ceil(len("Paris, obviously.") / 4)
 
 
-async def test_protocol_properties(session: aiohttp.ClientSession) -> None:
-    upstream: Upstream = make_upstream(session, "http://127.0.0.1:9/v1")
+async def test_chat_provider_properties(session: aiohttp.ClientSession) -> None:
+    upstream: ChatProvider = make_upstream(session, "http://127.0.0.1:9/v1")
     assert upstream.name == "groq"
     assert upstream.configured is True
     assert upstream.default_model == MODEL
@@ -127,9 +102,9 @@ async def test_429_with_retry_after_then_success(
     fake.script([Fault.status(429, retry_after="0")])
     upstream = make_upstream(session, fake.base_url)
 
-    completion = await upstream.complete(PROMPT, model=MODEL)
+    result = await upstream.chat(ask())
 
-    assert completion.text == f"answer to: {PROMPT}"
+    assert result.message.content == f"answer to: {PROMPT}"
     assert fake.call_count == 2
 
 
@@ -139,9 +114,9 @@ async def test_connection_reset_then_success(
     fake.script([Fault.reset()])
     upstream = make_upstream(session, fake.base_url)
 
-    completion = await upstream.complete(PROMPT, model=MODEL)
+    result = await upstream.chat(ask())
 
-    assert completion.text == f"answer to: {PROMPT}"
+    assert result.message.content == f"answer to: {PROMPT}"
     assert fake.call_count == 2
 
 
@@ -152,7 +127,7 @@ async def test_three_500s_give_upstream_error_after_three_calls(
     upstream = make_upstream(session, fake.base_url)
 
     with caplog.at_level(logging.DEBUG), pytest.raises(UpstreamError) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     assert type(info.value) is UpstreamError
     assert info.value.status_code == 502
@@ -160,19 +135,6 @@ async def test_three_500s_give_upstream_error_after_three_calls(
     assert fake.call_count == 3
     assert KEY not in caplog.text
     assert PROMPT not in caplog.text
-
-
-async def test_three_429s_give_rate_limited(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    fake.script([Fault.status(429, retry_after="0")] * 3)
-    upstream = make_upstream(session, fake.base_url)
-
-    with pytest.raises(UpstreamRateLimited) as info:
-        await upstream.complete(PROMPT, model=MODEL)
-
-    assert fake.call_count == 3
-    assert info.value.headers == {"Retry-After": "0"}
 
 
 async def test_retry_after_beyond_the_deadline_gives_up_early_and_passes_it_on(
@@ -183,7 +145,7 @@ async def test_retry_after_beyond_the_deadline_gives_up_early_and_passes_it_on(
 
     started = time.monotonic()
     with pytest.raises(UpstreamRateLimited) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     assert time.monotonic() - started < 1.0
     assert fake.call_count == 1
@@ -197,7 +159,7 @@ async def test_429_without_retry_after_has_no_header(
     upstream = make_upstream(session, fake.base_url)
 
     with pytest.raises(UpstreamRateLimited) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     assert info.value.headers == {}
 
@@ -208,7 +170,7 @@ async def test_stalled_provider_times_out(fake: FakeOpenAI, session: aiohttp.Cli
 
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     assert time.monotonic() - started < 1.5
     assert info.value.status_code == 504
@@ -219,7 +181,7 @@ async def test_connection_refused_gives_unavailable(session: aiohttp.ClientSessi
     upstream = make_upstream(session, f"http://127.0.0.1:{closed_port()}/v1")
 
     with pytest.raises(UpstreamUnavailable) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     assert "3 attempts" in info.value.message
 
@@ -234,7 +196,7 @@ async def test_401_fails_at_once_without_leaking_the_key(
     upstream = make_upstream(session, fake.base_url, api_key=wrong_key)
 
     with pytest.raises(UpstreamError) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     assert type(info.value) is UpstreamError
     assert fake.call_count == 1
@@ -252,7 +214,7 @@ async def test_provider_message_is_redacted_and_truncated(
     upstream = make_upstream(session, fake.base_url)
 
     with pytest.raises(UpstreamError) as info:
-        await upstream.complete(PROMPT, model=MODEL)
+        await upstream.chat(ask())
 
     message = info.value.message
     assert fake.call_count == 1
@@ -261,33 +223,6 @@ async def test_provider_message_is_redacted_and_truncated(
     assert PROMPT not in message
     assert "\n" not in message
     assert len(message) < 400
-
-
-@pytest.mark.parametrize("fault", [Fault.malformed(), Fault.empty()], ids=["malformed", "empty"])
-async def test_unusable_2xx_is_a_bad_response(
-    fake: FakeOpenAI, session: aiohttp.ClientSession, fault: Fault
-) -> None:
-    fake.script([fault])
-    upstream = make_upstream(session, fake.base_url)
-
-    with pytest.raises(UpstreamBadResponse):
-        await upstream.complete(PROMPT, model=MODEL)
-
-    assert fake.call_count == 1
-
-
-async def test_not_configured_makes_no_http_call(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    upstream = make_upstream(session, fake.base_url, api_key=None)
-
-    with pytest.raises(UpstreamNotConfigured) as info:
-        await upstream.complete(PROMPT, model=MODEL)
-
-    assert upstream.configured is False
-    assert info.value.status_code == 503
-    assert "GROQ_API_KEY" in info.value.message
-    assert fake.call_count == 0
 
 
 # -- the fake itself ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ NOT_CONFIGURED = (
 
 
 class GroqUpstream(OpenAICompatProvider):
-    """Completes prompts (and chats) through Groq's OpenAI-compatible `/chat/completions`."""
+    """Answers chats, whole or streamed, through Groq's OpenAI-compatible `/chat/completions`."""
 
     def __init__(
         self,

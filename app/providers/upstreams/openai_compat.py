@@ -33,7 +33,6 @@ from app.providers.upstreams.base import (
     ChatMessage,
     ChatRequest,
     ChatResult,
-    Completion,
 )
 
 log = logging.getLogger(__name__)
@@ -596,34 +595,6 @@ class OpenAICompatProvider:
         return (
             f"{type(self).__name__}(url={self._http.url!r}, model={self._model!r}, "
             f"configured={self.configured})"
-        )
-
-    async def complete(
-        self,
-        prompt: str,
-        *,
-        model: str,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-    ) -> Completion:
-        """Complete a single-turn prompt or raise an UpstreamError subclass."""
-        result = await self.chat(
-            ChatRequest(
-                model=model or self._model,
-                messages=[ChatMessage(role="user", content=prompt)],
-                max_tokens=max_tokens,
-                temperature=temperature,
-            )
-        )
-        text = result.message.content
-        if text is None or not text.strip():
-            # Only a tool call the request never offered gets here; still no answer to store.
-            raise UpstreamBadResponse(f"{self._name} returned an empty answer")
-        return Completion(
-            text=text,
-            model=result.model,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
         )
 
     async def chat(self, request: ChatRequest) -> ChatResult:
