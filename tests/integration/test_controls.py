@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -36,11 +36,19 @@ async def ask(http: httpx.AsyncClient, headers: dict[str, str] | None = None, **
     return outcome
 
 
-async def test_no_cache_skips_the_lookup_and_refreshes_the_entry(
-    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
-) -> None:
+@pytest.fixture
+def versioned(fake_llm: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The fake answers "version 1", "version 2"... (restored afterwards: it is shared)."""
     versions = itertools.count(1)
     fake_llm.answer = lambda body: f"version {next(versions)}"
+    yield fake_llm
+    fake_llm.answer = None
+
+
+async def test_no_cache_skips_the_lookup_and_refreshes_the_entry(
+    make_settings: Callable[..., Settings], versioned: FakeOpenAI
+) -> None:
+    fake_llm = versioned
     async with app_client(make_settings()) as http:
         assert await ask(http) == "MISS"
         assert await ask(http) == "HIT-EXACT"
