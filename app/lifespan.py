@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.cache.embedded import EmbeddedRedis
+from app.cache.flight import SingleFlight
 from app.cache.metrics import MetricsStore
 from app.cache.negative import NegativeCache
 from app.cache.store import CacheStore
@@ -60,6 +61,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
 
             guard, threshold = configured_decision(settings, embedder.id)
             router = _router(settings, session)
+            flight = SingleFlight(redis)
+            await flight.start()
+            stack.push_async_callback(flight.aclose)
             store = CacheStore(
                 redis,
                 embedder_id=embedder.id,
@@ -78,6 +82,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 similarity_threshold=threshold,
                 guard=guard,
                 negative=NegativeCache(redis, ttl=settings.negative_ttl),
+                flight=flight,
+                # A waiter gives up once the leader's provider call must have ended.
+                wait_timeout=settings.upstream_timeout + 5.0,
                 ttl=settings.cache_ttl,
                 top_k=settings.knn_top_k,
                 max_prompt_chars=settings.max_prompt_chars,

@@ -33,6 +33,8 @@ def cache_headers(answer: Answer) -> dict[str, str]:
     }
     if answer.similarity is not None:
         headers["X-Sentinel-Similarity"] = f"{answer.similarity:.6f}"
+    if answer.waited:
+        headers["X-Sentinel-Waited"] = "true"  # answered from an identical request in flight
     return headers
 
 

@@ -5,6 +5,7 @@ Both endpoints come here: /v1/query as a one-message chat, /v1/chat/completions 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from app.cache import keys
+from app.cache.flight import FlightTimeout, SingleFlight
 from app.cache.metrics import MetricsStore, Outcome
 from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry, new_entry
@@ -102,6 +104,8 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     similarity: float | None
     # The guard's P(same question) for a semantic hit; None for exact hits and misses.
     guard_score: float | None = None
+    # True when an identical request was in flight and this one was answered from its result.
+    waited: bool = False
     matched_prompt: str | None
     entry_id: str
     model: str
@@ -151,6 +155,8 @@ class QueryService:
         similarity_threshold: float,
         guard: Guard | None = None,
         negative: NegativeCache | None = None,
+        flight: SingleFlight | None = None,
+        wait_timeout: float = 30.0,
         ttl: int,
         top_k: int,
         max_prompt_chars: int,
@@ -162,6 +168,8 @@ class QueryService:
         self.similarity_threshold = similarity_threshold
         self.guard = guard
         self.negative = negative
+        self.flight = flight
+        self.wait_timeout = wait_timeout
         self.ttl = ttl
         self.top_k = top_k
         self.max_prompt_chars = max_prompt_chars
@@ -234,12 +242,38 @@ class QueryService:
         hit, vector = await self._lookup(plan, started)
         if hit is not None:
             return hit
+
+        async def lead() -> Answer:
+            try:
+                result = await self.providers.chat(plan.model_id, plan.request)
+            except UpstreamError as exc:
+                await self._failed(plan, exc, started)
+                raise
+            return await self._store(plan, result, vector, started)
+
+        if self.flight is None or not (plan.read_cache and plan.write_cache):
+            return await lead()
+
+        async def follow() -> Answer | None:
+            # The leader's stored answer, or its remembered failure (raised).
+            entry = await self.store.take_hit(plan.entry_id)
+            if entry is not None:
+                answer = await self._hit(entry, "exact", 1.0, started)
+                return msgspec.structs.replace(answer, waited=True)
+            await self._check_negative(plan, started)
+            return None
+
+        # Concurrent identical misses, here or in other instances: one provider call.
+        deadline = asyncio.get_running_loop().time() + self.wait_timeout
         try:
-            result = await self.providers.chat(plan.model_id, plan.request)
-        except UpstreamError as exc:
-            await self._failed(plan, exc, started)
+            flown = await self.flight.run(plan.entry_id, lead, follow, deadline=deadline)
+        except FlightTimeout:
+            await self._record("error", started)
             raise
-        return await self._store(plan, result, vector, started)
+        if flown.waited and not flown.value.waited:
+            # Shared the leader's own answer in this process: for this caller it is a hit.
+            return await self._shared(flown.value, plan, started)
+        return flown.value
 
     async def lookup(self, ask: Ask) -> Answer | None:
         """Cache-aside read: the cached answer for this request, or None; never the provider."""
@@ -407,6 +441,22 @@ class QueryService:
                 await self.negative.remember(plan.entry_id, exc)
             except CacheUnavailable as failure:
                 log.warning("failure not remembered: %s", failure.message)
+
+    async def _shared(self, leader: Answer, plan: Plan, started: float) -> Answer:
+        """The leader's fresh answer as a hit that waited for it (counted as an exact hit)."""
+        tokens = leader.usage.prompt_tokens + leader.usage.completion_tokens
+        await self._record("exact", started, tokens_saved=tokens, usd_saved=leader.cost_usd)
+        return msgspec.structs.replace(
+            leader,
+            cache_hit=True,
+            match="exact",
+            similarity=1.0,
+            matched_prompt=plan.question,
+            waited=True,
+            latency_ms=round(_elapsed_ms(started), 3),
+            cost_usd=0.0,
+            saved_usd=leader.cost_usd,
+        )
 
     async def _hit(
         self,
