@@ -100,3 +100,58 @@ class UnknownModel(BadRequest):
     """The model id names a provider Sentinel does not route to, or no model at all."""
 
     code = "MODEL_NOT_FOUND"
+
+
+class InvalidApiKey(SentinelError):
+    """No API key, or one Sentinel does not know (or revoked), where a key is required."""
+
+    status_code = 401
+    code = "INVALID_API_KEY"
+
+    def __init__(self, message: str) -> None:
+        # RFC 9110: a 401 names the scheme the client should use.
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="sentinel"'})
+
+
+class RateLimited(SentinelError):
+    """The API key used up its requests per minute; Retry-After says when to come back."""
+
+    status_code = 429
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class AdminDisabled(SentinelError):
+    """An admin route was called while SENTINEL_ADMIN_KEY is unset."""
+
+    status_code = 403
+    code = "ADMIN_DISABLED"
+
+
+class NotFound(SentinelError):
+    """The thing a path names does not exist."""
+
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class KeyNotFound(NotFound):
+    """No API key has this id."""
+
+    code = "KEY_NOT_FOUND"
+
+
+class EntryNotFound(NotFound):
+    """No cache entry has this id (it may have expired)."""
+
+    code = "ENTRY_NOT_FOUND"
+
+
+class KeyNotRevocable(SentinelError):
+    """The key comes from SENTINEL_API_KEYS: only changing the setting removes it."""
+
+    status_code = 409
+    code = "KEY_NOT_REVOCABLE"

@@ -12,14 +12,18 @@ from litestar import Litestar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.cache.apikeys import ApiKeys
 from app.cache.embedded import EmbeddedRedis
 from app.cache.flight import SingleFlight
 from app.cache.metrics import MetricsStore
 from app.cache.negative import NegativeCache
+from app.cache.ratelimit import RateLimiter
 from app.cache.store import CacheStore
 from app.errors import StartupError
 from app.providers.embedders import build_embedder
 from app.providers.upstreams.router import ProviderRouter, build_router
+from app.service.access import AccessControl
+from app.service.admin import Admin
 from app.service.guard import Guard, configured_decision
 from app.service.query import QueryService
 from app.settings import Settings
@@ -89,10 +93,24 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 top_k=settings.knn_top_k,
                 max_prompt_chars=settings.max_prompt_chars,
             )
+            api_keys = ApiKeys(redis, env_keys=settings.api_keys)
+            app.state.access = AccessControl(
+                api_keys,
+                RateLimiter(redis),
+                default_limit=settings.rate_limit_per_minute,
+                admin_key=settings.sentinel_admin_key,
+            )
+            app.state.admin = Admin(store=store, keys=api_keys, providers=router)
         except StartupError as exc:
             log.error("startup failed: %s", exc)
             raise
         _warn_about(settings, embedder.id, guard, threshold)
+        if await app.state.access.mode() == "open":
+            log.warning(
+                "no API key is configured: Sentinel runs open (anyone who can reach it may use "
+                "and fill the cache); set SENTINEL_API_KEYS or create keys with "
+                "SENTINEL_ADMIN_KEY and POST /v1/admin/keys"
+            )
         yield
 
 

@@ -7,6 +7,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from app.api import auth
+from app.api.admin import ADMIN_ROUTES
 from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
 from app.api.errors import EXCEPTION_HANDLERS
@@ -40,8 +42,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             cache_store,
             health,
             metrics,
+            *ADMIN_ROUTES,
         ],
-        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        dependencies={
+            "service": Provide(provide_service, sync_to_thread=False),
+            **auth.DEPENDENCIES,
+        },
+        # Every /v1 route needs a tenant's API key (admin routes: the admin key) once any key
+        # exists; a route added later is covered without opting in.
+        guards=[auth.authenticate],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware],
         lifespan=[lifespan],

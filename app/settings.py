@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -19,8 +20,35 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
 
+# Fields whose values are secrets: masked in repr.
+_SECRET_SUFFIXES = ("api_key", "api_keys", "admin_key")
+# A tenant name: it is a TAG value in the index and appears in logs and admin listings.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_TENANT = re.compile(TENANT_PATTERN)
+
+
 class SettingsError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`key1=tenantA,key2=tenantB` as {key: tenant}; ValueError (never quoting a key) if bad."""
+    keys: dict[str, str] = {}
+    for position, item in enumerate(text.split(","), start=1):
+        if not item.strip():
+            continue
+        key, sep, tenant = (part.strip() for part in item.rpartition("="))
+        if not sep or not key:
+            raise ValueError(f"pair {position} is not `key=tenant`")
+        if not _TENANT.match(tenant):
+            raise ValueError(
+                f"pair {position}: the tenant must be 1-64 letters, digits or . _ : - "
+                "(starting with a letter or digit)"
+            )
+        if keys.get(key, tenant) != tenant:
+            raise ValueError(f"pair {position}: the same key is given to two tenants")
+        keys[key] = tenant
+    return keys
 
 
 class Settings(
@@ -77,6 +105,15 @@ class Settings(
     knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 300
     max_prompt_chars: PositiveInt = 32000
 
+    # Tenants' API keys as `key=tenant` pairs, comma-separated (`sk-a=team-a,sk-b=team-b`);
+    # more are created through the admin API. No key anywhere: Sentinel runs open.
+    sentinel_api_keys: str | None = None
+    # The key of the admin routes (/v1/admin/keys, /v1/cache/entries...); unset: they answer 403.
+    sentinel_admin_key: str | None = None
+    # Requests per minute per API key, counted in Redis across instances; 0 turns it off. A key
+    # created with its own `rate_limit_per_minute` uses that instead.
+    rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 600
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     host: str = "127.0.0.1"
     port: Port = 8000
@@ -86,16 +123,30 @@ class Settings(
             raise SettingsError(
                 "EMBEDDING_PROVIDER=jina needs JINA_API_KEY; set it or use EMBEDDING_PROVIDER=local"
             )
+        keys = self.api_keys  # raises SettingsError on a malformed SENTINEL_API_KEYS
+        if self.sentinel_admin_key is not None and self.sentinel_admin_key in keys:
+            raise SettingsError(
+                "SENTINEL_ADMIN_KEY: the admin key is also in SENTINEL_API_KEYS; give it its own "
+                "value (the admin key is not a tenant key)"
+            )
 
     def __repr__(self) -> str:
         """Like the default repr, with API keys masked so a stray log line leaks nothing."""
         shown = []
         for field in msgspec.structs.fields(self):
             value = getattr(self, field.name)
-            if field.name.endswith("api_key") and value:
+            if field.name.endswith(_SECRET_SUFFIXES) and value:
                 value = "***"
             shown.append(f"{field.name}={value!r}")
         return f"Settings({', '.join(shown)})"
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """SENTINEL_API_KEYS as {key: tenant}; SettingsError names the variable when malformed."""
+        try:
+            return parse_api_keys(self.sentinel_api_keys or "")
+        except ValueError as exc:
+            raise SettingsError(f"SENTINEL_API_KEYS: {exc}") from None
 
     @property
     def upstream_configured(self) -> bool:

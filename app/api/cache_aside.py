@@ -116,9 +116,11 @@ async def cache_lookup(
     request: Request[Any, Any, Any],
     data: JSONBody[CacheRequest],
     service: NamedDependency[QueryService],
+    caller_tenant: NamedDependency[str],
 ) -> Response[LookupResult]:
     """The cached answer for this request (exact or guarded semantic), or `hit: false`."""
-    answer = await service.lookup(data.to_ask(dict(request.headers)))
+    ask = msgspec.structs.replace(data.to_ask(dict(request.headers)), tenant=caller_tenant)
+    answer = await service.lookup(ask)
     if answer is None:
         return Response(LookupResult(hit=False, answer=None), headers={"X-Sentinel-Cache": "MISS"})
     return Response(LookupResult(hit=True, answer=answer), headers=cache_headers(answer))
@@ -129,9 +131,10 @@ async def cache_store(
     request: Request[Any, Any, Any],
     data: JSONBody[CacheStoreRequest],
     service: NamedDependency[QueryService],
+    caller_tenant: NamedDependency[str],
 ) -> Answer:
     """Store an answer the app got itself; later requests for the same question hit it."""
-    ask = data.to_ask(dict(request.headers))
+    ask = msgspec.structs.replace(data.to_ask(dict(request.headers)), tenant=caller_tenant)
     if data.ttl is not None:
         ask = msgspec.structs.replace(ask, ttl=data.ttl)
     return await service.put(ask, data.result())

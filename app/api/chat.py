@@ -43,9 +43,11 @@ async def chat_completions(
     request: Request[Any, Any, Any],
     data: JSONBody[ChatCompletionRequest],
     service: NamedDependency[QueryService],
+    caller_tenant: NamedDependency[str],
 ) -> Response[dict[str, Any]] | Stream:
     """OpenAI's Chat Completions, answered from the cache when the same question was asked."""
     ask = msgspec.structs.replace(data.to_ask(), **from_headers(request.headers))
+    ask = msgspec.structs.replace(ask, tenant=caller_tenant)
     if not data.stream:
         answer = await service.answer(ask)
         return Response(completion(answer), headers=cache_headers(answer))

@@ -26,6 +26,7 @@ async def query(
     request: Request[Any, Any, Any],
     data: JSONBody[QueryRequest],
     service: NamedDependency[QueryService],
+    caller_tenant: NamedDependency[str],
 ) -> Response[Answer] | Stream:
     """Answer a prompt: exact hit, semantic hit, or a fresh provider answer.
 
@@ -37,6 +38,7 @@ async def query(
     body_controls = _body_controls(fields)
     ask = msgspec.convert(fields, Query).ask()
     ask = msgspec.structs.replace(ask, **{**from_headers(request.headers), **body_controls})
+    ask = msgspec.structs.replace(ask, tenant=caller_tenant)
     if not stream:
         answer = await service.answer(ask)
         return Response(answer, headers=cache_headers(answer))

@@ -7,13 +7,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from app.service import status
+from app.service.access import AccessControl
 from app.service.query import QueryService
 
 
 @get("/health", cache=False)
-async def health(service: NamedDependency[QueryService], state: State) -> Response[status.Health]:
+async def health(
+    service: NamedDependency[QueryService], access: NamedDependency[AccessControl], state: State
+) -> Response[status.Health]:
     """200 when Redis answers and the index exists, 503 with reasons otherwise."""
-    report = await status.health(service, redis_mode=state.redis_mode)
+    report = await status.health(service, redis_mode=state.redis_mode, access=access)
     return Response(report, status_code=200 if report.status == "ok" else 503)
 
 

@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
+from redis.commands.search.query import Query as SearchQuery
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 from redisvl.index import AsyncSearchIndex
@@ -253,6 +254,90 @@ class CacheStore:
     def _key(self, entry_id: str) -> str:
         return keys.entry_key(self.prefix, entry_id)
 
+    # Admin operations: listing, reading without counting a hit, deleting.
+
+    @redis_errors_as_unavailable
+    async def get(self, entry_id: str) -> ListedEntry | None:
+        """The entry as stored with its TTL, or None; unlike take_hit it counts no hit."""
+        key = self._key(entry_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, list(ENTRY_FIELDS))
+            pipe.ttl(key)
+            values, ttl = await pipe.execute()
+        entry = _stored_entry(entry_id, dict(zip(ENTRY_FIELDS, values, strict=True)))
+        return None if entry is None else ListedEntry(entry=entry, ttl=int(ttl))
+
+    @redis_errors_as_unavailable
+    async def delete(self, entry_id: str) -> bool:
+        """Delete an entry from both layers at once: the exact key is the indexed hash."""
+        return bool(await self._redis.delete(self._key(entry_id)))
+
+    @redis_errors_as_unavailable
+    async def search(
+        self,
+        *,
+        tenant: str | None = None,
+        model_id: str | None = None,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> EntryPage:
+        """A page of entries (FT.SEARCH on the TAG fields), in index order, with their TTLs.
+
+        A filter that is None or "" matches everything: a TAG cannot match the empty string,
+        so open-mode entries (tenant "") are listed by leaving `tenant` out.
+        """
+        query = (
+            SearchQuery(_tag_filter(tenant, model_id))
+            .return_fields(*ENTRY_FIELDS)
+            .paging(offset, limit)
+            .dialect(2)
+        )
+        result = await self._redis.ft(self.index_name).search(query)
+        docs = list(result.docs)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for doc in docs:
+                pipe.ttl(doc.id)
+            ttls = await pipe.execute()
+        entries = []
+        for doc, ttl in zip(docs, ttls, strict=True):
+            entry = _stored_entry(_text(doc.id).removeprefix(self.prefix), vars(doc))
+            if entry is not None and ttl != -2:  # -2: expired since the search
+                entries.append(ListedEntry(entry=entry, ttl=int(ttl)))
+        return EntryPage(total=int(result.total), entries=entries)
+
+    @redis_errors_as_unavailable
+    async def delete_matching(
+        self, *, tenant: str | None = None, model_id: str | None = None, batch: int = 500
+    ) -> int:
+        """Delete every entry of a tenant and/or model, `batch` keys at a time; the count."""
+        query_text = _tag_filter(tenant, model_id)
+        deleted = 0
+        while True:
+            query = SearchQuery(query_text).no_content().paging(0, batch).dialect(2)
+            result = await self._redis.ft(self.index_name).search(query)
+            found = [doc.id for doc in result.docs]
+            if not found:
+                return deleted
+            removed = int(await self._redis.unlink(*found))
+            deleted += removed
+            if removed == 0:  # only entries expiring right now left: they leave on their own
+                return deleted
+
+    @redis_errors_as_unavailable
+    async def flush(self, batch: int = 1000) -> int:
+        """Delete every entry under this embedder's prefix (indexed or not); keep the index."""
+        deleted = 0
+        pending: list[bytes | str] = []
+        # SCAN returns every key that exists for the whole scan, even while others go.
+        async for key in self._redis.scan_iter(match=self.prefix + "*", count=batch):
+            pending.append(key)
+            if len(pending) >= batch:
+                deleted += int(await self._redis.unlink(*pending))
+                pending = []
+        if pending:
+            deleted += int(await self._redis.unlink(*pending))
+        return deleted
+
 
 def new_entry(
     *,
@@ -292,3 +377,42 @@ def _text(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
+
+
+class ListedEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry as an admin sees it, with the seconds it has left (-1: no expiry)."""
+
+    entry: Entry
+    ttl: int
+
+
+class EntryPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a listing and the number of entries matching in all."""
+
+    total: int
+    entries: list[ListedEntry]
+
+
+def _tag_filter(tenant: str | None, model_id: str | None) -> str:
+    """A RediSearch query on the TAG fields (values escaped by redisvl); "*" for no filter."""
+    parts = [
+        str(Tag(field) == value)
+        for field, value in (("tenant", tenant), ("model_id", model_id))
+        if value
+    ]
+    return " ".join(parts) or "*"
+
+
+def _stored_entry(entry_id: str, row: dict[str, Any]) -> Entry | None:
+    """An Entry from a hash's fields (bytes or str, numbers as text), or None if not whole."""
+    if row.get("response") is None:
+        return None
+    fields = {
+        name: _text(value)
+        for name, value in row.items()
+        if name in ENTRY_FIELDS and value is not None
+    }
+    try:
+        return msgspec.convert({**fields, "id": entry_id}, Entry, strict=False)
+    except msgspec.ValidationError:
+        return None

@@ -8,6 +8,7 @@ import msgspec
 
 from app.cache.metrics import percentile
 from app.errors import CacheUnavailable
+from app.service.access import AccessControl
 from app.service.pricing import PRICE_SOURCE
 from app.service.query import QueryService
 
@@ -19,6 +20,9 @@ class Health(msgspec.Struct, kw_only=True):
     reasons: list[str]
     redis: Literal["ok", "unreachable"]
     redis_mode: Literal["embedded", "external"]
+    # "keys": every /v1 route needs an API key; "open": no key exists, anyone may call;
+    # "unknown": Redis (which holds created keys) did not answer.
+    auth: Literal["open", "keys", "unknown"]
     index: str
     index_exists: bool
     embedder: str
@@ -63,13 +67,20 @@ class Metrics(msgspec.Struct, kw_only=True):
     price_source: str
 
 
-async def health(service: QueryService, *, redis_mode: Literal["embedded", "external"]) -> Health:
+async def health(
+    service: QueryService,
+    *,
+    redis_mode: Literal["embedded", "external"],
+    access: AccessControl,
+) -> Health:
     """Redis answers and the index exists: ok; anything else: degraded, with reasons."""
     reasons: list[str] = []
     redis_ok = index_ok = False
+    auth: Literal["open", "keys", "unknown"] = "unknown"
     try:
         redis_ok = await service.store.ping()
         index_ok = await service.store.index_exists()
+        auth = await access.mode()
     except CacheUnavailable as exc:
         reasons.append(f"redis: {exc.message}")
     if redis_ok and not index_ok:
@@ -80,6 +91,7 @@ async def health(service: QueryService, *, redis_mode: Literal["embedded", "exte
         reasons=reasons,
         redis="ok" if redis_ok else "unreachable",
         redis_mode=redis_mode,
+        auth=auth,
         index=service.store.index_name,
         index_exists=index_ok,
         embedder=service.embedder.id,

@@ -1,0 +1,84 @@
+"""API keys on the wire: the guard every /v1 route passes, and the tenant it hands on.
+
+`authenticate` runs on every route of the app (registered once, in create_app) and admits a
+/v1 request with a tenant's key, so a route added later is protected without opting in.
+Admin routes carry `require_admin_key` instead, which wants SENTINEL_ADMIN_KEY. Handlers read
+the tenant through the `caller_tenant` dependency and put it in the Ask they build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+
+from app.service.access import AccessControl
+from app.service.admin import Admin
+
+# Where the guard leaves the tenant for the handler (the request's own state).
+TENANT_STATE = "sentinel_tenant"
+PROTECTED_PREFIX = "/v1/"
+
+
+def credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>`, else `X-API-Key: <key>`."""
+    scheme, _, token = connection.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return connection.headers.get("x-api-key", "").strip() or None
+
+
+async def authenticate(
+    connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler
+) -> None:
+    """Admit a /v1 request with a tenant's key (or anyone while Sentinel runs open)."""
+    # The route's full template as matched (router prefixes included), not the raw path.
+    route = connection.scope.get("path_template") or connection.scope["path"]
+    if not route.startswith(PROTECTED_PREFIX):
+        return  # /health, /schema
+    if require_admin_key in (route_handler.guards or ()):
+        return  # the admin key decides, not a tenant's
+    access: AccessControl = connection.app.state.access
+    connection.state[TENANT_STATE] = await access.admit(credential(connection))
+
+
+async def require_admin_key(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Admit only the holder of SENTINEL_ADMIN_KEY (403 while it is unset)."""
+    access: AccessControl = connection.app.state.access
+    access.admit_admin(credential(connection))
+
+
+def provide_tenant(request: Request[Any, Any, Any]) -> str:
+    """The tenant `authenticate` admitted ("" when Sentinel runs open)."""
+    tenant = request.state.get(TENANT_STATE)
+    if not isinstance(tenant, str):
+        # A handler asking for a tenant on a route the guard skipped: refuse, never default.
+        raise RuntimeError(f"no API key was checked for {request.url.path}")
+    return tenant
+
+
+def provide_access(state: State) -> AccessControl:
+    """The AccessControl the lifespan built."""
+    access: AccessControl = state.access
+    return access
+
+
+def provide_admin(state: State) -> Admin:
+    """The Admin service the lifespan built."""
+    admin: Admin = state.admin
+    return admin
+
+
+# `caller_tenant`, not `tenant`: Litestar reports a body or query field named like a
+# dependency as a server error (500) instead of a 400, and `tenant` is a field of admin bodies.
+DEPENDENCIES = {
+    "caller_tenant": Provide(provide_tenant, sync_to_thread=False),
+    "access": Provide(provide_access, sync_to_thread=False),
+    "admin": Provide(provide_admin, sync_to_thread=False),
+}

@@ -1,0 +1,110 @@
+"""SENTINEL_API_KEYS parsing, the auth settings and how a request presents its key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from litestar.connection import ASGIConnection
+
+from app.api.auth import credential
+from app.settings import SettingsError, load_settings, parse_api_keys
+
+
+def test_pairs_are_parsed_with_whitespace_and_empty_items_ignored() -> None:
+    assert parse_api_keys(" k1 = team-a , k2=team.b:eu,, ") == {"k1": "team-a", "k2": "team.b:eu"}
+    assert parse_api_keys("") == {}
+
+
+def test_a_key_may_hold_equals_signs() -> None:
+    # base64 padding: the tenant is what follows the last "="
+    assert parse_api_keys("abc==def==" + "=team") == {"abc==def==": "team"}
+
+
+def test_the_same_pair_twice_is_fine() -> None:
+    assert parse_api_keys("k=a,k=a") == {"k": "a"}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("secret-key", "pair 1 is not `key=tenant`"),
+        ("k1=a,=b", "pair 2 is not `key=tenant`"),
+        ("k1=", "pair 1: the tenant"),
+        ("k1=team a", "pair 1: the tenant"),
+        ("k1=-team", "pair 1: the tenant"),
+        ("k1=" + "t" * 65, "pair 1: the tenant"),
+        ("k1=a,k1=b", "pair 2: the same key is given to two tenants"),
+    ],
+)
+def test_malformed_pairs_are_refused_without_quoting_keys(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match="pair") as info:
+        parse_api_keys(text)
+    assert fragment in str(info.value)
+    assert "secret-key" not in str(info.value)
+
+
+def test_settings_name_the_variable_on_a_bad_value() -> None:
+    with pytest.raises(SettingsError, match=r"^SENTINEL_API_KEYS: pair 1"):
+        load_settings({"SENTINEL_API_KEYS": "no-tenant-here"})
+    with pytest.raises(SettingsError, match=r"^RATE_LIMIT_PER_MINUTE"):
+        load_settings({"RATE_LIMIT_PER_MINUTE": "-1"})
+    with pytest.raises(SettingsError, match=r"^SENTINEL_ADMIN_KEY"):
+        load_settings({"SENTINEL_API_KEYS": "same=team", "SENTINEL_ADMIN_KEY": "same"})
+
+
+def test_auth_settings_defaults_and_values() -> None:
+    defaults = load_settings({})
+    assert defaults.api_keys == {}
+    assert defaults.sentinel_admin_key is None
+    assert defaults.rate_limit_per_minute == 600
+    settings = load_settings(
+        {
+            "SENTINEL_API_KEYS": "ka=team-a,kb=team-b",
+            "SENTINEL_ADMIN_KEY": "admin-secret",
+            "RATE_LIMIT_PER_MINUTE": "0",
+        }
+    )
+    assert settings.api_keys == {"ka": "team-a", "kb": "team-b"}
+    assert settings.rate_limit_per_minute == 0
+
+
+def test_repr_masks_keys() -> None:
+    settings = load_settings(
+        {"SENTINEL_API_KEYS": "tenant-key-1=team-a", "SENTINEL_ADMIN_KEY": "admin-secret-1"}
+    )
+    shown = repr(settings)
+    assert "tenant-key-1" not in shown
+    assert "admin-secret-1" not in shown
+    assert "sentinel_api_keys='***'" in shown
+    assert "sentinel_admin_key='***'" in shown
+
+
+def connection(*headers: tuple[str, str]) -> ASGIConnection[Any, Any, Any, Any]:
+    scope: Any = {
+        "type": "http",
+        "path": "/v1/query",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers],
+    }
+    return ASGIConnection(scope)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ((), None),
+        ((("Authorization", "Bearer sk-1"),), "sk-1"),
+        ((("Authorization", "bearer   sk-1  "),), "sk-1"),
+        ((("X-API-Key", "sk-2"),), "sk-2"),
+        ((("Authorization", "Bearer sk-1"), ("X-API-Key", "sk-2")), "sk-1"),
+        # Not a bearer token: the X-API-Key header (if any) is the credential.
+        ((("Authorization", "Basic dXNlcjpwdw=="),), None),
+        ((("Authorization", "Basic dXNlcjpwdw=="), ("X-API-Key", "sk-2")), "sk-2"),
+        ((("Authorization", "Bearer "),), None),
+        ((("X-API-Key", "  "),), None),
+    ],
+)
+def test_credential_from_either_header(
+    headers: tuple[tuple[str, str], ...], expected: str | None
+) -> None:
+    assert credential(connection(*headers)) == expected
