@@ -46,6 +46,13 @@ class UpstreamError(SentinelError):
     code = "UPSTREAM_ERROR"
 
 
+class UpstreamRejected(UpstreamError):
+    """The provider refused the request itself (HTTP 400/404/413/422): the client's to fix."""
+
+    status_code = 400
+    code = "UPSTREAM_REJECTED"
+
+
 class UpstreamRateLimited(UpstreamError):
     """The provider kept answering 429 after our retries."""
 

@@ -12,7 +12,7 @@ from app.api.admin import ADMIN_ROUTES
 from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
 from app.api.errors import EXCEPTION_HANDLERS
-from app.api.middleware import request_log_middleware
+from app.api.middleware import json_body_middleware, request_log_middleware
 from app.api.query import query
 from app.api.status import health, metrics
 from app.lifespan import lifespan
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # exists; a route added later is covered without opting in.
         guards=[auth.authenticate],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_log_middleware],
+        middleware=[request_log_middleware, json_body_middleware],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(title="Sentinel", version="0.1.0"),

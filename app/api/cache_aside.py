@@ -16,6 +16,7 @@ from litestar.params import JSONBody
 
 from app.api.chat import cache_headers
 from app.api.controls import from_headers
+from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import ChatCompletionRequest, MessageIn, Tool, ToolCall
 from app.api.schemas import ONE_YEAR
 from app.errors import BadRequest
@@ -111,7 +112,7 @@ class LookupResult(msgspec.Struct, kw_only=True):
     answer: Answer | None
 
 
-@post("/v1/cache/lookup", status_code=200)
+@post("/v1/cache/lookup", status_code=200, responses=ERROR_RESPONSES)
 async def cache_lookup(
     request: Request[Any, Any, Any],
     data: JSONBody[CacheRequest],
@@ -126,7 +127,7 @@ async def cache_lookup(
     return Response(LookupResult(hit=True, answer=answer), headers=cache_headers(answer))
 
 
-@post("/v1/cache/store", status_code=201)
+@post("/v1/cache/store", status_code=201, responses=ERROR_RESPONSES)
 async def cache_store(
     request: Request[Any, Any, Any],
     data: JSONBody[CacheStoreRequest],

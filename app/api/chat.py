@@ -13,7 +13,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from app.api.controls import from_headers
-from app.api.errors import error_body
+from app.api.errors import ERROR_RESPONSES, error_body
 from app.api.openai_schemas import DONE, ChatCompletionRequest, ChunkWriter, completion, sse
 from app.errors import SentinelError
 from app.providers.upstreams.base import ChatDelta
@@ -38,7 +38,7 @@ def cache_headers(answer: Answer) -> dict[str, str]:
     return headers
 
 
-@post("/v1/chat/completions", status_code=200)
+@post("/v1/chat/completions", status_code=200, responses=ERROR_RESPONSES)
 async def chat_completions(
     request: Request[Any, Any, Any],
     data: JSONBody[ChatCompletionRequest],
@@ -89,7 +89,7 @@ def event_stream(
     )
 
 
-@get("/v1/models", cache=False)
+@get("/v1/models", cache=False, responses=ERROR_RESPONSES)
 async def models(service: NamedDependency[QueryService]) -> dict[str, Any]:
     """Routable `provider/model` ids, in OpenAI's list shape."""
     return {

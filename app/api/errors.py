@@ -6,8 +6,10 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from app.errors import SentinelError
@@ -77,13 +79,52 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
 
 
 def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """A bug: log the traceback, answer 500 without it."""
+    """A bug: log the traceback, answer 500 without it (unless the body could not be decoded)."""
+    if _while_decoding_the_body(exc):
+        if isinstance(exc, UnicodeDecodeError):
+            return error_response(400, "INVALID_REQUEST", "the request body is not valid UTF-8")
+        if isinstance(exc, RecursionError):
+            return error_response(400, "INVALID_REQUEST", "the request JSON is nested too deeply")
     log.error("unhandled error", exc_info=exc)
     return error_response(
         500,
         "INTERNAL_ERROR",
         f"internal error (request id {REQUEST_ID.get()}); see the server log",
     )
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """The error: Sentinel's code and message, OpenAI's type and param."""
+
+    code: str
+    message: str
+    type: str
+    param: str | None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error response's body."""
+
+    error: ErrorDetail
+
+
+# Documented on every route, so the OpenAPI schema describes the bodies clients really get
+# (Litestar's default 400 schema is its own validation shape, which we replace).
+ERROR_RESPONSES: dict[int, ResponseSpec] = {
+    status: ResponseSpec(data_container=ErrorBody, description=description)
+    for status, description in (
+        (400, "invalid request"),
+        (401, "missing or invalid API key"),
+        (403, "admin routes disabled"),
+        (404, "not found"),
+        (413, "body or prompt too large"),
+        (415, "body is not JSON"),
+        (429, "rate limited (see Retry-After)"),
+        (502, "the provider failed"),
+        (503, "a provider or the cache is not available"),
+        (504, "the provider timed out"),
+    )
+}
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
@@ -94,6 +135,16 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
 }
 
 
+def _while_decoding_the_body(exc: BaseException) -> bool:
+    """Whether the error came out of Litestar's JSON body decoding (not out of our code)."""
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "decode_json":
+            return True
+        frame = frame.tb_next
+    return False
+
+
 def _validation_message(exc: ValidationException) -> str:
     parts = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
@@ -101,5 +152,7 @@ def _validation_message(exc: ValidationException) -> str:
             key = item.get("key")
             message = str(item.get("message", ""))
             # "data" is Litestar's name for the whole body, not a field the client sent.
+            if key == "data" and message == "'data'":
+                message = "the request body is empty; send a JSON object"
             parts.append(f"{key}: {message}" if key and key != "data" else message)
     return "; ".join(parts) or str(exc.detail)

@@ -7,8 +7,17 @@ import re
 import time
 import uuid
 
+import msgspec
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from app.logging import REQUEST_ID
 
@@ -66,3 +75,65 @@ def _incoming_id(scope: Scope) -> str | None:
             candidate = value.decode("latin-1")
             return candidate if _SAFE_ID.match(candidate) else None
     return None
+
+
+def json_body_middleware(app: ASGIApp) -> ASGIApp:
+    """415 for a body sent with a non-JSON Content-Type, before anything reads it.
+
+    No Content-Type at all is taken as JSON (some clients omit it); `curl -d` without `-H
+    'content-type: application/json'` sends a form type and gets a message saying what to send.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and scope.get("method") in ("POST", "PUT", "PATCH"):
+            content_type = _header(scope, b"content-type")
+            if content_type is not None and not _is_json(content_type):
+                await _send_json(
+                    send,
+                    415,
+                    {
+                        "error": {
+                            "code": "UNSUPPORTED_MEDIA_TYPE",
+                            "message": "send the body as JSON with Content-Type: application/json",
+                            "type": "invalid_request_error",
+                            "param": None,
+                        }
+                    },
+                )
+                return
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == wanted:
+            return bytes(value)
+    return None
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+async def _send_json(send: Send, status: int, body: dict[str, object]) -> None:
+    payload = msgspec.json.encode(body)
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ],
+    }
+    await send(start)
+    done: HTTPResponseBodyEvent = {
+        "type": "http.response.body",
+        "body": payload,
+        "more_body": False,
+    }
+    await send(done)

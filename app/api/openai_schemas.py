@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.api.schemas import refuse_control_characters
 from app.errors import BadRequest
 from app.providers.upstreams.base import ChatDelta, ChatMessage
 from app.service.query import Answer, Ask
@@ -129,6 +130,7 @@ def _message(index: int, message: MessageIn) -> ChatMessage:
                 )
             texts.append(part[kind])
         content = "".join(texts)
+    refuse_control_characters(content, f"messages[{index}].content")
     if message.role == "tool" and not message.tool_call_id:
         raise BadRequest(
             f"messages[{index}]: a tool message needs tool_call_id",

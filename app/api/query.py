@@ -12,8 +12,9 @@ from litestar.response import Stream
 
 from app.api.chat import cache_headers, event_stream
 from app.api.controls import from_headers
+from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import sse
-from app.api.schemas import QueryRequest
+from app.api.schemas import QueryRequest, refuse_control_characters
 from app.providers.upstreams.base import ChatDelta
 from app.service.query import Answer, Query, QueryService
 
@@ -21,7 +22,7 @@ from app.service.query import Answer, Query, QueryService
 _AFTER_STREAM = {"response", "usage", "cost_usd", "saved_usd", "latency_ms", "tool_calls"}
 
 
-@post("/v1/query", status_code=200)
+@post("/v1/query", status_code=200, responses=ERROR_RESPONSES)
 async def query(
     request: Request[Any, Any, Any],
     data: JSONBody[QueryRequest],
@@ -33,6 +34,7 @@ async def query(
     With `"stream": true` the answer comes as server-sent events: `meta` (where it comes
     from), `data: {"text": ...}` pieces, then `done` with the whole text.
     """
+    refuse_control_characters(data.prompt, "prompt")
     fields = msgspec.structs.asdict(data)
     stream = fields.pop("stream")
     body_controls = _body_controls(fields)

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
 
+from app.errors import BadRequest
+
 ONE_YEAR = 365 * 24 * 3600
+
+# C0 control characters other than tab, newline and carriage return: never part of a real
+# prompt, often a sign of a broken client or an injection attempt; refused, not stored.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def refuse_control_characters(text: str | None, param: str) -> None:
+    """400 when a text holds control characters (tab, newline and CR are fine)."""
+    if text and (found := _CONTROLS.search(text)):
+        raise BadRequest(
+            f"{param} contains the control character U+{ord(found.group()):04X}; "
+            "remove it (tab, newline and carriage return are allowed)",
+            param=param,
+        )
 
 
 class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -6,12 +6,13 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
+from app.api.errors import ERROR_RESPONSES
 from app.service import status
 from app.service.access import AccessControl
 from app.service.query import QueryService
 
 
-@get("/health", cache=False)
+@get("/health", cache=False, responses=ERROR_RESPONSES)
 async def health(
     service: NamedDependency[QueryService], access: NamedDependency[AccessControl], state: State
 ) -> Response[status.Health]:
@@ -20,7 +21,7 @@ async def health(
     return Response(report, status_code=200 if report.status == "ok" else 503)
 
 
-@get("/v1/metrics", cache=False)
+@get("/v1/metrics", cache=False, responses=ERROR_RESPONSES)
 async def metrics(service: NamedDependency[QueryService]) -> status.Metrics:
     """Request counters, hit rate, latency percentiles, savings and the index size."""
     return await status.metrics(service)

@@ -18,6 +18,7 @@ from app.errors import (
     UpstreamError,
     UpstreamNotConfigured,
     UpstreamRateLimited,
+    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -431,8 +432,12 @@ class ProviderHttp:
                     retry_after=retry_after,
                 )
             )
-        # 400/401/403/404/422...: the same request will fail the same way, so no retry.
-        return UpstreamError(f"{self.name} rejected the request with HTTP {status}{detail}")
+        # 4xx: the same request will fail the same way, so no retry. 401/403 mean our key or
+        # account is wrong (a 502: not the client's doing); the rest are about the request.
+        message = f"{self.name} rejected the request with HTTP {status}{detail}"
+        if status in (401, 403, 407):
+            return UpstreamError(message)
+        return UpstreamRejected(message)
 
 
 def _retry(exc: Retryable) -> Retryable:
