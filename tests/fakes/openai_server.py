@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import random
 import re
 import signal
 import socket
@@ -190,6 +191,8 @@ class FakeProvider:
         self, *, delay: float, api_key: str | None, answer: Answer | None, port: int
     ) -> None:
         self.delay = delay
+        # Set (above `delay`): each request waits a uniform random time in [delay, delay_max].
+        self.delay_max: float | None = None
         self.api_key = api_key
         self.answer: Answer | None = answer
         # Seconds between two streamed pieces; 0 sends them back to back.
@@ -317,8 +320,11 @@ class FakeProvider:
         with self._lock:
             # Recorded before any check so a test can count rejected calls too.
             self._calls.append(body if isinstance(body, dict) else {})
-        if self.delay > 0:
-            await asyncio.sleep(self.delay)
+        delay = self.delay
+        if self.delay_max is not None and self.delay_max > delay:
+            delay = random.uniform(delay, self.delay_max)
+        if delay > 0:
+            await asyncio.sleep(delay)
         return body if isinstance(body, dict) else None
 
     def _next_fault(self) -> Fault | None:
@@ -609,13 +615,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per request")
+    parser.add_argument(
+        "--delay-max",
+        type=float,
+        default=None,
+        help="with it, each request waits a uniform random time in [delay, delay-max] seconds",
+    )
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     args = parser.parse_args()
     # Blocked before the server thread starts (it inherits the mask), so only sigwait sees them.
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with FakeOpenAI(delay=args.delay, api_key=args.api_key, port=args.port) as fake:
-        print(f"FakeOpenAI listening on {fake.base_url} (delay {args.delay}s)", flush=True)
+        fake.delay_max = args.delay_max
+        shown = f"{args.delay}s" if args.delay_max is None else f"{args.delay}-{args.delay_max}s"
+        print(f"FakeOpenAI listening on {fake.base_url} (delay {shown})", flush=True)
         signal.sigwait(stop_signals)
 
 
