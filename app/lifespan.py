@@ -10,9 +10,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import aiohttp
 from litestar import Litestar
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.cache.apikeys import ApiKeys
+from app.cache.breaker import CacheBreaker
 from app.cache.embedded import EmbeddedRedis
 from app.cache.flight import SingleFlight
 from app.cache.metrics import MetricsStore
@@ -50,7 +53,11 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 await embedded.start(timeout=EMBEDDED_START_TIMEOUT)
                 stack.push_async_callback(embedded.stop)
                 redis_url = embedded.url
-            redis = await connect_redis(redis_url)
+            redis = await connect_redis(
+                redis_url,
+                connect_timeout=settings.redis_connect_timeout_ms / 1000,
+                socket_timeout=settings.redis_socket_timeout_ms / 1000,
+            )
             stack.push_async_callback(redis.aclose)
             await require_search_module(redis)
             await warn_without_partial_indexing(redis)
@@ -76,7 +83,15 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             )
             if await store.ensure_index():
                 log.info("created index %s", store.index_name)
-            store.hits.start()
+            breaker = CacheBreaker(
+                store.recover,
+                failure_threshold=settings.cache_breaker_failures,
+                probe_interval=settings.cache_probe_interval_ms / 1000,
+                # A probe is not on anyone's request path: it may wait as long as other calls.
+                probe_timeout=settings.redis_socket_timeout_ms / 1000,
+            )
+            stack.push_async_callback(breaker.aclose)
+            store.hits.start(paused=lambda: breaker.is_open)
             stack.push_async_callback(store.hits.aclose)
             app.state.service = QueryService(
                 store=store,
@@ -89,6 +104,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 flight=flight,
                 # A waiter gives up once the leader's provider call must have ended.
                 wait_timeout=settings.upstream_timeout + 5.0,
+                breaker=breaker,
+                lookup_timeout=settings.cache_lookup_timeout_ms / 1000,
+                write_timeout=settings.cache_write_timeout_ms / 1000,
                 ttl=settings.cache_ttl,
                 top_k=settings.knn_top_k,
                 max_prompt_chars=settings.max_prompt_chars,
@@ -114,12 +132,23 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         yield
 
 
-async def connect_redis(url: str) -> Redis:
-    """Connect and PING, retrying with backoff; StartupError names the URL's host on failure."""
+async def connect_redis(
+    url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5.0
+) -> Redis:
+    """Connect and PING, retrying with backoff; StartupError names the URL's host on failure.
+
+    The client itself never retries: redis-py's default (10 retries with backoff) would turn
+    a dead Redis into seconds of waiting per call. Requests bypass the cache instead, and the
+    circuit breaker's probe finds out when Redis is back.
+    """
     delay = 0.2
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         redis: Redis = Redis.from_url(
-            url, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=5.0
+            url,
+            decode_responses=False,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
         )
         try:
             await redis.ping()

@@ -59,6 +59,20 @@ class Settings(
     redis_url: str | None = None
     embedded_redis_port: Port = 6390
     embedded_redis_dir: str = "var/redis"
+    # The Redis client's connect and per-reply timeouts. They bound every Redis call that has
+    # no budget of its own (admin routes, API keys, background writes); an admin batch
+    # (UNLINK of 500 indexed entries) takes about 0.5 s, hence the 2 s.
+    redis_connect_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 500
+    redis_socket_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 2000
+    # Time budgets of the cache's Redis work on the request path: each lookup read (exact key,
+    # KNN, candidate) and each write (store, negative cache, metrics). Past one, or with Redis
+    # unreachable, the request bypasses the cache (X-Sentinel-Cache: BYPASS).
+    cache_lookup_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 50
+    cache_write_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
+    # Failed or late operations in a row that open the circuit breaker: then requests skip
+    # Redis at once, and a probe PINGs it every CACHE_PROBE_INTERVAL_MS until it answers.
+    cache_breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    cache_probe_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 1000
 
     groq_api_key: str | None = None
     groq_base_url: str = "https://api.groq.com/openai/v1"

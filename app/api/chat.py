@@ -27,7 +27,8 @@ _CACHE = {"exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC", "miss": "MISS"}
 def cache_headers(answer: Answer) -> dict[str, str]:
     """The X-Sentinel-* facts of an answer, on every response that carries one."""
     headers = {
-        "X-Sentinel-Cache": _CACHE[answer.match],
+        # BYPASS: Redis was down, slow or its breaker open; the provider answered.
+        "X-Sentinel-Cache": "BYPASS" if answer.bypass else _CACHE[answer.match],
         "X-Sentinel-Entry": answer.entry_id,
         "X-Sentinel-Provider": answer.provider,
     }

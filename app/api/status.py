@@ -16,9 +16,13 @@ from app.service.query import QueryService
 async def health(
     service: NamedDependency[QueryService], access: NamedDependency[AccessControl], state: State
 ) -> Response[status.Health]:
-    """200 when Redis answers and the index exists, 503 with reasons otherwise."""
+    """200 while Sentinel answers requests (`status` "ok" or "degraded", with reasons).
+
+    A degraded cache still answers through the provider, so the load balancer keeps the
+    instance; 503 only when nothing can be answered (see status.Health).
+    """
     report = await status.health(service, redis_mode=state.redis_mode, access=access)
-    return Response(report, status_code=200 if report.status == "ok" else 503)
+    return Response(report, status_code=200 if report.serving else 503)
 
 
 @get("/v1/metrics", cache=False, responses=ERROR_RESPONSES)

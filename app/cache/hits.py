@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -39,6 +40,8 @@ class HitCounter:
         self._interval = interval
         self._add_hits = redis.register_script(_ADD_HITS)
         self._task: asyncio.Task[None] | None = None
+        self._paused: Callable[[], bool] = lambda: False
+        self._failing = False
 
     def add(self, key: str) -> None:
         """Count one hit on an entry key."""
@@ -56,8 +59,14 @@ class HitCounter:
             self._pending.update(batch)
             raise
 
-    def start(self) -> None:
-        """Flush every interval in a background task until aclose()."""
+    def start(self, *, paused: Callable[[], bool] | None = None) -> None:
+        """Flush every interval in a background task until aclose().
+
+        While `paused()` is true (the cache is bypassed: Redis is away) no flush is tried;
+        the counts wait in memory.
+        """
+        if paused is not None:
+            self._paused = paused
         self._task = asyncio.create_task(self._run(), name="sentinel-hit-counter")
 
     async def aclose(self) -> None:
@@ -67,6 +76,9 @@ class HitCounter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._pending and self._paused():
+            log.warning("hit counts lost at shutdown: Redis is bypassed")
+            return
         try:
             await self.flush()
         except RedisError as exc:
@@ -75,7 +87,13 @@ class HitCounter:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            if self._paused():
+                continue
             try:
                 await self.flush()
             except RedisError as exc:
-                log.warning("hit counts not written yet: %s", type(exc).__name__)
+                if not self._failing:  # once per outage, not once a second
+                    log.warning("hit counts not written yet: %s", type(exc).__name__)
+                self._failing = True
+            else:
+                self._failing = False

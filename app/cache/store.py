@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,15 +13,18 @@ from redis.asyncio import Redis
 from redis.commands.search.query import Query as SearchQuery
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
+from redisvl.exceptions import RedisVLError
 from redisvl.index import AsyncSearchIndex
 from redisvl.query import VectorQuery
 from redisvl.query.filter import Tag
 from redisvl.schema import IndexSchema
 
 from app.cache import keys
-from app.cache.errors import redis_errors_as_unavailable
+from app.cache.errors import needs_repair, redis_errors_as_unavailable
 from app.cache.hits import HitCounter
 from app.cache.vectors import encode_vector
+
+log = logging.getLogger("sentinel.cache")
 
 VECTOR_FIELD = "embedding"
 # HNSW build parameters: M=16 and EF_CONSTRUCTION=200 are the values measured in
@@ -76,6 +80,17 @@ class Candidate(msgspec.Struct, frozen=True):
     prompt: str
 
 
+class IndexState(msgspec.Struct, frozen=True, kw_only=True):
+    """The index as FT.INFO reports it: whether it exists, and how far it is built."""
+
+    exists: bool
+    # True while RediSearch scans existing keys into it (after FT.CREATE on a full keyspace);
+    # lookups work meanwhile but miss entries not yet scanned.
+    indexing: bool = False
+    percent_indexed: float = 1.0
+    num_docs: int = 0
+
+
 class CacheStore:
     """Reads and writes entries; owns the RediSearch index for one embedder's vectors."""
 
@@ -119,22 +134,52 @@ class CacheStore:
             }
         )
 
+    @redis_errors_as_unavailable
     async def ensure_index(self) -> bool:
         """Create the index when it is missing; return True when it was created."""
         if await self._index.exists():
             return False
         try:
             await self._index.create(overwrite=False)
-        except ResponseError as exc:  # another instance created it first
+        except (ResponseError, RedisVLError) as exc:  # another instance created it first
             if "already exists" not in str(exc).lower():
                 raise
             return False
         return True
 
     @redis_errors_as_unavailable
+    async def recover(self) -> None:
+        """The circuit breaker's probe: PING, then recreate the index if Redis lost it."""
+        # Connections opened before the outage may be dead (Redis restarted): drop the idle
+        # ones, so that no request trips on one once the breaker closes.
+        await self._redis.connection_pool.disconnect(inuse_connections=False)
+        await self._redis.ping()
+        if await self.ensure_index():
+            log.warning(
+                "index %s was missing (Redis came back without its data): recreated",
+                self.index_name,
+            )
+
+    @redis_errors_as_unavailable
     async def ping(self) -> bool:
         """Whether Redis answers."""
         return bool(await self._redis.ping())
+
+    @redis_errors_as_unavailable
+    async def index_state(self) -> IndexState:
+        """Whether the index exists and how far RediSearch has built it (one FT.INFO)."""
+        try:
+            info = await self._index.info()
+        except RedisVLError as exc:
+            if needs_repair(exc):
+                return IndexState(exists=False)
+            raise
+        return IndexState(
+            exists=True,
+            indexing=_number(info.get("indexing")) != 0,
+            percent_indexed=_number(info.get("percent_indexed"), default=1.0),
+            num_docs=int(_number(info.get("num_docs"))),
+        )
 
     @redis_errors_as_unavailable
     async def index_exists(self) -> bool:
@@ -286,6 +331,8 @@ class CacheStore:
         A filter that is None or "" matches everything: a TAG cannot match the empty string,
         so open-mode entries (tenant "") are listed by leaving `tenant` out.
         """
+        if _unmatchable(tenant, model_id):
+            return EntryPage(total=0, entries=[])
         query = (
             SearchQuery(_tag_filter(tenant, model_id))
             .return_fields(*ENTRY_FIELDS)
@@ -310,6 +357,8 @@ class CacheStore:
         self, *, tenant: str | None = None, model_id: str | None = None, batch: int = 500
     ) -> int:
         """Delete every entry of a tenant and/or model, `batch` keys at a time; the count."""
+        if _unmatchable(tenant, model_id):
+            return 0
         query_text = _tag_filter(tenant, model_id)
         deleted = 0
         while True:
@@ -324,7 +373,7 @@ class CacheStore:
                 return deleted
 
     @redis_errors_as_unavailable
-    async def flush(self, batch: int = 1000) -> int:
+    async def flush(self, batch: int = 500) -> int:
         """Delete every entry under this embedder's prefix (indexed or not); keep the index."""
         deleted = 0
         pending: list[bytes | str] = []
@@ -373,6 +422,16 @@ def new_entry(
     )
 
 
+def _number(value: Any, default: float = 0.0) -> float:
+    """A number from FT.INFO (int, float, or their text); `default` when absent or odd."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _text(value: bytes | str | None) -> str:
     if value is None:
         return ""
@@ -391,6 +450,12 @@ class EntryPage(msgspec.Struct, frozen=True, kw_only=True):
 
     total: int
     entries: list[ListedEntry]
+
+
+def _unmatchable(*values: str | None) -> bool:
+    """Whether a filter value holds control characters: no stored TAG does, and RediSearch's
+    query parser rejects them (a syntax error, not an empty result)."""
+    return any(ch < " " or ch == "\x7f" for value in values if value for ch in value)
 
 
 def _tag_filter(tenant: str | None, model_id: str | None) -> str:

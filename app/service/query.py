@@ -8,19 +8,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
 from app.cache import keys
+from app.cache.breaker import CacheBreaker
+from app.cache.errors import CacheBypassed
 from app.cache.flight import FlightTimeout, SingleFlight
 from app.cache.metrics import MetricsStore, Outcome
 from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry, new_entry
 from app.errors import (
     BadRequest,
-    CacheUnavailable,
+    EmbeddingError,
     PromptTooLarge,
     UpstreamError,
     UpstreamNotConfigured,
@@ -33,6 +36,8 @@ from app.service.pricing import cost_usd
 from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
 
 log = logging.getLogger("sentinel.service")
+
+T = TypeVar("T")
 
 Match = Literal["exact", "semantic", "miss"]
 
@@ -106,6 +111,9 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     guard_score: float | None = None
     # True when an identical request was in flight and this one was answered from its result.
     waited: bool = False
+    # True when the cache was bypassed for this answer (Redis down, slow, or its circuit
+    # breaker open): the provider answered and the answer may not have been stored.
+    bypass: bool = False
     matched_prompt: str | None
     entry_id: str
     model: str
@@ -142,8 +150,22 @@ class StreamedAnswer(msgspec.Struct, frozen=True, kw_only=True):
     deltas: AsyncIterator[ChatDelta]
 
 
+class _Found(NamedTuple):
+    """What a lookup found: a hit, else the query's vector (for storing) and whether the
+    cache was bypassed (then no more cache reads for this request)."""
+
+    hit: Answer | None = None
+    vector: Vector | None = None
+    bypass: bool = False
+
+
 class QueryService:
-    """The cache decision, in order: exact → semantic (guarded) → provider → store."""
+    """The cache decision, in order: exact → semantic (guarded) → provider → store.
+
+    Every Redis operation goes through the circuit breaker with a time budget (reads:
+    `lookup_timeout`, writes: `write_timeout`, seconds); a failed or late one bypasses the
+    cache for the rest of the request, which the provider answers (`Answer.bypass`).
+    """
 
     def __init__(
         self,
@@ -157,6 +179,9 @@ class QueryService:
         negative: NegativeCache | None = None,
         flight: SingleFlight | None = None,
         wait_timeout: float = 30.0,
+        breaker: CacheBreaker | None = None,
+        lookup_timeout: float = 0.05,
+        write_timeout: float = 0.2,
         ttl: int,
         top_k: int,
         max_prompt_chars: int,
@@ -170,6 +195,11 @@ class QueryService:
         self.negative = negative
         self.flight = flight
         self.wait_timeout = wait_timeout
+        self.breaker = breaker or CacheBreaker(store.recover)
+        self.lookup_timeout = lookup_timeout
+        self.write_timeout = write_timeout
+        # Answers given without the cache since start (this process), for /health.
+        self.bypassed = 0
         self.ttl = ttl
         self.top_k = top_k
         self.max_prompt_chars = max_prompt_chars
@@ -239,9 +269,9 @@ class QueryService:
         """Answer from the cache when it can, from the provider when it must."""
         started = time.perf_counter()
         plan = self.plan(ask)
-        hit, vector = await self._lookup(plan, started)
-        if hit is not None:
-            return hit
+        found = await self._lookup(plan, started)
+        if found.hit is not None:
+            return found.hit
 
         async def lead() -> Answer:
             try:
@@ -249,14 +279,19 @@ class QueryService:
             except UpstreamError as exc:
                 await self._failed(plan, exc, started)
                 raise
-            return await self._store(plan, result, vector, started)
+            return await self._store(plan, result, found.vector, started, bypass=found.bypass)
 
-        if self.flight is None or not (plan.read_cache and plan.write_cache):
+        if (
+            self.flight is None
+            or found.bypass  # Redis is failing: coalescing through it would only wait
+            or self.breaker.is_open
+            or not (plan.read_cache and plan.write_cache)
+        ):
             return await lead()
 
         async def follow() -> Answer | None:
             # The leader's stored answer, or its remembered failure (raised).
-            entry = await self.store.take_hit(plan.entry_id)
+            entry = await self._read("exact lookup", lambda: self.store.take_hit(plan.entry_id))
             if entry is not None:
                 answer = await self._hit(entry, "exact", 1.0, started)
                 return msgspec.structs.replace(answer, waited=True)
@@ -279,18 +314,20 @@ class QueryService:
         """Cache-aside read: the cached answer for this request, or None; never the provider."""
         started = time.perf_counter()
         plan = self.plan(msgspec.structs.replace(ask, read_cache=True))
-        hit, _ = await self._find(plan, started)
-        if hit is None:
+        found = await self._find(plan, started)
+        if found.hit is None and not found.bypass:
             await self._record("miss", started)
-        return hit
+        return found.hit
 
     async def put(self, ask: Ask, result: ChatResult) -> Answer:
         """Cache-aside write: store an answer the caller got from its own LLM call."""
         started = time.perf_counter()
         plan = self.plan(msgspec.structs.replace(ask, write_cache=True))
+        if self.breaker.is_open:  # fail fast, before embedding: the caller learns it at once
+            raise CacheBypassed(f"not stored: the cache is bypassed ({self.breaker.reason})")
         vector = None if plan.question is None else await self.embedder.embed(plan.question)
         entry = _entry(plan, result)
-        await self.store.put(entry, vector, ttl=plan.ttl)
+        await self._write("store", lambda: self.store.put(entry, vector, ttl=plan.ttl))
         return _answer(entry, "miss", None, _elapsed_ms(started), cost=0.0, saved=0.0)
 
     async def stream(self, ask: Ask) -> StreamedAnswer:
@@ -301,20 +338,23 @@ class QueryService:
         """
         started = time.perf_counter()
         plan = self.plan(ask)
-        hit, vector = await self._lookup(plan, started)
-        if hit is not None:
-            entry_deltas = _replay(hit)
-            return StreamedAnswer(head=hit, deltas=entry_deltas)
+        found = await self._lookup(plan, started)
+        if found.hit is not None:
+            return StreamedAnswer(head=found.hit, deltas=_replay(found.hit))
         deltas = self.providers.stream(plan.model_id, plan.request)
         try:
             first = await anext(deltas)
         except UpstreamError as exc:
             await self._failed(plan, exc, started)
             raise
+        # Known now only if the lookup failed or the breaker is open; a store failing at the
+        # end of the stream comes after the headers.
+        bypass = found.bypass or (plan.write_cache and self.breaker.is_open)
         head = Answer(
             response="",
             cache_hit=False,
             match="miss",
+            bypass=bypass,
             similarity=None,
             matched_prompt=None,
             entry_id=plan.entry_id,
@@ -325,7 +365,7 @@ class QueryService:
             cost_usd=0.0,
             saved_usd=0.0,
         )
-        relay = self._relay(plan, first, deltas, vector, started)
+        relay = self._relay(plan, first, deltas, found, started)
         return StreamedAnswer(head=head, deltas=relay)
 
     async def _relay(
@@ -333,7 +373,7 @@ class QueryService:
         plan: Plan,
         first: ChatDelta,
         deltas: AsyncIterator[ChatDelta],
-        vector: Vector | None,
+        found: _Found,
         started: float,
     ) -> AsyncIterator[ChatDelta]:
         """Pass the provider's pieces on, assembling the answer; store it once complete."""
@@ -357,76 +397,117 @@ class QueryService:
         if result is None:
             log.warning("stream ended without an answer; nothing stored")
             return
-        await self._store(plan, result, vector, started)
+        await self._store(plan, result, found.vector, started, bypass=found.bypass)
 
-    async def _lookup(self, plan: Plan, started: float) -> tuple[Answer | None, Vector | None]:
+    async def _lookup(self, plan: Plan, started: float) -> _Found:
         """An exact hit, else a guarded semantic hit, else a remembered failure (raised).
 
-        Returns the query's vector too, for storing the answer later.
+        Without a hit, the query's vector comes back too, for storing the answer later.
         """
         if not plan.read_cache:
-            return None, None
-        hit, vector = await self._find(plan, started)
-        if hit is None:
+            return _Found()
+        found = await self._find(plan, started)
+        if found.hit is None and not found.bypass:
             await self._check_negative(plan, started)
-        return hit, vector
+        return found
 
-    async def _find(self, plan: Plan, started: float) -> tuple[Answer | None, Vector | None]:
-        entry = await self.store.take_hit(plan.entry_id)
-        if entry is not None:
-            return await self._hit(entry, "exact", 1.0, started), None
-        if plan.question is None:
-            return None, None
-        vector = await self.embedder.embed(plan.question)
-        for candidate in await self.store.nearest(vector, scope=plan.scope, k=self.top_k):
-            if candidate.similarity < plan.threshold:
-                break
-            score = None
-            if self.guard is not None:
-                score = self.guard.probability(
-                    plan.question, candidate.prompt, candidate.similarity
+    async def _find(self, plan: Plan, started: float) -> _Found:
+        vector: Vector | None = None
+        try:
+            entry = await self._read("exact lookup", lambda: self.store.take_hit(plan.entry_id))
+            if entry is not None:
+                return _Found(hit=await self._hit(entry, "exact", 1.0, started))
+            if plan.question is None:
+                return _Found()
+            question = plan.question
+            # The embedder is not Redis: it keeps its own limits, outside the budget.
+            query = vector = await self.embedder.embed(question)
+            candidates = await self._read(
+                "semantic lookup",
+                lambda: self.store.nearest(query, scope=plan.scope, k=self.top_k),
+            )
+            for candidate in candidates:
+                if candidate.similarity < plan.threshold:
+                    break
+                score = None
+                if self.guard is not None:
+                    score = self.guard.probability(question, candidate.prompt, candidate.similarity)
+                    if score < self.guard.threshold:
+                        continue  # a near miss; a lower neighbour may still be the same question
+                entry = await self._read(
+                    "semantic lookup", partial(self.store.take_hit, candidate.entry_id)
                 )
-                if score < self.guard.threshold:
-                    continue  # a near miss; a lower neighbour may still be the same question
-            entry = await self.store.take_hit(candidate.entry_id)
-            if entry is not None:  # None: it expired between the KNN and the read
-                hit = await self._hit(
-                    entry, "semantic", candidate.similarity, started, guard_score=score
-                )
-                return hit, vector
-        return None, vector
+                if entry is not None:  # None: it expired between the KNN and the read
+                    hit = await self._hit(
+                        entry, "semantic", candidate.similarity, started, guard_score=score
+                    )
+                    return _Found(hit=hit, vector=vector)
+        except CacheBypassed as exc:
+            self._skipped(exc)
+            return _Found(vector=vector, bypass=True)
+        return _Found(vector=vector)
 
     async def _store(
-        self, plan: Plan, result: ChatResult, vector: Vector | None, started: float
+        self,
+        plan: Plan,
+        result: ChatResult,
+        vector: Vector | None,
+        started: float,
+        *,
+        bypass: bool = False,
     ) -> Answer:
-        """Keep a successful answer (if the cache can) and report the miss."""
-        if vector is None and plan.question is not None and plan.write_cache:
-            vector = await self.embedder.embed(plan.question)
+        """Keep a successful answer (if the cache can) and report the miss.
+
+        After a bypassed lookup the store is still tried while the breaker is closed: a
+        single slow read should not cost the entry. It never fails the request.
+        """
         entry = _entry(plan, result)
-        try:
-            if plan.write_cache:
-                await self.store.put(entry, vector, ttl=plan.ttl)
-            if self.negative is not None:
-                await self.negative.forget(plan.entry_id)
-        except CacheUnavailable as exc:
-            # The caller paid for this answer: give it to them even if it cannot be kept.
-            log.warning("answer not stored: %s", exc.message)
+        forget = self.negative is not None and self.negative.enabled
+        if self.breaker.is_open:
+            bypass = bypass or plan.write_cache
+        elif plan.write_cache or forget:
+            if vector is None and plan.question is not None and plan.write_cache:
+                try:
+                    vector = await self.embedder.embed(plan.question)
+                except EmbeddingError as exc:
+                    # Paid for already: keep it for exact hits rather than fail the request.
+                    log.warning("answer stored for exact hits only: %s", exc.message)
+            try:
+                await self._write("store", lambda: self._keep(plan, entry, vector))
+            except CacheBypassed as exc:
+                # The caller paid for this answer: give it to them even if it cannot be kept.
+                self._skipped(exc, "answer not stored")
+                bypass = bypass or plan.write_cache
+        if bypass:
+            self.bypassed += 1
         spent = cost_usd(entry.model, entry.prompt_tokens, entry.completion_tokens)
         latency_ms = _elapsed_ms(started)
         await self._record("miss", started, upstream_called=True, usd_spent=spent)
-        return _answer(entry, "miss", None, latency_ms, cost=spent, saved=0.0)
+        return _answer(entry, "miss", None, latency_ms, cost=spent, saved=0.0, bypass=bypass)
+
+    async def _keep(self, plan: Plan, entry: Entry, vector: Vector | None) -> None:
+        """Store the entry and drop a remembered failure for it, both at once."""
+        writes: list[Awaitable[None]] = []
+        if plan.write_cache:
+            writes.append(self.store.put(entry, vector, ttl=plan.ttl))
+        if self.negative is not None and self.negative.enabled:
+            writes.append(self.negative.forget(plan.entry_id))
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _check_negative(self, plan: Plan, started: float) -> None:
         """Raise a failure remembered for this exact request, without calling the provider."""
-        if self.negative is None:
+        negative = self.negative
+        if negative is None or not negative.enabled:
             return
         try:
-            await self.negative.check(plan.entry_id)
+            await self._read("negative cache read", lambda: negative.check(plan.entry_id))
         except RememberedFailure:
             await self._record("error", started)
             raise
-        except CacheUnavailable as exc:
-            log.warning("negative cache not read: %s", exc.message)
+        except CacheBypassed as exc:
+            self._skipped(exc, "negative cache not read")
 
     async def _failed(
         self, plan: Plan, exc: UpstreamError, started: float, *, remember: bool = True
@@ -436,11 +517,14 @@ class QueryService:
             await self._record("error", started)
             return
         await self._record("error", started, upstream_called=True, upstream_failed=True)
-        if remember and self.negative is not None and is_transient(exc):
+        negative = self.negative
+        if remember and negative is not None and negative.enabled and is_transient(exc):
             try:
-                await self.negative.remember(plan.entry_id, exc)
-            except CacheUnavailable as failure:
-                log.warning("failure not remembered: %s", failure.message)
+                await self._write(
+                    "negative cache write", lambda: negative.remember(plan.entry_id, exc)
+                )
+            except CacheBypassed as failure:
+                self._skipped(failure, "failure not remembered")
 
     async def _shared(self, leader: Answer, plan: Plan, started: float) -> Answer:
         """The leader's fresh answer as a hit that waited for it (counted as an exact hit)."""
@@ -453,6 +537,7 @@ class QueryService:
             similarity=1.0,
             matched_prompt=plan.question,
             waited=True,
+            bypass=False,  # answered from the request in flight, whatever became of its store
             latency_ms=round(_elapsed_ms(started), 3),
             cost_usd=0.0,
             saved_usd=leader.cost_usd,
@@ -490,19 +575,37 @@ class QueryService:
         usd_saved: float = 0.0,
         usd_spent: float = 0.0,
     ) -> None:
-        # Metrics are bookkeeping: losing one count must not fail the request it counts.
+        # Metrics are bookkeeping: losing one count must not fail (or slow) the request.
+        if self.breaker.is_open:
+            return
         try:
-            await self.metrics.record(
-                outcome,
-                latency_ms=_elapsed_ms(started),
-                upstream_called=upstream_called,
-                upstream_failed=upstream_failed,
-                tokens_saved=tokens_saved,
-                usd_saved=usd_saved,
-                usd_spent=usd_spent,
+            await self._write(
+                "metrics",
+                lambda: self.metrics.record(
+                    outcome,
+                    latency_ms=_elapsed_ms(started),
+                    upstream_called=upstream_called,
+                    upstream_failed=upstream_failed,
+                    tokens_saved=tokens_saved,
+                    usd_saved=usd_saved,
+                    usd_spent=usd_spent,
+                ),
             )
-        except CacheUnavailable as exc:
-            log.warning("metrics not recorded: %s", exc.message)
+        except CacheBypassed as exc:
+            self._skipped(exc, "metrics not recorded")
+
+    async def _read(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """A Redis read on the request path, within the lookup budget, through the breaker."""
+        return await self.breaker.call(operation, budget=self.lookup_timeout, what=what)
+
+    async def _write(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """A Redis write on the request path, within the write budget, through the breaker."""
+        return await self.breaker.call(operation, budget=self.write_timeout, what=what)
+
+    def _skipped(self, exc: CacheBypassed, what: str = "cache bypassed") -> None:
+        # While the breaker is open every request skips the cache: the breaker said so once.
+        level = logging.DEBUG if self.breaker.is_open else logging.WARNING
+        log.log(level, "%s: %s", what, exc.message)
 
 
 class _Assembler:
@@ -603,11 +706,13 @@ def _answer(
     cost: float,
     saved: float,
     guard_score: float | None = None,
+    bypass: bool = False,
 ) -> Answer:
     return Answer(
         response=entry.response,
         cache_hit=match != "miss",
         match=match,
+        bypass=bypass,
         similarity=None if similarity is None else round(similarity, 6),
         guard_score=None if guard_score is None else round(guard_score, 4),
         matched_prompt=None if match == "miss" else entry.prompt,

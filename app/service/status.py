@@ -14,17 +14,35 @@ from app.service.query import QueryService
 
 
 class Health(msgspec.Struct, kw_only=True):
-    """Body of GET /health."""
+    """Body of GET /health.
+
+    `status` is "degraded" (with `reasons`) whenever the cache cannot be used fully: Redis
+    unreachable, slow or loading (the circuit breaker is open and requests bypass the cache),
+    the index missing or still being built. The HTTP status stays 200 as long as Sentinel
+    answers requests, which it does through the provider while the cache is bypassed: every
+    instance shares the one Redis, so a 503 would make a load balancer pull them all at once
+    and turn a cache outage into a full one. 503 only when nothing could be answered: the
+    cache is bypassed and the default provider has no key (`serving: false`).
+    """
 
     status: Literal["ok", "degraded"]
     reasons: list[str]
-    redis: Literal["ok", "unreachable"]
+    # Whether requests are answered at all (the HTTP status follows it).
+    serving: bool
+    # "on": lookups and stores use Redis; "bypass": the circuit breaker is open and every
+    # request goes to the provider, answered with X-Sentinel-Cache: BYPASS.
+    cache: Literal["on", "bypass"]
+    # Answers given without the cache since this process started.
+    bypassed_answers: int
+    redis: Literal["ok", "unreachable", "loading"]
     redis_mode: Literal["embedded", "external"]
     # "keys": every /v1 route needs an API key; "open": no key exists, anyone may call;
     # "unknown": Redis (which holds created keys) did not answer.
     auth: Literal["open", "keys", "unknown"]
     index: str
     index_exists: bool
+    # How much of the index RediSearch has built (1.0: all of it; None: unknown).
+    index_percent_indexed: float | None
     embedder: str
     embedding_dimension: int
     # How semantic hits are decided: cosine >= similarity_threshold, then (guard on) the
@@ -73,27 +91,65 @@ async def health(
     redis_mode: Literal["embedded", "external"],
     access: AccessControl,
 ) -> Health:
-    """Redis answers and the index exists: ok; anything else: degraded, with reasons."""
+    """ok when Redis answers and the index is whole; degraded, with reasons, otherwise.
+
+    While the circuit breaker is open this reads its state and makes no Redis call, so a load
+    balancer polling /health does not add connection attempts to a Redis that is down.
+    """
+    breaker = service.breaker
     reasons: list[str] = []
-    redis_ok = index_ok = False
+    redis: Literal["ok", "unreachable", "loading"] = "unreachable"
     auth: Literal["open", "keys", "unknown"] = "unknown"
-    try:
-        redis_ok = await service.store.ping()
-        index_ok = await service.store.index_exists()
-        auth = await access.mode()
-    except CacheUnavailable as exc:
-        reasons.append(f"redis: {exc.message}")
-    if redis_ok and not index_ok:
-        reasons.append(f"index {service.store.index_name} does not exist")
+    index_ok = False
+    percent: float | None = None
+    if not breaker.is_open:
+        try:
+            await breaker.call(service.store.ping, budget=service.write_timeout, what="PING")
+            redis = "ok"
+            state = await breaker.call(
+                service.store.index_state, budget=service.write_timeout, what="FT.INFO"
+            )
+            auth = await breaker.call(
+                access.mode, budget=service.write_timeout, what="API key registry"
+            )
+        except CacheUnavailable as exc:
+            reasons.append(f"redis: {exc.message}")
+        else:
+            index_ok, percent = state.exists, state.percent_indexed if state.exists else None
+            if not state.exists:
+                reasons.append(f"index {service.store.index_name} does not exist")
+                # Lookups fail without it: bypass the cache until the probe recreates it.
+                breaker.trip(f"index {service.store.index_name} does not exist")
+            elif state.indexing or state.percent_indexed < 1.0:
+                reasons.append(
+                    f"index {service.store.index_name} is being built: "
+                    f"{state.percent_indexed:.0%} of the entries indexed (lookups miss the rest)"
+                )
+    if breaker.is_open:
+        seen = f"{breaker.reason} {breaker.probe_error}"
+        if "BusyLoadingError" in seen:
+            redis = "loading"
+            reasons.append("redis: loading its data after a restart (AOF replay)")
+        reasons.append(
+            f"cache bypassed for {breaker.open_for:.0f} s, requests go to the provider "
+            f"({breaker.reason}"
+            + (f"; last probe: {breaker.probe_error}" if breaker.probe_error else "")
+            + ")"
+        )
     default = service.providers.default_provider
+    serving = default.configured or not breaker.is_open
     return Health(
-        status="ok" if redis_ok and index_ok else "degraded",
+        status="ok" if not reasons else "degraded",
         reasons=reasons,
-        redis="ok" if redis_ok else "unreachable",
+        serving=serving,
+        cache="bypass" if breaker.is_open else "on",
+        bypassed_answers=service.bypassed,
+        redis=redis,
         redis_mode=redis_mode,
         auth=auth,
         index=service.store.index_name,
         index_exists=index_ok,
+        index_percent_indexed=percent,
         embedder=service.embedder.id,
         embedding_dimension=service.embedder.dimension,
         similarity_threshold=service.similarity_threshold,
@@ -111,6 +167,10 @@ async def health(
 
 async def metrics(service: QueryService) -> Metrics:
     """Counters, hit rate and latency percentiles from Redis, plus the index size."""
+    if service.breaker.is_open:  # fail fast: Redis is known to be away
+        raise CacheUnavailable(
+            f"metrics live in Redis, which is bypassed ({service.breaker.reason})"
+        )
     counters, histograms = await service.metrics.read()
     hits = counters.exact_hits + counters.semantic_hits
     decided = hits + counters.misses

@@ -28,6 +28,9 @@ def two_sentinels(
         "GROQ_API_KEY": "test-key",
         "GROQ_BASE_URL": fake_llm.base_url,
         "UPSTREAM_TIMEOUT": "10",
+        # 50 requests at once on a 2-core machine: lookups may take longer than the default
+        # 50 ms budget, and a bypassed lookup is (rightly) not coalesced.
+        "CACHE_LOOKUP_TIMEOUT_MS": "2000",
     }
     processes = [start_sentinel(env), start_sentinel(env)]
     for process in processes:
