@@ -64,3 +64,20 @@ lock:
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Containers (README, "Deploy"). A private Docker engine under var/docker for machines without
+# one (`eval "$$(infra/dockerd.sh env)"` points docker at it), the images built with no registry
+# (infra/images.sh), and CI as it runs: engine, images, `make test` (.ci/run).
+.PHONY: engine engine-stop images ci
+
+engine:
+	bash infra/dockerd.sh start
+
+engine-stop:
+	bash infra/dockerd.sh stop
+
+images: setup
+	bash infra/images.sh all
+
+ci:
+	bash .ci/run

@@ -19,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from app.cache.embedded import EmbeddedRedis
 from app.main import create_app
 from app.settings import Settings, load_settings
+from tests.containers import engine
 from tests.fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,16 +34,52 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Redis Stack server (with RediSearch) for the whole session."""
-    server = EmbeddedRedis(
-        port=free_port(), data_dir=tmp_path_factory.mktemp("redis-stack"), appendonly=False
-    )
-    server.start_sync()
-    try:
-        yield server.url
-    finally:
-        server.stop_sync()
+def redis_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One Redis Stack server (with RediSearch) for the whole session.
+
+    A testcontainers container (REDIS_STACK_IMAGE) when a Docker engine answers; with `CI` set
+    and none answering, a failure; otherwise (a laptop without Docker) the embedded server,
+    and the run says so.
+    """
+    if engine.docker_client() is None:
+        if engine.in_ci():
+            pytest.fail(
+                f"no Docker engine answers at {engine.engine_address()}: CI runs the "
+                "integration suite on a Redis Stack container, not the embedded server "
+                "(.ci/run starts an engine)",
+                pytrace=False,
+            )
+        _say(
+            request,
+            f"redis_stack: no Docker engine answers at {engine.engine_address()}; "
+            "using the embedded Redis Stack server instead of a container",
+        )
+        server = EmbeddedRedis(
+            port=free_port(), data_dir=tmp_path_factory.mktemp("redis-stack"), appendonly=False
+        )
+        server.start_sync()
+        try:
+            yield server.url
+        finally:
+            server.stop_sync()
+        return
+    # Leaving the `with` removes the container, whatever happened inside it.
+    with engine.redis_stack_container() as container:
+        url = engine.redis_url(container)
+        _say(request, f"redis_stack: {engine.redis_stack_image()} container at {url}")
+        yield url
+
+
+def _say(request: pytest.FixtureRequest, line: str) -> None:
+    """A line on the terminal, past pytest's output capture."""
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
 
 
 @pytest.fixture
