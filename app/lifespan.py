@@ -117,6 +117,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 RateLimiter(redis),
                 default_limit=settings.rate_limit_per_minute,
                 admin_key=settings.sentinel_admin_key,
+                breaker=breaker,
+                budget=settings.cache_write_timeout_ms / 1000,
             )
             app.state.admin = Admin(store=store, keys=api_keys, providers=router)
         except StartupError as exc:

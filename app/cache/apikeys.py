@@ -73,6 +73,11 @@ class ApiKeys:
             )
             self._env.append((hashed, key))
 
+    @property
+    def from_settings(self) -> bool:
+        """Whether SENTINEL_API_KEYS configured any key (known without asking Redis)."""
+        return bool(self._env)
+
     @redis_errors_as_unavailable
     async def configured(self) -> bool:
         """Whether any key exists (from the setting, or ever created): then keys are required."""

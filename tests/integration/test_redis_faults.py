@@ -405,3 +405,58 @@ def test_restart_while_the_index_loads_is_degraded_not_failing(
     wait_for(lambda: hit_on(http, stored), "hits once the data is loaded", timeout=5.0)
     health = wait_for(lambda: healthy(http), "health back to ok", timeout=5.0)
     assert health["index_percent_indexed"] == 1.0
+
+
+def test_open_mode_and_known_keys_keep_working_while_redis_is_away(
+    redis_server: RedisServer, fake_llm: FakeOpenAI, start_sentinel: StartSentinel
+) -> None:
+    # Open mode (no SENTINEL_API_KEYS): admitting a request must not need Redis.
+    open_process = start_sentinel(
+        {
+            "REDIS_URL": redis_server.url,
+            "GROQ_API_KEY": "test-key",
+            "GROQ_BASE_URL": fake_llm.base_url,
+            "CACHE_PROBE_INTERVAL_MS": "200",
+        }
+    )
+    open_process.wait_ready()
+    # A keyed instance on the same Redis, with a key created by the admin API and a limit.
+    keyed_process = start_sentinel(
+        {
+            "REDIS_URL": redis_server.url,
+            "GROQ_API_KEY": "test-key",
+            "GROQ_BASE_URL": fake_llm.base_url,
+            "CACHE_PROBE_INTERVAL_MS": "200",
+            "SENTINEL_ADMIN_KEY": "admin-key-for-fault-tests",
+            "RATE_LIMIT_PER_MINUTE": "1000",
+        }
+    )
+    keyed_process.wait_ready()
+    with (
+        httpx.Client(base_url=open_process.base_url, timeout=15) as anyone,
+        httpx.Client(base_url=keyed_process.base_url, timeout=15) as admin,
+    ):
+        assert cache_of(ask(anyone, "Open mode question")) == "MISS"
+        created = admin.post(
+            "/v1/admin/keys",
+            json={"tenant": "acme"},
+            headers={"X-API-Key": "admin-key-for-fault-tests"},
+        )
+        assert created.status_code == 201, created.text
+        tenant_key = {"Authorization": f"Bearer {created.json()['key']}"}
+        assert (
+            admin.post("/v1/query", json={"prompt": "Keyed"}, headers=tenant_key).status_code == 200
+        )
+
+        redis_server.kill()
+        answered = ask(anyone, "Open mode during the outage")
+        assert cache_of(answered) == "BYPASS"
+        keyed = admin.post("/v1/query", json={"prompt": "Keyed, outage"}, headers=tenant_key)
+        assert keyed.status_code == 200, keyed.text  # seen valid minutes ago: still admitted
+        assert cache_of(keyed) == "BYPASS"
+        # Keys mode does not fall back to open: no key, or an unknown one, is still refused.
+        assert admin.post("/v1/query", json={"prompt": "x"}).status_code == 401
+        unknown = admin.post(
+            "/v1/query", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-nope"}
+        )
+        assert unknown.status_code in (401, 503)
