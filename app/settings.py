@@ -67,7 +67,9 @@ class Settings(
     # Time budgets of the cache's Redis work on the request path: each lookup read (exact key,
     # KNN, candidate) and each write (store, negative cache, metrics). Past one, or with Redis
     # unreachable, the request bypasses the cache (X-Sentinel-Cache: BYPASS).
-    cache_lookup_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 50
+    # 250, not 50: at concurrency 64 on 2 cores the event loop alone delays a read past 50 ms,
+    # which bypassed 5% of requests and flapped the breaker (bench/load.md); 250 bypassed none.
+    cache_lookup_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 250
     cache_write_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
     # Failed or late operations in a row that open the circuit breaker: then requests skip
     # Redis at once, and a probe PINGs it every CACHE_PROBE_INTERVAL_MS until it answers.
