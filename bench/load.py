@@ -48,7 +48,14 @@ from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision
 from app.service.prompt import normalize_prompt
 from app.settings import load_settings
-from bench.procs import BENCH_VAR, HOST, ROOT, Child, bench_redis, free_port, sentinel, wait_tcp
+from bench.procs import (
+    BENCH_VAR,
+    ROOT,
+    bench_redis,
+    fake_provider,
+    free_port,
+    sentinel,
+)
 from bench.questions import DEV_PAIRS, MAX_CHARS, Pair, candidate_pairs, choose_pairs
 from bench.stats import Summary, Table, ms
 
@@ -202,28 +209,6 @@ async def load_redis(name: str, *, appendonly: bool) -> AsyncIterator[EmbeddedRe
         yield server
     finally:
         await server.stop(timeout=30.0)
-
-
-@asynccontextmanager
-async def slow_provider(low: float, high: float) -> AsyncIterator[str]:
-    """The fake provider in its own process, each answer after uniform [low, high] seconds."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        str(ROOT / "tests" / "fakes" / "openai_server.py"),
-        "--port",
-        str(port),
-        "--delay",
-        str(low),
-        "--delay-max",
-        str(high),
-    ]
-    child = Child("load-provider", argv, dict(os.environ))
-    try:
-        await wait_tcp(child, port, budget=30.0)
-        yield f"http://{HOST}:{port}/v1"
-    finally:
-        child.stop()
 
 
 def child_pid(module: str) -> int:
@@ -464,7 +449,7 @@ async def run(args: argparse.Namespace, command: str) -> Run:
     name = f"load-{mode}"
     async with (
         load_redis(name, appendonly=appendonly) as redis,
-        slow_provider(DELAY_MIN, DELAY_MAX) as provider,
+        fake_provider(DELAY_MIN, DELAY_MAX) as provider,
         sentinel(name, redis_url=redis.url, provider_url=provider) as base,
     ):
         result.servers = f"Redis on {redis.url}, AOF {'on' if appendonly else 'off'}"

@@ -109,8 +109,11 @@ async def wait_tcp(child: Child, port: int, budget: float) -> None:
 
 
 @asynccontextmanager
-async def fake_provider(delay: float) -> AsyncIterator[str]:
-    """The fake OpenAI-compatible provider in its own process; yields its base URL."""
+async def fake_provider(delay: float, delay_max: float | None = None) -> AsyncIterator[str]:
+    """The fake OpenAI-compatible provider in its own process; yields its base URL.
+
+    With `delay_max`, each answer comes after a uniform random delay in [delay, delay_max].
+    """
     port = free_port()
     argv = [
         sys.executable,
@@ -120,6 +123,8 @@ async def fake_provider(delay: float) -> AsyncIterator[str]:
         "--delay",
         str(delay),
     ]
+    if delay_max is not None:
+        argv += ["--delay-max", str(delay_max)]
     child = Child("fake-provider", argv, dict(os.environ))
     try:
         await wait_tcp(child, port, budget=30.0)
