@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import redis
@@ -219,3 +220,10 @@ def start_sentinel(
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp session for a provider or embedder under test (closed afterwards)."""
+    async with aiohttp.ClientSession() as client:
+        yield client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatProvider, C
 from app.providers.upstreams.router import is_transient
 from tests.fakes import Fault
 from tests.fakes.anthropic_server import FakeAnthropic
+from tests.integration.deltas import answer, collect, drain, text_of
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +50,6 @@ def fake() -> Iterator[FakeAnthropic]:
         yield server
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def make_provider(
     session: aiohttp.ClientSession,
     base_url: str,
@@ -69,25 +64,6 @@ def make_provider(
 
 def ask(text: str = QUESTION, **options: Any) -> ChatRequest:
     return ChatRequest(model="", messages=[ChatMessage(role="user", content=text)], **options)
-
-
-async def collect(deltas: AsyncIterator[ChatDelta]) -> list[ChatDelta]:
-    return [delta async for delta in deltas]
-
-
-async def drain(deltas: AsyncIterator[ChatDelta], into: list[ChatDelta]) -> None:
-    """Like collect, but what arrived before a failure stays in `into`."""
-    async for delta in deltas:
-        into.append(delta)
-
-
-async def answer(provider: ChatProvider, request: ChatRequest, *, stream: bool) -> object:
-    """The whole answer, or every delta of the streamed one."""
-    return await (collect(provider.stream(request)) if stream else provider.chat(request))
-
-
-def text_of(deltas: list[ChatDelta]) -> str:
-    return "".join(delta.content or "" for delta in deltas)
 
 
 async def text_and_finish(

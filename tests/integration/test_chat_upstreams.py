@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import aiohttp
@@ -20,12 +20,13 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatProvider, ChatRequest
+from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest
 from app.providers.upstreams.groq import GroqUpstream
 from app.providers.upstreams.openai_compat import OpenAICompatProvider, SSEDecoder, SSEEvent
 from app.providers.upstreams.router import build_router, is_transient
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.anthropic_server import FakeAnthropic
+from tests.integration.deltas import answer, collect, drain, text_of
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +52,6 @@ def fake() -> Iterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def make_provider(
     session: aiohttp.ClientSession,
     base_url: str | None,
@@ -79,25 +74,6 @@ def make_provider(
 
 def ask(text: str = QUESTION, **options: Any) -> ChatRequest:
     return ChatRequest(model="", messages=[ChatMessage(role="user", content=text)], **options)
-
-
-async def collect(deltas: AsyncIterator[ChatDelta]) -> list[ChatDelta]:
-    return [delta async for delta in deltas]
-
-
-async def drain(deltas: AsyncIterator[ChatDelta], into: list[ChatDelta]) -> None:
-    """Like collect, but what arrived before a failure stays in `into`."""
-    async for delta in deltas:
-        into.append(delta)
-
-
-async def answer(provider: ChatProvider, request: ChatRequest, *, stream: bool) -> object:
-    """The whole answer, or every delta of the streamed one."""
-    return await (collect(provider.stream(request)) if stream else provider.chat(request))
-
-
-def text_of(deltas: list[ChatDelta]) -> str:
-    return "".join(delta.content or "" for delta in deltas)
 
 
 def assemble_tool_calls(deltas: list[ChatDelta]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -36,12 +36,6 @@ PROMPT = "What is the capital of France?"
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(api_key=KEY) as server:
         yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def make_upstream(

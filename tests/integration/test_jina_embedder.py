@@ -108,12 +108,6 @@ async def fake() -> AsyncIterator[FakeJina]:
     await server.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def make(
     session: aiohttp.ClientSession,
     base_url: str,
