@@ -92,6 +92,16 @@ class EmbeddingError(SentinelError):
     code = "EMBEDDING_ERROR"
 
 
+class EmbeddingSkipped(EmbeddingError):
+    """An embedding was skipped or cut short (its breaker open, or past EMBED_TIMEOUT_MS).
+
+    The request path catches it and goes on without the semantic layer.
+    """
+
+    status_code = 503
+    code = "EMBEDDING_UNAVAILABLE"
+
+
 class CacheUnavailable(SentinelError):
     """Redis did not answer."""
 

@@ -24,6 +24,7 @@ from app.cache.ratelimit import RateLimiter
 from app.cache.store import CacheStore
 from app.errors import StartupError
 from app.providers.embedders import build_embedder
+from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.router import ProviderRouter, build_router
 from app.service.access import AccessControl
 from app.service.admin import Admin
@@ -61,6 +62,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             stack.push_async_callback(redis.aclose)
             await require_search_module(redis)
             await warn_without_partial_indexing(redis)
+            await warn_about_eviction_policy(redis)
 
             session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=settings.upstream_timeout),
@@ -93,6 +95,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             stack.push_async_callback(breaker.aclose)
             store.hits.start(paused=lambda: breaker.is_open)
             stack.push_async_callback(store.hits.aclose)
+            embed_breaker = EmbedderBreaker(
+                embedder,
+                budget=settings.embed_timeout,
+                failure_threshold=settings.embed_breaker_failures,
+                probe_interval=settings.embed_probe_interval_ms / 1000,
+            )
+            stack.push_async_callback(embed_breaker.aclose)
             app.state.service = QueryService(
                 store=store,
                 metrics=MetricsStore(redis),
@@ -105,6 +114,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 # A waiter gives up once the leader's provider call must have ended.
                 wait_timeout=settings.upstream_timeout + 5.0,
                 breaker=breaker,
+                embed_breaker=embed_breaker,
                 lookup_timeout=settings.cache_lookup_timeout_ms / 1000,
                 write_timeout=settings.cache_write_timeout_ms / 1000,
                 ttl=settings.cache_ttl,
@@ -115,6 +125,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             app.state.access = AccessControl(
                 api_keys,
                 RateLimiter(redis),
+                mode=settings.auth_mode,
                 default_limit=settings.rate_limit_per_minute,
                 admin_key=settings.sentinel_admin_key,
                 breaker=breaker,
@@ -125,11 +136,11 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             log.error("startup failed: %s", exc)
             raise
         _warn_about(settings, embedder.id, guard, threshold)
-        if await app.state.access.mode() == "open":
+        if settings.auth_mode == "open":
             log.warning(
-                "no API key is configured: Sentinel runs open (anyone who can reach it may use "
-                "and fill the cache); set SENTINEL_API_KEYS or create keys with "
-                "SENTINEL_ADMIN_KEY and POST /v1/admin/keys"
+                "Sentinel runs open (SENTINEL_AUTH=open, or no key setting): anyone who can "
+                "reach it may use and fill the cache; set SENTINEL_API_KEYS, or "
+                "SENTINEL_ADMIN_KEY and create keys with POST /v1/admin/keys"
             )
         yield
 
@@ -193,6 +204,26 @@ async def warn_without_partial_indexing(redis: Redis) -> None:
             "RediSearch runs without PARTIAL_INDEXED_DOCS: every hit-count flush re-indexes "
             "the entries it touches; load the module with `PARTIAL_INDEXED_DOCS 1` "
             "(REDISEARCH_ARGS on Redis Stack images)"
+        )
+
+
+# Policies that may evict keys without a TTL: API-key records, the key registry, counters.
+_UNSAFE_EVICTION = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+
+
+async def warn_about_eviction_policy(redis: Redis) -> None:
+    """Say so when Redis may evict what Sentinel needs to stay correct (keys, counters)."""
+    try:
+        reply = await redis.config_get("maxmemory-policy")
+    except RedisError:
+        return  # CONFIG is disabled on some managed Redis; nothing to check
+    policy = _config_value(reply)
+    if policy in _UNSAFE_EVICTION:
+        log.warning(
+            "Redis evicts with maxmemory-policy %s: under memory pressure it may evict API-key "
+            "records (created keys stop working) and metrics counters; use volatile-lru, which "
+            "evicts only cache entries (they carry a TTL); see infra/redis/redis.conf",
+            policy,
         )
 
 

@@ -11,17 +11,13 @@ from app.api import auth
 from app.api.admin import ADMIN_ROUTES
 from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
-from app.api.errors import EXCEPTION_HANDLERS
+from app.api.errors import EXCEPTION_HANDLERS, MAX_BODY_BYTES
 from app.api.middleware import json_body_middleware, request_log_middleware
 from app.api.query import query
 from app.api.status import health, metrics
 from app.lifespan import lifespan
 from app.service.query import QueryService
 from app.settings import Settings, load_settings
-
-# Prompts are capped by MAX_PROMPT_CHARS (32k chars, up to ~128 KB of UTF-8); 1 MiB leaves
-# room for JSON escaping while refusing absurd bodies with a 413 before they are read.
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def provide_service(state: State) -> QueryService:

@@ -14,6 +14,10 @@ import msgspec
 # SIMILARITY_THRESHOLD defaults to the guard's own cosine floor instead.
 DEFAULT_SIMILARITY_THRESHOLD = 0.9
 
+# The request path's Redis budgets (CACHE_LOOKUP_TIMEOUT_MS, CACHE_WRITE_TIMEOUT_MS), in ms.
+DEFAULT_LOOKUP_TIMEOUT_MS = 250
+DEFAULT_WRITE_TIMEOUT_MS = 200
+
 Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
@@ -69,8 +73,10 @@ class Settings(
     # unreachable, the request bypasses the cache (X-Sentinel-Cache: BYPASS).
     # 250, not 50: at concurrency 64 on 2 cores the event loop alone delays a read past 50 ms,
     # which bypassed 5% of requests and flapped the breaker (bench/load.md); 250 bypassed none.
-    cache_lookup_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 250
-    cache_write_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
+    cache_lookup_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = (
+        DEFAULT_LOOKUP_TIMEOUT_MS
+    )
+    cache_write_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = DEFAULT_WRITE_TIMEOUT_MS
     # Failed or late operations in a row that open the circuit breaker: then requests skip
     # Redis at once, and a probe PINGs it every CACHE_PROBE_INTERVAL_MS until it answers.
     cache_breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
@@ -107,6 +113,15 @@ class Settings(
     jina_base_url: str = "https://api.jina.ai/v1"
     jina_model: str = "jina-embeddings-v3"
     jina_dimensions: PositiveInt = 1024
+    # Time budget of one embedding on the request path. Past it, or when the embedder fails,
+    # the request skips the semantic layer (the exact layer still serves, a miss goes to the
+    # provider and its answer is stored for exact hits). Unset: 500 ms for the local model
+    # (3-8 ms per query, seconds of queueing only when something is wrong), 1500 ms remote.
+    embed_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] | None = None
+    # Failed or late embeddings in a row that open the embedder's breaker: then requests skip
+    # embedding at once, and a probe embeds a short text every EMBED_PROBE_INTERVAL_MS.
+    embed_breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    embed_probe_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 1000
 
     # Unset: the guard's cosine floor with the guard on, DEFAULT_SIMILARITY_THRESHOLD without.
     similarity_threshold: Threshold | None = None
@@ -121,8 +136,13 @@ class Settings(
     knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 300
     max_prompt_chars: PositiveInt = 32000
 
+    # Who may call the /v1 routes: "keys" (a tenant's API key on every request) or "open"
+    # (anyone; credentials are ignored). Unset: "keys" when SENTINEL_API_KEYS or
+    # SENTINEL_ADMIN_KEY is set, "open" otherwise. Never inferred from what Redis holds, so
+    # losing Redis's data (a flush, an eviction, a new empty server) cannot open Sentinel.
+    sentinel_auth: Literal["open", "keys"] | None = None
     # Tenants' API keys as `key=tenant` pairs, comma-separated (`sk-a=team-a,sk-b=team-b`);
-    # more are created through the admin API. No key anywhere: Sentinel runs open.
+    # more are created through the admin API.
     sentinel_api_keys: str | None = None
     # The key of the admin routes (/v1/admin/keys, /v1/cache/entries...); unset: they answer 403.
     sentinel_admin_key: str | None = None
@@ -140,6 +160,16 @@ class Settings(
                 "EMBEDDING_PROVIDER=jina needs JINA_API_KEY; set it or use EMBEDDING_PROVIDER=local"
             )
         keys = self.api_keys  # raises SettingsError on a malformed SENTINEL_API_KEYS
+        if self.sentinel_auth == "keys" and not keys and self.sentinel_admin_key is None:
+            raise SettingsError(
+                "SENTINEL_AUTH=keys needs SENTINEL_API_KEYS or SENTINEL_ADMIN_KEY (to create "
+                "keys with POST /v1/admin/keys); without either, no request could be admitted"
+            )
+        if self.sentinel_auth == "open" and keys:
+            raise SettingsError(
+                "SENTINEL_AUTH=open ignores every API key, but SENTINEL_API_KEYS is set; "
+                "unset one of them"
+            )
         if self.sentinel_admin_key is not None and self.sentinel_admin_key in keys:
             raise SettingsError(
                 "SENTINEL_ADMIN_KEY: the admin key is also in SENTINEL_API_KEYS; give it its own "
@@ -165,6 +195,20 @@ class Settings(
             raise SettingsError(f"SENTINEL_API_KEYS: {exc}") from None
 
     @property
+    def auth_mode(self) -> Literal["open", "keys"]:
+        """SENTINEL_AUTH, else "keys" when any key setting is set, else "open"."""
+        if self.sentinel_auth is not None:
+            return self.sentinel_auth
+        return "keys" if self.api_keys or self.sentinel_admin_key else "open"
+
+    @property
+    def embed_timeout(self) -> float:
+        """EMBED_TIMEOUT_MS in seconds, or the default for the configured embedder."""
+        if self.embed_timeout_ms is not None:
+            return self.embed_timeout_ms / 1000
+        return 0.5 if self.embedding_provider == "local" else 1.5
+
+    @property
     def upstream_configured(self) -> bool:
         """Whether the default provider can be called, so a miss can be answered."""
         return bool(
@@ -186,8 +230,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     raw: dict[str, object] = {name: env[name] for name in _FIELDS if env.get(name, "").strip()}
     if "LOG_LEVEL" in raw:
         raw["LOG_LEVEL"] = str(raw["LOG_LEVEL"]).upper()
-    if "EMBEDDING_PROVIDER" in raw:
-        raw["EMBEDDING_PROVIDER"] = str(raw["EMBEDDING_PROVIDER"]).lower()
+    for lowered in ("EMBEDDING_PROVIDER", "SENTINEL_AUTH"):
+        if lowered in raw:
+            raw[lowered] = str(raw[lowered]).strip().lower()
     raw.update({key.upper(): value for key, value in overrides.items()})
     try:
         return msgspec.convert(raw, Settings, strict=False)

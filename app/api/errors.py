@@ -12,10 +12,14 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from app.errors import SentinelError
+from app.errors import PromptTooLarge, SentinelError
 from app.logging import REQUEST_ID
 
 log = logging.getLogger("sentinel.errors")
+
+# Prompts are capped by MAX_PROMPT_CHARS (32k chars, up to ~128 KB of UTF-8); 1 MiB leaves
+# room for JSON escaping while refusing absurd bodies with a 413 before they are read.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def error_response(
@@ -71,6 +75,13 @@ def validation_error(
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     """Framework errors (404, 405, 413 body too large...) in our shape."""
     status = exc.status_code
+    if status == 413:  # the body is over MAX_BODY_BYTES, refused before it was read
+        return error_response(
+            413,
+            PromptTooLarge.code,
+            f"the request body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB; prompts are "
+            "limited to MAX_PROMPT_CHARS characters",
+        )
     try:
         code = "INVALID_REQUEST" if status == 400 else HTTPStatus(status).name
     except ValueError:

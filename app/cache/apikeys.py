@@ -8,8 +8,8 @@ request). Keys are never logged.
     sentinel:apikey:<sha256 hex>  HASH  id, tenant, name, created_at, revoked, rate_limit
     sentinel:apikeys              HASH  id -> sha256 hex (for listing and revoking by id)
 
-A revoked key keeps its record: once any key was created Sentinel stays in "keys" mode, so
-revoking the last key never opens the cache to everybody.
+A revoked key keeps its record (listing shows it). Whether keys are required at all is a
+setting (SENTINEL_AUTH), never inferred from what Redis holds.
 """
 
 from __future__ import annotations
@@ -73,19 +73,8 @@ class ApiKeys:
             )
             self._env.append((hashed, key))
 
-    @property
-    def from_settings(self) -> bool:
-        """Whether SENTINEL_API_KEYS configured any key (known without asking Redis)."""
-        return bool(self._env)
-
-    @redis_errors_as_unavailable
-    async def configured(self) -> bool:
-        """Whether any key exists (from the setting, or ever created): then keys are required."""
-        return bool(self._env) or bool(await self._redis.exists(REGISTRY_KEY))
-
-    @redis_errors_as_unavailable
-    async def resolve(self, raw: str) -> ApiKey | None:
-        """The key's record when it is valid (known and not revoked), else None."""
+    def resolve_configured(self, raw: str) -> ApiKey | None:
+        """The SENTINEL_API_KEYS key `raw` is, else None; no Redis, constant time per key."""
         if not raw or len(raw) > MAX_KEY_CHARS:
             return None
         hashed = digest(raw)
@@ -94,10 +83,15 @@ class ApiKeys:
         for candidate, key in self._env:
             if hmac.compare_digest(hashed, candidate):
                 found = key
-        if found is not None:
-            return found
+        return found
+
+    @redis_errors_as_unavailable
+    async def resolve_created(self, raw: str) -> ApiKey | None:
+        """The admin-created key `raw` is when it is valid (known, not revoked), else None."""
+        if not raw or len(raw) > MAX_KEY_CHARS:
+            return None
         # A lookup by digest leaks nothing about the key through its timing.
-        record = await self._redis.hgetall(RECORD_PREFIX + hashed.hex())
+        record = await self._redis.hgetall(RECORD_PREFIX + digest(raw).hex())
         stored = _from_record(record)
         return None if stored is None or stored.revoked else stored
 

@@ -1,7 +1,11 @@
 """Request coalescing (single-flight): concurrent identical misses make one upstream call.
 
 In one process, concurrent `run`s with the same key share one local future: the first (the
-local leader) does the work below, the others wait for its result without touching Redis.
+local leader) does the work below, the others wait for its result without touching Redis
+(`FlightResult.shared`). A leader's failure of a kind the caller names (`share_errors`: for
+the cache, any error answered to the client, a provider's 400 included) reaches them too, as
+SharedFailure, rather than making each call the provider in turn; any other (a cancelled
+client, a bug) lets them look for themselves.
 
 Across processes, the local leader takes a short Redis lock (`SET prefix+key token NX PX`).
 The holder checks the cache once more (`follow`: the answer may have landed between the
@@ -71,12 +75,22 @@ class FlightTimeout(UpstreamTimeout):
     """The identical request this one waited for did not finish before this one's deadline."""
 
 
+class SharedFailure(Exception):
+    """The local leader failed with `error`; raised to each caller that waited for it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True, slots=True)
 class FlightResult(Generic[T]):
-    """What `run` answers: the value, and whether it came from another caller's `lead`."""
+    """What `run` answers: the value, whether it came from another caller's `lead`, and
+    whether that caller was in this process (then `value` is its answer, as it was)."""
 
     value: T
     waited: bool
+    shared: bool = False
 
 
 class SingleFlight:
@@ -130,27 +144,35 @@ class SingleFlight:
         follow: Callable[[], Awaitable[T | None]],
         *,
         deadline: float,
+        share_errors: tuple[type[BaseException], ...] = (),
     ) -> FlightResult[T]:
         """`lead()` once for all concurrent callers with this key; the others get its answer.
 
         `lead` calls the provider and stores the answer; its exceptions reach its own caller.
         `follow` reads the cache: the answer, None when there is none yet, or raises a
         remembered failure (which then reaches the caller). `deadline` (loop.time()) bounds
-        the waiting, not the caller's own `lead`: past it a waiter raises FlightTimeout.
+        the waiting, not the caller's own `lead`: past it a waiter raises FlightTimeout. A
+        local leader's exception that is one of `share_errors` reaches the callers waiting
+        for it in this process as SharedFailure.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
             flight = self._flights.get(key)
             if flight is None:
-                return await self._lead_locally(key, lead, follow, deadline, started)
+                return await self._lead_locally(
+                    key, lead, follow, deadline, started, share_errors=share_errors
+                )
             remaining = deadline - loop.time()
             if remaining > 0:
                 await asyncio.wait({flight}, timeout=remaining)
             if not flight.done():
                 raise _timeout(loop.time() - started)
             if not flight.cancelled():
-                return FlightResult(flight.result().value, waited=True)
+                error = flight.exception()
+                if error is not None:
+                    raise SharedFailure(error)
+                return FlightResult(flight.result().value, waited=True, shared=True)
             # The local leader failed, gave up or was cancelled. Whatever it left behind (an
             # answer, a remembered failure) answers us; if nothing, one of us leads next.
             value = await _follow(follow)
@@ -164,14 +186,20 @@ class SingleFlight:
         follow: Callable[[], Awaitable[T | None]],
         deadline: float,
         started: float,
+        *,
+        share_errors: tuple[type[BaseException], ...],
     ) -> FlightResult[T]:
         """Do the cross-process part for this process; share the result with local followers."""
         flight: asyncio.Future[FlightResult[Any]] = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
             result = await self._across(key, lead, follow, deadline, started)
-        except BaseException:
-            flight.cancel()  # followers look for themselves (see run)
+        except BaseException as exc:
+            if share_errors and isinstance(exc, share_errors):
+                flight.set_exception(exc)
+                flight.exception()  # retrieved: no "never retrieved" report without followers
+            else:
+                flight.cancel()  # followers look for themselves (see run)
             raise
         finally:
             if self._flights.get(key) is flight:

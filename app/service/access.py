@@ -26,62 +26,63 @@ HOW_TO_SEND = "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 
 
 class AccessControl:
-    """Admits requests: a tenant for /v1 routes, the admin key for admin routes."""
+    """Admits requests: a tenant for /v1 routes, the admin key for admin routes.
+
+    The mode is configuration (SENTINEL_AUTH), fixed for the process's life. "open" admits
+    everyone as tenant "" without touching Redis, whatever credential comes along (the OpenAI
+    SDK always sends one). "keys" wants a valid key: SENTINEL_API_KEYS' keys are checked in
+    memory; created keys are looked up in Redis, and while Redis cannot answer only a key seen
+    valid in the last few minutes is admitted; any other request gets 503, never admission.
+    """
 
     def __init__(
         self,
         keys: ApiKeys,
         limiter: RateLimiter,
         *,
+        mode: AuthMode,
         default_limit: int,
         admin_key: str | None,
-        breaker: CacheBreaker | None = None,
-        budget: float = 0.2,
+        breaker: CacheBreaker,
+        budget: float,
     ) -> None:
         self.keys = keys
+        self.mode: AuthMode = mode
         self._limiter = limiter
         self._default_limit = default_limit
         self._admin_digest = None if admin_key is None else digest(admin_key)
         self._breaker = breaker
         self._budget = budget
-        # "keys" is sticky: once keys exist, an outage or an eviction never re-opens Sentinel.
-        self._keys_seen = keys.from_settings
         self._recent: dict[bytes, tuple[float, ApiKey]] = {}
 
-    async def mode(self) -> AuthMode:
-        """ "keys" once any API key is configured or was created; "open" before."""
-        if self._keys_seen:
-            return "keys"
-        try:
-            configured = await self._redis(self.keys.configured)
-        except CacheUnavailable:
-            return "open"  # never saw a key, and none is in the settings
-        self._keys_seen = configured
-        return "keys" if configured else "open"
-
     async def admit(self, credential: str | None) -> str:
-        """The caller's tenant ("" when Sentinel runs open); InvalidApiKey or RateLimited."""
-        key = await self._resolve(credential) if credential else None
+        """The caller's tenant ("" when Sentinel runs open); InvalidApiKey or RateLimited.
+
+        CacheUnavailable (503) when Redis must be asked about a key and cannot answer.
+        """
+        if self.mode == "open":
+            return ""  # no key is asked for, so any (e.g. an SDK's placeholder) is ignored
+        if not credential:
+            raise InvalidApiKey(f"an API key is required: {HOW_TO_SEND}")
+        key = self.keys.resolve_configured(credential) or await self._resolve_created(credential)
         if key is None:
-            if await self.mode() == "keys":
-                if credential:
-                    raise InvalidApiKey("the API key is not valid (unknown or revoked)")
-                raise InvalidApiKey(f"an API key is required: {HOW_TO_SEND}")
-            return ""  # open: no key exists, so any (e.g. an SDK's placeholder) is ignored
-        self._keys_seen = True
+            raise InvalidApiKey("the API key is not valid (unknown or revoked)")
         await self._count(key)
         return key.tenant
 
-    async def _resolve(self, credential: str) -> ApiKey | None:
-        """The key's record; with Redis away, a key seen valid in the last few minutes."""
+    async def _resolve_created(self, credential: str) -> ApiKey | None:
+        """A created key's record; with Redis away, a key seen valid in the last few minutes."""
         hashed = digest(credential)
         try:
-            key = await self._redis(lambda: self.keys.resolve(credential))
-        except CacheUnavailable:
+            key = await self._redis(lambda: self.keys.resolve_created(credential))
+        except CacheUnavailable as exc:
             seen = self._recent.get(hashed)
             if seen is not None and time.monotonic() - seen[0] < REMEMBER_KEYS_SECONDS:
                 return seen[1]
-            raise
+            raise CacheUnavailable(
+                "cannot check this API key: Redis, which holds created keys, does not answer "
+                f"({exc.message}); retry shortly"
+            ) from None
         if key is None:
             self._recent.pop(hashed, None)  # revoked or unknown: forget it at once
         else:
@@ -90,8 +91,6 @@ class AccessControl:
 
     async def _redis(self, operation: Callable[[], Awaitable[T]]) -> T:
         """A Redis call through the cache's breaker (fast failure while Redis is away)."""
-        if self._breaker is None:
-            return await operation()
         return await self._breaker.call(operation, budget=self._budget, what="api key check")
 
     def admit_admin(self, credential: str | None) -> None:

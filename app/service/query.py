@@ -17,7 +17,7 @@ import msgspec
 from app.cache import keys
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
-from app.cache.flight import FlightTimeout, SingleFlight
+from app.cache.flight import FlightTimeout, SharedFailure, SingleFlight
 from app.cache.metrics import MetricsStore, Outcome
 from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry, new_entry
@@ -25,15 +25,18 @@ from app.errors import (
     BadRequest,
     EmbeddingError,
     PromptTooLarge,
+    SentinelError,
     UpstreamError,
     UpstreamNotConfigured,
 )
 from app.providers.embedders.base import Embedder, Vector
+from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
 from app.providers.upstreams.router import ProviderRouter, is_transient
 from app.service.guard import Guard
 from app.service.pricing import cost_usd
 from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
+from app.settings import DEFAULT_LOOKUP_TIMEOUT_MS, DEFAULT_WRITE_TIMEOUT_MS
 
 log = logging.getLogger("sentinel.service")
 
@@ -151,12 +154,14 @@ class StreamedAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Found(NamedTuple):
-    """What a lookup found: a hit, else the query's vector (for storing) and whether the
-    cache was bypassed (then no more cache reads for this request)."""
+    """What a lookup found: a hit, else the query's vector (for storing), whether the cache
+    was bypassed (then no more cache reads for this request) and whether embedding failed
+    (then it is not tried again for the store: the answer is kept for exact hits)."""
 
     hit: Answer | None = None
     vector: Vector | None = None
     bypass: bool = False
+    embed_failed: bool = False
 
 
 class QueryService:
@@ -164,7 +169,11 @@ class QueryService:
 
     Every Redis operation goes through the circuit breaker with a time budget (reads:
     `lookup_timeout`, writes: `write_timeout`, seconds); a failed or late one bypasses the
-    cache for the rest of the request, which the provider answers (`Answer.bypass`).
+    cache for the rest of the request, which the provider answers (`Answer.bypass`). Each
+    embedding goes through the embedder's breaker (`embed_breaker`, with its own budget); a
+    failed or late one skips the semantic layer: exact hits still serve, and a miss's answer
+    is stored for exact hits. Without `embed_breaker` (offline replays) embeddings are awaited
+    as long as they take.
     """
 
     def __init__(
@@ -180,8 +189,9 @@ class QueryService:
         flight: SingleFlight | None = None,
         wait_timeout: float = 30.0,
         breaker: CacheBreaker | None = None,
-        lookup_timeout: float = 0.05,
-        write_timeout: float = 0.2,
+        embed_breaker: EmbedderBreaker | None = None,
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT_MS / 1000,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT_MS / 1000,
         ttl: int,
         top_k: int,
         max_prompt_chars: int,
@@ -196,10 +206,13 @@ class QueryService:
         self.flight = flight
         self.wait_timeout = wait_timeout
         self.breaker = breaker or CacheBreaker(store.recover)
+        self.embed_breaker = embed_breaker
         self.lookup_timeout = lookup_timeout
         self.write_timeout = write_timeout
-        # Answers given without the cache since start (this process), for /health.
+        # Answers given without the cache, and requests that skipped the semantic layer
+        # because embedding failed, since start (this process), for /health.
         self.bypassed = 0
+        self.semantic_skipped = 0
         self.ttl = ttl
         self.top_k = top_k
         self.max_prompt_chars = max_prompt_chars
@@ -279,7 +292,7 @@ class QueryService:
             except UpstreamError as exc:
                 await self._failed(plan, exc, started)
                 raise
-            return await self._store(plan, result, found.vector, started, bypass=found.bypass)
+            return await self._store(plan, result, found, started)
 
         if (
             self.flight is None
@@ -301,12 +314,20 @@ class QueryService:
         # Concurrent identical misses, here or in other instances: one provider call.
         deadline = asyncio.get_running_loop().time() + self.wait_timeout
         try:
-            flown = await self.flight.run(plan.entry_id, lead, follow, deadline=deadline)
+            flown = await self.flight.run(
+                plan.entry_id, lead, follow, deadline=deadline, share_errors=(SentinelError,)
+            )
         except FlightTimeout:
             await self._record("error", started)
             raise
-        if flown.waited and not flown.value.waited:
-            # Shared the leader's own answer in this process: for this caller it is a hit.
+        except SharedFailure as shared:
+            # The identical request led in this process failed (a 400 included): the same
+            # answer for this caller, without another provider call.
+            await self._record("error", started)
+            raise shared.error from None
+        if flown.shared:
+            # The answer of the identical request led in this process (from the provider, or
+            # itself a hit): for this caller an exact hit, with its own latency and count.
             return await self._shared(flown.value, plan, started)
         return flown.value
 
@@ -325,7 +346,8 @@ class QueryService:
         plan = self.plan(msgspec.structs.replace(ask, write_cache=True))
         if self.breaker.is_open:  # fail fast, before embedding: the caller learns it at once
             raise CacheBypassed(f"not stored: the cache is bypassed ({self.breaker.reason})")
-        vector = None if plan.question is None else await self.embedder.embed(plan.question)
+        # Without a vector (the embedder failed) the answer is still kept, for exact hits.
+        vector = None if plan.question is None else await self._embed(plan.question)
         entry = _entry(plan, result)
         await self._write("store", lambda: self.store.put(entry, vector, ttl=plan.ttl))
         return _answer(entry, "miss", None, _elapsed_ms(started), cost=0.0, saved=0.0)
@@ -397,7 +419,7 @@ class QueryService:
         if result is None:
             log.warning("stream ended without an answer; nothing stored")
             return
-        await self._store(plan, result, found.vector, started, bypass=found.bypass)
+        await self._store(plan, result, found, started)
 
     async def _lookup(self, plan: Plan, started: float) -> _Found:
         """An exact hit, else a guarded semantic hit, else a remembered failure (raised).
@@ -420,8 +442,9 @@ class QueryService:
             if plan.question is None:
                 return _Found()
             question = plan.question
-            # The embedder is not Redis: it keeps its own limits, outside the budget.
-            query = vector = await self.embedder.embed(question)
+            query = vector = await self._embed(question)
+            if query is None:
+                return _Found(embed_failed=True)
             candidates = await self._read(
                 "semantic lookup",
                 lambda: self.store.nearest(query, scope=plan.scope, k=self.top_k),
@@ -447,15 +470,7 @@ class QueryService:
             return _Found(vector=vector, bypass=True)
         return _Found(vector=vector)
 
-    async def _store(
-        self,
-        plan: Plan,
-        result: ChatResult,
-        vector: Vector | None,
-        started: float,
-        *,
-        bypass: bool = False,
-    ) -> Answer:
+    async def _store(self, plan: Plan, result: ChatResult, found: _Found, started: float) -> Answer:
         """Keep a successful answer (if the cache can) and report the miss.
 
         After a bypassed lookup the store is still tried while the breaker is closed: a
@@ -463,15 +478,14 @@ class QueryService:
         """
         entry = _entry(plan, result)
         forget = self.negative is not None and self.negative.enabled
+        bypass, vector = found.bypass, found.vector
         if self.breaker.is_open:
             bypass = bypass or plan.write_cache
         elif plan.write_cache or forget:
-            if vector is None and plan.question is not None and plan.write_cache:
-                try:
-                    vector = await self.embedder.embed(plan.question)
-                except EmbeddingError as exc:
-                    # Paid for already: keep it for exact hits rather than fail the request.
-                    log.warning("answer stored for exact hits only: %s", exc.message)
+            wants_vector = plan.question is not None and plan.write_cache
+            if vector is None and wants_vector and not found.embed_failed:
+                # Paid for already: without a vector it is kept for exact hits.
+                vector = await self._embed(plan.question or "")
             try:
                 await self._write("store", lambda: self._keep(plan, entry, vector))
             except CacheBypassed as exc:
@@ -527,9 +541,11 @@ class QueryService:
                 self._skipped(failure, "failure not remembered")
 
     async def _shared(self, leader: Answer, plan: Plan, started: float) -> Answer:
-        """The leader's fresh answer as a hit that waited for it (counted as an exact hit)."""
-        tokens = leader.usage.prompt_tokens + leader.usage.completion_tokens
-        await self._record("exact", started, tokens_saved=tokens, usd_saved=leader.cost_usd)
+        """The local leader's answer as a hit that waited for it (counted as an exact hit)."""
+        usage = leader.usage
+        saved = cost_usd(leader.model, usage.prompt_tokens, usage.completion_tokens)
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        await self._record("exact", started, tokens_saved=tokens, usd_saved=saved)
         return msgspec.structs.replace(
             leader,
             cache_hit=True,
@@ -540,7 +556,7 @@ class QueryService:
             bypass=False,  # answered from the request in flight, whatever became of its store
             latency_ms=round(_elapsed_ms(started), 3),
             cost_usd=0.0,
-            saved_usd=leader.cost_usd,
+            saved_usd=round(saved, 10),
         )
 
     async def _hit(
@@ -593,6 +609,23 @@ class QueryService:
             )
         except CacheBypassed as exc:
             self._skipped(exc, "metrics not recorded")
+
+    async def _embed(self, question: str) -> Vector | None:
+        """The question's vector; None when the embedder failed or ran past its budget."""
+        try:
+            if self.embed_breaker is None:
+                return await self.embedder.embed(question)
+            return await self.embed_breaker.embed(question)
+        except EmbeddingError as exc:
+            self.semantic_skipped += 1
+            # While the breaker is open every request skips: the breaker said so once.
+            quiet = self.embed_breaker is not None and self.embed_breaker.is_open
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "semantic layer skipped, answer kept for exact hits only: %s",
+                exc.message,
+            )
+            return None
 
     async def _read(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """A Redis read on the request path, within the lookup budget, through the breaker."""

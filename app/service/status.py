@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from app.breaker import CircuitBreaker
 from app.cache.metrics import percentile
 from app.errors import CacheUnavailable
 from app.service.access import AccessControl
@@ -36,15 +37,21 @@ class Health(msgspec.Struct, kw_only=True):
     bypassed_answers: int
     redis: Literal["ok", "unreachable", "loading"]
     redis_mode: Literal["embedded", "external"]
-    # "keys": every /v1 route needs an API key; "open": no key exists, anyone may call;
-    # "unknown": Redis (which holds created keys) did not answer.
-    auth: Literal["open", "keys", "unknown"]
+    # The configured mode (SENTINEL_AUTH): "keys", every /v1 route needs an API key; "open",
+    # anyone may call. It never depends on Redis.
+    auth: Literal["open", "keys"]
     index: str
     index_exists: bool
     # How much of the index RediSearch has built (1.0: all of it; None: unknown).
     index_percent_indexed: float | None
     embedder: str
     embedding_dimension: int
+    # "on": requests embed their question; "bypass": the embedder failed or was late too
+    # often, its breaker is open and requests skip the semantic layer (exact hits still
+    # serve, misses go to the provider and are stored for exact hits) until a probe works.
+    embedding: Literal["on", "bypass"]
+    # Requests that went without the semantic layer because embedding failed, since start.
+    semantic_skipped: int
     # How semantic hits are decided: cosine >= similarity_threshold, then (guard on) the
     # guard's probability >= guard_threshold.
     similarity_threshold: float
@@ -99,7 +106,6 @@ async def health(
     breaker = service.breaker
     reasons: list[str] = []
     redis: Literal["ok", "unreachable", "loading"] = "unreachable"
-    auth: Literal["open", "keys", "unknown"] = "unknown"
     index_ok = False
     percent: float | None = None
     if not breaker.is_open:
@@ -108,9 +114,6 @@ async def health(
             redis = "ok"
             state = await breaker.call(
                 service.store.index_state, budget=service.write_timeout, what="FT.INFO"
-            )
-            auth = await breaker.call(
-                access.mode, budget=service.write_timeout, what="API key registry"
             )
         except CacheUnavailable as exc:
             reasons.append(f"redis: {exc.message}")
@@ -130,11 +133,16 @@ async def health(
         if "BusyLoadingError" in seen:
             redis = "loading"
             reasons.append("redis: loading its data after a restart (AOF replay)")
+        reasons.append(_open_since(breaker, "cache bypassed", "requests go to the provider"))
+    embed_breaker = service.embed_breaker
+    embedding_open = embed_breaker is not None and embed_breaker.is_open
+    if embed_breaker is not None and embedding_open:
         reasons.append(
-            f"cache bypassed for {breaker.open_for:.0f} s, requests go to the provider "
-            f"({breaker.reason}"
-            + (f"; last probe: {breaker.probe_error}" if breaker.probe_error else "")
-            + ")"
+            _open_since(
+                embed_breaker,
+                "embedder: semantic layer skipped",
+                "misses go to the provider and are stored for exact hits",
+            )
         )
     default = service.providers.default_provider
     serving = default.configured or not breaker.is_open
@@ -146,12 +154,14 @@ async def health(
         bypassed_answers=service.bypassed,
         redis=redis,
         redis_mode=redis_mode,
-        auth=auth,
+        auth=access.mode,
         index=service.store.index_name,
         index_exists=index_ok,
         index_percent_indexed=percent,
         embedder=service.embedder.id,
         embedding_dimension=service.embedder.dimension,
+        embedding="bypass" if embedding_open else "on",
+        semantic_skipped=service.semantic_skipped,
         similarity_threshold=service.similarity_threshold,
         guard="off" if service.guard is None else "on",
         guard_threshold=None if service.guard is None else service.guard.threshold,
@@ -163,6 +173,12 @@ async def health(
             for name, provider in service.providers.providers.items()
         },
     )
+
+
+def _open_since(breaker: CircuitBreaker, what: str, meaning: str) -> str:
+    """`what` for how long, what it means, and why (with the last probe's failure)."""
+    probe = f"; last probe: {breaker.probe_error}" if breaker.probe_error else ""
+    return f"{what} for {breaker.open_for:.0f} s, {meaning} ({breaker.reason}{probe})"
 
 
 async def metrics(service: QueryService) -> Metrics:

@@ -74,7 +74,7 @@ def test_compose_config_validates_and_keeps_its_promises(
     conf = (ROOT / "infra/redis/redis.conf").read_text()
     assert re.search(r"^appendonly yes$", conf, re.MULTILINE)
     assert re.search(r"^maxmemory 256mb$", conf, re.MULTILINE)
-    assert re.search(r"^maxmemory-policy allkeys-lru$", conf, re.MULTILINE)
+    assert re.search(r"^maxmemory-policy volatile-lru$", conf, re.MULTILINE)
     assert re.search(r"^loadmodule \S+/redisearch\.so PARTIAL_INDEXED_DOCS 1$", conf, re.MULTILINE)
 
 
@@ -171,7 +171,7 @@ def test_compose_up_answers_and_persists(
             "maxmemory",
             str(128 * 1024 * 1024),
         ]
-        assert "allkeys-lru" in project.run(*redis_cli, "CONFIG", "GET", "maxmemory-policy").stdout
+        assert "volatile-lru" in project.run(*redis_cli, "CONFIG", "GET", "maxmemory-policy").stdout
         assert "true" in project.run(*redis_cli, "FT.CONFIG", "GET", "PARTIAL_INDEXED_DOCS").stdout
 
         # The entry is in the AOF on the volume: a restarted Redis loads it back into the index.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,9 @@ from app.main import create_app
 from app.settings import Settings, load_settings
 from tests.containers import engine
 from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -227,3 +219,14 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """An aiohttp session for a provider or embedder under test (closed afterwards)."""
     async with aiohttp.ClientSession() as client:
         yield client
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis Stack server of this test's own (not the shared one), stopped afterwards."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -377,7 +377,9 @@ async def test_flush_deletes_every_entry_and_keeps_index_and_keys(
 async def test_open_mode_entries_are_listed_without_a_tenant_filter(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
 ) -> None:
-    async with app_client(make_settings(sentinel_admin_key=ADMIN)) as client:
+    # Open on purpose: with an admin key alone Sentinel would want keys (SENTINEL_AUTH).
+    settings = make_settings(sentinel_admin_key=ADMIN, sentinel_auth="open")
+    async with app_client(settings) as client:
         await client.post("/v1/query", json={"prompt": BOILING})
         listing = (await client.get("/v1/cache/entries", headers=bearer(ADMIN))).json()
         assert [(e["tenant"], e["prompt"]) for e in listing["data"]] == [("", BOILING)]

@@ -295,7 +295,8 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, fake_llm: F
         "/v1/query", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
+    assert response.json()["error"]["code"] == "PROMPT_TOO_LARGE"  # as the README documents
+    assert "1 MiB" in response.json()["error"]["message"]
     assert fake_llm.call_count == 0
 
 

@@ -69,7 +69,7 @@ def deep(levels: int) -> bytes:
         ("/v1/query", b"", JSON, 400, "empty"),
         ("/v1/query", b'{"prompt": 5}', JSON, 400, "prompt"),
         ("/v1/query", b'{"prompt": "hi", "extra": 1}', JSON, 400, "extra"),
-        ("/v1/query", b'{"prompt": "' + b"a" * (2 * 1024 * 1024) + b'"}', JSON, 413, "Large"),
+        ("/v1/query", b'{"prompt": "' + b"a" * (2 * 1024 * 1024) + b'"}', JSON, 413, "1 MiB"),
         (CHAT, b'{"model": "m", "messages": []}', JSON, 400, "messages"),
         (CHAT, b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', JSON, 400, ""),
     ],

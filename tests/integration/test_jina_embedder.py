@@ -3,101 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import numpy as np
 import numpy.typing as npt
 import pytest
-from aiohttp import web
 
 from app.errors import EmbeddingError
 from app.providers.embedders.base import Embedder
 from app.providers.embedders.jina import JinaEmbedder
+from tests.fakes.jina_server import DIMS, FakeJina, Reply, raw_vector
 
 pytestmark = pytest.mark.integration
 
 KEY = "jina_test_secret_0123456789abcdef"
 MODEL = "jina-embeddings-v3"
-DIMS = 8
-
-
-def raw_vector(text: str, dims: int = DIMS) -> list[float]:
-    """A deterministic, deliberately not unit-length vector for a text."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    return [float(x) for x in np.random.default_rng(seed).normal(size=dims) * 3.0]
 
 
 def unit(values: list[float]) -> npt.NDArray[np.float32]:
     array = np.asarray(values, dtype=np.float64)
     return (array / np.linalg.norm(array)).astype(np.float32)
-
-
-@dataclass
-class Reply:
-    """A scripted answer: status, JSON body (None = Jina-shaped success), headers, delay."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    dims: int = DIMS
-
-
-class FakeJina:
-    """POST /v1/embeddings; answers from a script, then succeeds. Records every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.auth: list[str | None] = []
-        self.script: list[Reply] = []
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/embeddings", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-
-    async def stop(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        payload = await request.json()
-        self.requests.append(payload)
-        self.auth.append(request.headers.get("Authorization"))
-        reply = self.script.pop(0) if self.script else Reply()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        body = reply.body
-        if body is None and reply.status == 200:
-            texts = payload["input"]
-            # Reversed on purpose: the client must order by "index", not by position.
-            body = {
-                "model": payload["model"],
-                "object": "list",
-                "usage": {"total_tokens": 7, "prompt_tokens": 7},
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": raw_vector(t, reply.dims)}
-                    for i, t in reversed(list(enumerate(texts)))
-                ],
-            }
-        text = body if isinstance(body, str) else json.dumps(body)
-        return web.Response(
-            status=reply.status, text=text, content_type="application/json", headers=reply.headers
-        )
 
 
 @pytest.fixture

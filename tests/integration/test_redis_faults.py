@@ -8,89 +8,26 @@ what is measured is the cache's behaviour alone.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from app.cache import keys
-from app.cache.embedded import EmbeddedRedis
 from tests.fakes.openai_server import FakeOpenAI
-from tests.integration.conftest import SentinelProcess, free_port
+from tests.integration.conftest import SentinelProcess
+from tests.integration.servers import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "sk-faults-0123456789abcdef"
 StartSentinel = Callable[[dict[str, str]], SentinelProcess]
-
-
-class RedisServer:
-    """A Redis Stack server for one test, which the test may kill, pause and restart."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.server = EmbeddedRedis(port=self.port, data_dir=data_dir)
-        self.paused = False
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def pid(self) -> int:
-        pid = self.server.pid
-        assert pid is not None
-        return pid
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start a server on the same port and directory (it replays the AOF there)."""
-        self.server = EmbeddedRedis(port=self.port, data_dir=self.data_dir)
-        self.server.start_sync(timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: no SHUTDOWN, no final AOF flush, like a crash or an OOM kill."""
-        os.kill(self.pid, signal.SIGKILL)
-        self.server.stop_sync()  # reaps it
-
-    def stop(self) -> None:
-        self.resume()
-        self.server.stop_sync()
-
-    def pause(self) -> None:
-        """SIGSTOP: the port still accepts connections, nothing is ever answered."""
-        os.kill(self.pid, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.paused:
-            os.kill(self.pid, signal.SIGCONT)
-            self.paused = False
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=10, retry=Retry(NoBackoff(), 0))
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 StartOn = Callable[..., httpx.Client]
@@ -142,18 +79,6 @@ def ask(http: httpx.Client, prompt: str) -> httpx.Response:
 
 def cache_of(response: httpx.Response) -> str:
     return response.headers["X-Sentinel-Cache"]
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0, every: float = 0.1) -> Any:
-    """Call `check` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {value!r})")
-        time.sleep(every)
 
 
 def hit_on(http: httpx.Client, prompt: str) -> httpx.Response | None:
@@ -304,7 +229,7 @@ def test_evictions_under_maxmemory_are_misses_never_errors(
         plain = redis_server.client()
         used = int(plain.info("memory")["used_memory"])
         plain.config_set("maxmemory", used + 1024 * 1024)
-        plain.config_set("maxmemory-policy", "allkeys-lru")
+        plain.config_set("maxmemory-policy", "volatile-lru")  # infra/redis/redis.conf's
 
         prompts = [
             f"{' '.join(rng.sample(words, 4))} question {i} about {rng.randrange(10**6)}"
@@ -459,4 +384,6 @@ def test_open_mode_and_known_keys_keep_working_while_redis_is_away(
         unknown = admin.post(
             "/v1/query", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-nope"}
         )
-        assert unknown.status_code in (401, 503)
+        # Never admitted: Redis, which would know the key, cannot be asked.
+        assert unknown.status_code == 503, unknown.text
+        assert unknown.json()["error"]["code"] == "CACHE_UNAVAILABLE"

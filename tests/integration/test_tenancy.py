@@ -166,8 +166,8 @@ async def test_open_mode_warns_at_startup_and_in_health(
         {"REDIS_URL": redis_url, "GROQ_API_KEY": "test-key", "GROQ_BASE_URL": fake_llm.base_url}
     )
     sentinel.wait_ready()
-    logs = sentinel.wait_for_log("no API key is configured")
-    (line,) = [line for line in logs.splitlines() if "no API key is configured" in line]
+    logs = sentinel.wait_for_log("Sentinel runs open")
+    (line,) = [line for line in logs.splitlines() if "Sentinel runs open" in line]
     assert '"level":"WARNING"' in line
     async with httpx.AsyncClient(base_url=sentinel.base_url, timeout=10.0) as http:
         assert (await http.get("/health")).json()["auth"] == "open"
@@ -176,12 +176,14 @@ async def test_open_mode_warns_at_startup_and_in_health(
         assert (await ask(http, QUESTION, bearer("unused"))).json()["match"] == "exact"
 
 
-async def test_a_created_key_turns_open_mode_into_keys_mode(
+async def test_keys_mode_with_only_an_admin_key_serves_created_keys(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
 ) -> None:
     async with app_client(make_settings(sentinel_admin_key=ADMIN)) as http:
-        assert (await http.get("/health")).json()["auth"] == "open"
-        assert (await ask(http, QUESTION)).status_code == 200
+        # Keys mode from the start (SENTINEL_AUTH defaults to keys with an admin key), before
+        # any key exists: never open while the admin has not created one yet.
+        assert (await http.get("/health")).json()["auth"] == "keys"
+        assert_error(await ask(http, QUESTION), 401, "INVALID_API_KEY")
         created = await http.post(
             "/v1/admin/keys", json={"tenant": "team-c"}, headers=bearer(ADMIN)
         )
@@ -190,8 +192,8 @@ async def test_a_created_key_turns_open_mode_into_keys_mode(
         assert (await http.get("/health")).json()["auth"] == "keys"
         assert_error(await ask(http, QUESTION), 401, "INVALID_API_KEY")
         served = await ask(http, QUESTION, bearer(key))
-        assert served.json()["match"] == "miss"  # team-c's own scope, not the open one's
-        assert fake_llm.call_count == 2
+        assert served.json()["match"] == "miss"
+        assert fake_llm.call_count == 1
 
 
 async def test_a_revoked_key_is_refused_and_mode_stays_keys(
