@@ -16,6 +16,10 @@ report adds the errors during the outage, a per-second timeline with /health, an
 recovery time (the first exact hit served from the cache after the restart, minus the time
 Redis answered PING again).
 
+Every request carries `Authorization: Bearer unused` (`--api-key`), as the OpenAI SDK does
+with the README's snippet: in open mode the key is ignored without asking Redis, so an
+outage must not fail it.
+
 Each mode writes its own section of the output file and leaves the other's in place.
 """
 
@@ -139,11 +143,12 @@ async def post(session: aiohttp.ClientSession, url: str, kind: str, prompt: str,
     return Shot(kind, prompt, started - t0, ended - t0, status, cache, matched, waited, error)
 
 
-def client(concurrency: int) -> aiohttp.ClientSession:
-    """Keep-alive, at most `concurrency` connections."""
+def client(concurrency: int, api_key: str) -> aiohttp.ClientSession:
+    """Keep-alive, at most `concurrency` connections, each request with `api_key` if any."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
     )
 
 
@@ -155,6 +160,7 @@ async def blast(
     *,
     deadline: float = math.inf,
     label: str = "",
+    api_key: str = "",
 ) -> list[Shot]:
     """(kind, prompt) items over `concurrency` workers; no new request after `deadline`."""
     shots: list[Shot] = []
@@ -172,7 +178,7 @@ async def blast(
             )
             last = done
 
-    async with client(concurrency) as session:
+    async with client(concurrency, api_key) as session:
 
         async def worker() -> None:
             for kind, prompt in queue:
@@ -452,7 +458,11 @@ async def run(args: argparse.Namespace, command: str) -> Run:
         fake_provider(DELAY_MIN, DELAY_MAX) as provider,
         sentinel(name, redis_url=redis.url, provider_url=provider) as base,
     ):
-        result.servers = f"Redis on {redis.url}, AOF {'on' if appendonly else 'off'}"
+        sent = f"`Authorization: Bearer {args.api_key}`" if args.api_key else "no API key"
+        result.servers = (
+            f"Redis on {redis.url}, AOF {'on' if appendonly else 'off'}; Sentinel open "
+            f"(SENTINEL_AUTH unset, no key setting); every request sends {sent}"
+        )
         url = f"{base}/v1/query"
         pid = child_pid("app")
         result.rss["after start"] = memory(pid)["VmRSS"]
@@ -460,7 +470,12 @@ async def run(args: argparse.Namespace, command: str) -> Run:
         t_warm = time.perf_counter()
         say(f"warm-up: storing {len(workload.warm)} questions at c={args.concurrency}")
         result.warm = await blast(
-            url, [("warm", q) for q in workload.warm], args.concurrency, t_warm, label="warm"
+            url,
+            [("warm", q) for q in workload.warm],
+            args.concurrency,
+            t_warm,
+            label="warm",
+            api_key=args.api_key,
         )
         say(f"warm-up: {len(workload.pairs)} paraphrases at c={args.concurrency}")
         result.verify = await blast(
@@ -469,6 +484,7 @@ async def run(args: argparse.Namespace, command: str) -> Run:
             args.concurrency,
             t_warm,
             label="verify",
+            api_key=args.api_key,
         )
         stored = {s.prompt for s in result.warm if s.ok and s.cache == "MISS"}
         exact = [q for q in workload.warm if q in stored]
@@ -505,7 +521,13 @@ async def run(args: argparse.Namespace, command: str) -> Run:
             background.append(asyncio.create_task(watch_health(base, t0, result.outage)))
         try:
             result.shots = await blast(
-                url, items, args.concurrency, t0, deadline=args.time_limit, label=mode
+                url,
+                items,
+                args.concurrency,
+                t0,
+                deadline=args.time_limit,
+                label=mode,
+                api_key=args.api_key,
             )
             result.wall = time.perf_counter() - t0
             if result.outage is not None and math.isnan(result.outage.ready_at):
@@ -820,6 +842,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=420.0,
         help="no new request after this many seconds of the measured phase",
+    )
+    parser.add_argument(
+        "--api-key",
+        default="unused",
+        help="sent as `Authorization: Bearer KEY` (the OpenAI SDK's placeholder); '' sends none",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", default=str(HERE / "load.md"))

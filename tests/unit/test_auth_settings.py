@@ -108,3 +108,34 @@ def test_credential_from_either_header(
     headers: tuple[tuple[str, str], ...], expected: str | None
 ) -> None:
     assert credential(connection(*headers)) == expected
+
+
+def test_the_auth_mode_is_configuration_with_a_default_from_the_key_settings() -> None:
+    assert load_settings({}).auth_mode == "open"
+    assert load_settings({"SENTINEL_API_KEYS": "k=team"}).auth_mode == "keys"
+    assert load_settings({"SENTINEL_ADMIN_KEY": "admin"}).auth_mode == "keys"
+    explicit = load_settings({"SENTINEL_ADMIN_KEY": "admin", "SENTINEL_AUTH": " Open "})
+    assert explicit.auth_mode == "open"
+    assert load_settings({"SENTINEL_AUTH": "keys", "SENTINEL_API_KEYS": "k=t"}).auth_mode == "keys"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"SENTINEL_AUTH": "keys"}, "SENTINEL_AUTH=keys needs SENTINEL_API_KEYS"),
+        ({"SENTINEL_AUTH": "open", "SENTINEL_API_KEYS": "k=t"}, "SENTINEL_AUTH=open ignores"),
+        ({"SENTINEL_AUTH": "closed"}, "SENTINEL_AUTH"),
+    ],
+)
+def test_contradictory_auth_settings_stop_the_process(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env)
+
+
+def test_the_embedding_budget_defaults_by_embedder() -> None:
+    assert load_settings({}).embed_timeout == 0.5
+    remote = load_settings({"EMBEDDING_PROVIDER": "jina", "JINA_API_KEY": "j"})
+    assert remote.embed_timeout == 1.5
+    assert load_settings({"EMBED_TIMEOUT_MS": "120"}).embed_timeout == 0.12
+    with pytest.raises(SettingsError, match=r"^EMBED_TIMEOUT_MS"):
+        load_settings({"EMBED_TIMEOUT_MS": "0"})
