@@ -339,3 +339,91 @@ async def test_sliding_window_lets_requests_through_after_retry_after(redis_url:
         assert sum(d.allowed for d in burst) == 5
     finally:
         await client.aclose()
+
+
+async def test_no_route_that_touches_entries_crosses_tenants(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    settings = make_settings(
+        sentinel_api_keys=KEYS, sentinel_admin_key=ADMIN, rate_limit_per_minute=0
+    )
+    model = "groq/llama-3.1-8b-instant"
+
+    def chat(prompt: str, *, stream: bool = False) -> dict[str, Any]:
+        return {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+
+    async with app_client(settings) as http:
+        # /v1/query: A's entry is a miss for B (exact and paraphrase alike).
+        stored = await ask(http, QUESTION_2, bearer(KEY_A))
+        assert stored.json()["match"] == "miss"
+        assert (await ask(http, PARAPHRASE_2, bearer(KEY_B))).json()["match"] == "miss"
+        assert fake_llm.call_count == 2
+
+        # /v1/chat/completions, plain and streamed: A's answers never reach B.
+        a_chat = await http.post("/v1/chat/completions", json=chat(QUESTION), headers=bearer(KEY_A))
+        assert a_chat.headers["x-sentinel-cache"] == "MISS"
+        b_chat = await http.post("/v1/chat/completions", json=chat(QUESTION), headers=bearer(KEY_B))
+        assert b_chat.headers["x-sentinel-cache"] == "MISS"
+        streamed = "Which metal melts at the lowest temperature?"
+        for key in (KEY_A, KEY_B):
+            async with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=chat(streamed, stream=True),
+                headers=bearer(key),
+            ) as response:
+                assert response.headers["x-sentinel-cache"] == "MISS"
+                assert "[DONE]" in (await response.aread()).decode()
+        again = await http.post("/v1/chat/completions", json=chat(streamed), headers=bearer(KEY_A))
+        assert again.headers["x-sentinel-cache"] == "HIT-EXACT"  # A's own, still there
+        assert fake_llm.call_count == 6
+
+        # Cache-aside: what A stores, only A looks up; B's store does not overwrite it.
+        secret = "Where does team A keep its deploy runbook?"
+        put_a = await http.post(
+            "/v1/cache/store",
+            json={"prompt": secret, "response": "team A's private answer"},
+            headers=bearer(KEY_A),
+        )
+        assert put_a.status_code == 201, put_a.text
+        for prompt in (secret, "Where does team A keep the deploy runbook?"):
+            lookup_b = await http.post(
+                "/v1/cache/lookup", json={"prompt": prompt}, headers=bearer(KEY_B)
+            )
+            assert lookup_b.json()["hit"] is False, lookup_b.json()
+        put_b = await http.post(
+            "/v1/cache/store",
+            json={"prompt": secret, "response": "team B's answer"},
+            headers=bearer(KEY_B),
+        )
+        assert put_b.status_code == 201, put_b.text
+        lookup_a = await http.post(
+            "/v1/cache/lookup", json={"prompt": secret}, headers=bearer(KEY_A)
+        )
+        assert lookup_a.json()["hit"] is True
+        assert "team A's private answer" in lookup_a.text
+        assert "team B" not in lookup_a.text
+
+        # Admin routes: a tenant's key is not the admin key, for listing and for deleting.
+        entry_a = stored.json()["entry_id"]
+        for method, path in (
+            ("GET", "/v1/cache/entries"),
+            ("GET", "/v1/cache/entries?tenant=team-a"),
+            ("GET", f"/v1/cache/entries/{entry_a}"),
+            ("DELETE", f"/v1/cache/entries/{entry_a}"),
+            ("DELETE", "/v1/cache?tenant=team-a"),
+            ("POST", "/v1/cache/flush"),
+            ("GET", "/v1/admin/keys"),
+        ):
+            for key in (KEY_A, KEY_B):
+                refused = await http.request(method, path, headers=bearer(key))
+                assert_error(refused, 401, "INVALID_API_KEY")
+        # Nothing was deleted by those: A's entry still answers A.
+        assert (await ask(http, QUESTION_2, bearer(KEY_A))).json()["match"] == "exact"
+        # The admin sees each tenant's entries apart.
+        listing = await http.get(
+            "/v1/cache/entries", params={"tenant": "team-b"}, headers=bearer(ADMIN)
+        )
+        assert listing.status_code == 200, listing.text
+        assert {entry["tenant"] for entry in listing.json()["data"]} == {"team-b"}
+        assert entry_a not in {entry["id"] for entry in listing.json()["data"]}
