@@ -20,9 +20,10 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from app.providers.sse import SSEDecoder, SSEEvent
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest
 from app.providers.upstreams.groq import GroqUpstream
-from app.providers.upstreams.openai_compat import OpenAICompatProvider, SSEDecoder, SSEEvent
+from app.providers.upstreams.openai_compat import OpenAICompatProvider
 from app.providers.upstreams.router import build_router, is_transient
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.anthropic_server import FakeAnthropic

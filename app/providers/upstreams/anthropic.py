@@ -16,15 +16,10 @@ from app.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from app.providers.http import ProviderHttp, Redactor, clean_message
+from app.providers.sse import StreamTally
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
-from app.providers.upstreams.openai_compat import (
-    ProviderHttp,
-    Redactor,
-    StreamTally,
-    clean_message,
-    estimate_tokens,
-    prompt_texts,
-)
+from app.providers.upstreams.tokens import estimate_tokens, prompt_texts
 
 API_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
