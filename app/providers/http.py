@@ -7,7 +7,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
@@ -27,8 +27,8 @@ from app.providers.retry import (
     parse_retry_after,
     with_retries,
 )
-from app.providers.sse import SSEDecoder, SSEEvent
-from app.providers.upstreams.base import ChatRequest
+from app.providers.sse import EventReader, SSEDecoder, SSEEvent, StreamTally
+from app.providers.upstreams.base import ChatDelta, ChatRequest
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,33 @@ class SSEStream:
         if not chunk:
             return None
         return self._decoder.feed(chunk)
+
+    async def deltas(
+        self, reader: EventReader, request: ChatRequest
+    ) -> AsyncGenerator[ChatDelta, None]:
+        """The stream as deltas, `reader` translating each event, until its proper end.
+
+        Only a proper end with a finish_reason and an answer ends it normally, with usage
+        estimated if the provider sent none. The connection goes back to the pool only then;
+        any other exit drops it.
+        """
+        tally = StreamTally(self._name, request)
+        try:
+            while not reader.finished() and (events := await self.next_events()) is not None:
+                for event in events:
+                    delta = reader.translate(event.data)
+                    if delta is not None:
+                        yield tally.note(delta)
+                    if reader.finished():
+                        break
+            if not reader.finished():
+                raise UpstreamUnavailable(f"{self._name} ended the stream before {reader.end}")
+            last = tally.ending()
+            if last is not None:
+                yield last
+            self.release()
+        finally:
+            self.close()
 
     async def _read(self) -> bytes:
         try:

@@ -1,7 +1,9 @@
-"""Server-sent events as chat providers send them: the parser, and the tally that checks a
-stream's end and fills in its usage."""
+"""Server-sent events as chat providers send them: the parser, each provider's event reader
+contract, and the tally that checks a stream's end and fills in its usage."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import msgspec
 
@@ -67,6 +69,23 @@ class SSEDecoder:
         elif field == "event":
             self._event = value
         return None  # `id` and `retry` mean nothing for a one-shot request
+
+
+class EventReader(Protocol):
+    """One provider's stream format: each event's data in, OpenAI-style deltas out."""
+
+    @property
+    def end(self) -> str:
+        """What marks the stream's proper end (`[DONE]`, `message_stop`), for error messages."""
+        ...
+
+    def finished(self) -> bool:
+        """Whether the stream's proper end has arrived."""
+        ...
+
+    def translate(self, data: str) -> ChatDelta | None:
+        """One event's data as a delta (None if it says nothing), or an UpstreamError."""
+        ...
 
 
 class StreamTally:

@@ -4,21 +4,16 @@ format, whole answers and streamed chunks, over the shared provider HTTP plumbin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from app.errors import (
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamNotConfigured,
-    UpstreamUnavailable,
-)
+from app.errors import UpstreamBadResponse, UpstreamError, UpstreamNotConfigured
 from app.providers.http import ErrorDetail, ProviderHttp, Redactor, clean_message
-from app.providers.sse import StreamTally
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
-from app.providers.upstreams.tokens import estimate_tokens, prompt_texts
+from app.providers.upstreams.tokens import count_or_estimate, prompt_texts
 
 # -- wire types (OpenAI Chat Completions) ------------------------------------------------------
 
@@ -170,25 +165,9 @@ class OpenAICompatProvider:
         wire["stream"] = True
         wire["stream_options"] = {"include_usage": True}
         stream = await self._http.open_stream(_ENCODER.encode(wire), redact)
-        tally = StreamTally(self._name, request)
-        done = False
-        try:
-            while not done and (events := await stream.next_events()) is not None:
-                for event in events:
-                    if event.data.strip() == "[DONE]":
-                        done = True
-                        break
-                    delta = self._parse_chunk(event.data, redact)
-                    if delta is not None:
-                        yield tally.note(delta)
-            if not done:
-                raise UpstreamUnavailable(f"{self._name} ended the stream before [DONE]")
-            last = tally.ending()
-            if last is not None:
-                yield last
-            stream.release()
-        finally:
-            stream.close()
+        async with aclosing(stream.deltas(_ChunkReader(self._name, redact), request)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def _require_configured(self) -> None:
         if not self._configured:
@@ -237,13 +216,31 @@ class OpenAICompatProvider:
             model=reply.model or request.model,
             # Some OpenAI-compatible servers omit usage; ~4 chars per token keeps the accounting
             # in the right order of magnitude rather than reporting zero.
-            prompt_tokens=_or(usage.prompt_tokens, estimate_tokens(*prompt_texts(request))),
-            completion_tokens=_or(usage.completion_tokens, estimate_tokens(*completion_texts)),
+            prompt_tokens=count_or_estimate(usage.prompt_tokens, *prompt_texts(request)),
+            completion_tokens=count_or_estimate(usage.completion_tokens, *completion_texts),
             provider=self._name,
         )
 
-    def _parse_chunk(self, data: str, redact: Redactor) -> ChatDelta | None:
+
+class _ChunkReader:
+    """OpenAI's stream chunks in, deltas out; `data: [DONE]` is the proper end."""
+
+    end = "[DONE]"
+
+    def __init__(self, name: str, redact: Redactor) -> None:
+        self._name = name
+        self._redact = redact
+        self._done = False
+
+    def finished(self) -> bool:
+        """Whether `[DONE]` has arrived."""
+        return self._done
+
+    def translate(self, data: str) -> ChatDelta | None:
         """One `data:` payload as a delta (None if it says nothing), or an UpstreamError."""
+        if data.strip() == "[DONE]":
+            self._done = True
+            return None
         try:
             chunk = _CHUNK_DECODER.decode(data)
         except msgspec.DecodeError as exc:
@@ -253,7 +250,9 @@ class OpenAICompatProvider:
         if chunk.error is not None:
             error = chunk.error
             message = error if isinstance(error, str) else error.message or error.type or "error"
-            raise UpstreamError(f"{self._name} failed mid-stream: {clean_message(message, redact)}")
+            raise UpstreamError(
+                f"{self._name} failed mid-stream: {clean_message(message, self._redact)}"
+            )
         usage = None
         if chunk.usage is not None and chunk.usage.prompt_tokens is not None:
             usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens or 0)
@@ -286,8 +285,3 @@ def _tool_call_delta(call: _ToolCallDelta) -> dict[str, Any]:
         function["arguments"] = call.function.arguments or ""
         out["function"] = function
     return out
-
-
-def _or(tokens: int | None, estimate: int) -> int:
-    """The provider's count, or the estimate."""
-    return tokens if tokens is not None else estimate

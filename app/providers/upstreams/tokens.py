@@ -16,6 +16,11 @@ def estimate_tokens(*texts: str | None) -> int:
     return math.ceil(sum(len(text) for text in texts if text) / CHARS_PER_TOKEN)
 
 
+def count_or_estimate(count: int | None, *texts: str | None) -> int:
+    """The provider's count, or the estimate from the texts it counted."""
+    return count if count is not None else estimate_tokens(*texts)
+
+
 def prompt_texts(request: ChatRequest) -> Iterable[str | None]:
     """Every text the model reads, for estimating prompt tokens."""
     for message in request.messages:
