@@ -92,7 +92,11 @@ _CHUNK_DECODER = msgspec.json.Decoder(_Chunk)
 
 
 class OpenAICompatProvider:
-    """Answers through an OpenAI-compatible `/chat/completions` endpoint, whole or streamed."""
+    """Answers through an OpenAI-compatible `/chat/completions` endpoint, whole or streamed.
+
+    Groq, OpenAI and self-hosted servers are all this class, each with its own name, key,
+    base URL and default model (see `build_router`).
+    """
 
     def __init__(
         self,
