@@ -18,7 +18,7 @@ from app.cache.metrics import MetricsStore
 from app.cache.store import ENTRY_FIELDS, CacheStore
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
-from app.providers.upstreams.groq import GroqUpstream
+from app.providers.upstreams.openai_compat import OpenAICompatProvider
 from app.providers.upstreams.router import ProviderRouter
 from app.service.guard import configured_decision
 from app.service.prompt import Scope, normalize_prompt
@@ -528,8 +528,13 @@ async def service_breakdown(
             embedder=cast(LocalEmbedder, _Timed(embedder, spans, {"embed": "LocalEmbedder.embed"})),
             providers=ProviderRouter(
                 {
-                    "groq": GroqUpstream(
-                        session, api_key="bench", base_url=provider_url, model=model, timeout=30.0
+                    "groq": OpenAICompatProvider(
+                        session,
+                        name="groq",
+                        api_key="bench",
+                        base_url=provider_url,
+                        model=model,
+                        timeout=30.0,
                     )
                 },
                 "groq",

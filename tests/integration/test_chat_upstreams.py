@@ -20,9 +20,9 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from app.providers.sse import SSEDecoder, SSEEvent
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest
-from app.providers.upstreams.groq import GroqUpstream
-from app.providers.upstreams.openai_compat import OpenAICompatProvider, SSEDecoder, SSEEvent
+from app.providers.upstreams.openai_compat import OpenAICompatProvider
 from app.providers.upstreams.router import build_router, is_transient
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.anthropic_server import FakeAnthropic
@@ -446,7 +446,9 @@ async def test_not_configured_names_the_variable_and_calls_nothing(
     fake: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
     unkeyed = make_provider(session, fake.base_url, api_key=None)
-    groq = GroqUpstream(session, api_key=None, base_url=fake.base_url, model=MODEL, timeout=1.0)
+    groq = OpenAICompatProvider(
+        session, name="groq", api_key=None, base_url=fake.base_url, model=MODEL, timeout=1.0
+    )
 
     with pytest.raises(UpstreamNotConfigured, match="OPENAI_API_KEY"):
         await unkeyed.chat(ask())

@@ -1,5 +1,6 @@
-"""GroqUpstream.chat against a real local HTTP server (FakeOpenAI) through a real aiohttp
-session: retries, Retry-After, error mapping, timeouts, redaction and missing usage.
+"""Groq's chat (an OpenAI-compatible provider named groq) against a real local HTTP server
+(FakeOpenAI) through a real aiohttp session: retries, Retry-After, error mapping, timeouts,
+redaction and missing usage.
 
 What every chat provider shares (options on the wire, streams, tool calls, unusable bodies,
 not-configured) is in test_chat_upstreams.py."""
@@ -22,7 +23,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.providers.upstreams.base import ChatMessage, ChatProvider, ChatRequest
-from app.providers.upstreams.groq import GroqUpstream
+from app.providers.upstreams.openai_compat import OpenAICompatProvider
 from tests.fakes import FakeOpenAI, Fault
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,10 @@ def make_upstream(
     *,
     api_key: str | None = KEY,
     timeout: float = 5.0,
-) -> GroqUpstream:
-    return GroqUpstream(session, api_key=api_key, base_url=base_url, model=MODEL, timeout=timeout)
+) -> OpenAICompatProvider:
+    return OpenAICompatProvider(
+        session, name="groq", api_key=api_key, base_url=base_url, model=MODEL, timeout=timeout
+    )
 
 
 def closed_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -16,15 +17,9 @@ from app.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from app.providers.http import ErrorDetail, ProviderHttp, Redactor, clean_message
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
-from app.providers.upstreams.openai_compat import (
-    ProviderHttp,
-    Redactor,
-    StreamTally,
-    clean_message,
-    estimate_tokens,
-    prompt_texts,
-)
+from app.providers.upstreams.tokens import count_or_estimate, prompt_texts
 
 API_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
@@ -86,11 +81,6 @@ class _EventDelta(msgspec.Struct, frozen=True, kw_only=True):
     stop_reason: str | None = None
 
 
-class _ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
-    type: str | None = None
-    message: str | None = None
-
-
 class _Event(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     index: int | None = None
@@ -98,7 +88,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True):
     content_block: _Block | None = None
     delta: _EventDelta | None = None
     usage: _Usage | None = None
-    error: _ErrorDetail | None = None
+    error: ErrorDetail | None = None
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -170,19 +160,16 @@ class AnthropicProvider:
         if not calls and not text.strip():
             raise UpstreamBadResponse("anthropic returned an empty answer")
         usage = reply.usage or _Usage()
-        prompt_tokens = usage.prompt_tokens()
         return ChatResult(
             message=ChatMessage(
                 role="assistant", content=text if text.strip() else None, tool_calls=calls or None
             ),
             finish_reason=_finish_reason(reply.stop_reason, calls=bool(calls)),
             model=reply.model or request.model,
-            prompt_tokens=prompt_tokens
-            if prompt_tokens is not None
-            else estimate_tokens(*prompt_texts(request)),
-            completion_tokens=usage.output_tokens
-            if usage.output_tokens is not None
-            else estimate_tokens(text, *(c["function"]["arguments"] for c in calls)),
+            prompt_tokens=count_or_estimate(usage.prompt_tokens(), *prompt_texts(request)),
+            completion_tokens=count_or_estimate(
+                usage.output_tokens, text, *(c["function"]["arguments"] for c in calls)
+            ),
             provider=self.name,
         )
 
@@ -191,24 +178,9 @@ class AnthropicProvider:
         request, payload = self._prepare(request, stream=True)
         redact = Redactor.for_request(self._api_key, request)
         stream = await self._http.open_stream(payload, redact)
-        translator = _StreamTranslator(redact)
-        tally = StreamTally(self.name, request)
-        try:
-            while not translator.finished() and (events := await stream.next_events()) is not None:
-                for event in events:
-                    delta = translator.translate(event.data)
-                    if delta is not None:
-                        yield tally.note(delta)
-                    if translator.finished():
-                        break
-            if not translator.finished():
-                raise UpstreamUnavailable("anthropic ended the stream before message_stop")
-            last = tally.ending()
-            if last is not None:
-                yield last
-            stream.release()
-        finally:
-            stream.close()
+        async with aclosing(stream.deltas(_StreamTranslator(redact), request)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def _prepare(self, request: ChatRequest, *, stream: bool) -> tuple[ChatRequest, bytes]:
         """The request with its model filled in, and the Messages API body for it."""
@@ -223,7 +195,9 @@ class AnthropicProvider:
 
 
 class _StreamTranslator:
-    """Anthropic's stream events in, OpenAI-style deltas out."""
+    """Anthropic's stream events in, OpenAI-style deltas out; `message_stop` is the proper end."""
+
+    end = "message_stop"
 
     def __init__(self, redact: Redactor) -> None:
         self._redact = redact
@@ -268,7 +242,7 @@ class _StreamTranslator:
             self._stopped = True
             return None
         if kind == "error":
-            error = event.error or _ErrorDetail()
+            error = event.error or ErrorDetail()
             message = clean_message(error.message or error.type or "error", self._redact)
             error_class = _STREAM_ERRORS.get(error.type or "", UpstreamError)
             raise error_class(f"anthropic failed mid-stream ({error.type}): {message}")

@@ -19,17 +19,19 @@ from app.errors import (
 from app.providers.retry import Retryable
 from app.providers.upstreams.anthropic import AnthropicProvider
 from app.providers.upstreams.base import ChatDelta, ChatProvider, ChatRequest, ChatResult
-from app.providers.upstreams.groq import GroqUpstream
 from app.providers.upstreams.openai_compat import OpenAICompatProvider
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GROQ_BASE_URL = "https://api.groq.com/openai/v1"
-GROQ_MODEL = "llama-3.1-8b-instant"
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-OPENAI_MODEL = "gpt-4o-mini"
-ANTHROPIC_BASE_URL = "https://api.anthropic.com"
-ANTHROPIC_MODEL = "claude-haiku-4-5"
+# Provider defaults (base URLs, models) are Settings' field defaults, defined there alone;
+# build_router falls back on them when called without settings (tests, bench).
+_DEFAULTS = Settings()
+# Groq is the default provider, so its message is the one a fresh install sees on a miss.
+GROQ_NOT_CONFIGURED = (
+    "No upstream LLM is configured, so a cache miss cannot be answered: set GROQ_API_KEY "
+    "(and optionally GROQ_BASE_URL and GROQ_MODEL to use any OpenAI-compatible API)"
+)
 
 Chains = Mapping[str, Sequence[str]]
 
@@ -222,41 +224,50 @@ def build_router(
     timeout: float,
     idle_timeout: float | None = None,
     groq_api_key: str | None = None,
-    groq_base_url: str = GROQ_BASE_URL,
-    groq_model: str = GROQ_MODEL,
+    groq_base_url: str = _DEFAULTS.groq_base_url,
+    groq_model: str = _DEFAULTS.groq_model,
     openai_api_key: str | None = None,
-    openai_base_url: str = OPENAI_BASE_URL,
-    openai_model: str = OPENAI_MODEL,
+    openai_base_url: str = _DEFAULTS.openai_base_url,
+    openai_model: str = _DEFAULTS.openai_model,
     anthropic_api_key: str | None = None,
-    anthropic_base_url: str = ANTHROPIC_BASE_URL,
-    anthropic_model: str = ANTHROPIC_MODEL,
+    anthropic_base_url: str = _DEFAULTS.anthropic_base_url,
+    anthropic_model: str = _DEFAULTS.anthropic_model,
     openai_compatible_base_url: str | None = None,
     openai_compatible_api_key: str | None = None,
     openai_compatible_model: str | None = None,
-    default_provider: str = "groq",
+    default_provider: str = _DEFAULTS.default_provider,
     fallbacks: str | Chains | None = None,
     extra_models: str | Chains | None = None,
 ) -> ProviderRouter:
     """Every provider on the app's session, from plain settings values; ValueError if invalid."""
+
+    def compatible(
+        name: str,
+        api_key: str | None,
+        base_url: str | None,
+        model: str,
+        *,
+        requires_key: bool = True,
+        not_configured: str | None = None,
+    ) -> OpenAICompatProvider:
+        """An OpenAI-compatible provider: its name, key, base URL and default model."""
+        return OpenAICompatProvider(
+            session,
+            name=name,
+            api_key=api_key,
+            base_url=base_url,
+            model=model,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            requires_key=requires_key,
+            not_configured=not_configured,
+        )
+
     providers: dict[str, ChatProvider] = {
-        "groq": GroqUpstream(
-            session,
-            api_key=groq_api_key,
-            base_url=groq_base_url,
-            model=groq_model,
-            timeout=timeout,
-            idle_timeout=idle_timeout,
+        "groq": compatible(
+            "groq", groq_api_key, groq_base_url, groq_model, not_configured=GROQ_NOT_CONFIGURED
         ),
-        "openai": OpenAICompatProvider(
-            session,
-            name="openai",
-            api_key=openai_api_key,
-            base_url=openai_base_url,
-            model=openai_model,
-            timeout=timeout,
-            idle_timeout=idle_timeout,
-            not_configured="the openai provider is not configured: set OPENAI_API_KEY",
-        ),
+        "openai": compatible("openai", openai_api_key, openai_base_url, openai_model),
         "anthropic": AnthropicProvider(
             session,
             api_key=anthropic_api_key,
@@ -265,14 +276,11 @@ def build_router(
             timeout=timeout,
             idle_timeout=idle_timeout,
         ),
-        "openai_compatible": OpenAICompatProvider(
-            session,
-            name="openai_compatible",
-            api_key=openai_compatible_api_key,
-            base_url=openai_compatible_base_url,
-            model=openai_compatible_model or "",
-            timeout=timeout,
-            idle_timeout=idle_timeout,
+        "openai_compatible": compatible(
+            "openai_compatible",
+            openai_compatible_api_key,
+            openai_compatible_base_url,
+            openai_compatible_model or "",
             # Ollama and vLLM on a private network need no key.
             requires_key=False,
             not_configured=(
