@@ -66,17 +66,27 @@ class FakeJina:
 
     async def stop(self) -> None:
         """Stop the server (stalled handlers are cancelled) and its thread."""
-        assert self._runner is not None
-        cleanup = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        cleanup = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         await asyncio.wrap_future(cleanup)
         self._loop.call_soon_threadsafe(self._loop.stop)
         await asyncio.to_thread(self._thread.join, 10)
         self._loop.close()
 
+    async def _shutdown(self) -> None:
+        """Close the server and cancel handlers still stalled on a scripted delay."""
+        assert self._runner is not None
+        await self._runner.cleanup()
+        stalled = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in stalled:
+            task.cancel()
+        await asyncio.gather(*stalled, return_exceptions=True)
+
     async def _serve(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+        )
         await self._runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
