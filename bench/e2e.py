@@ -21,8 +21,9 @@ from app.providers.embedders.local import LocalEmbedder
 from app.providers.upstreams.openai_compat import OpenAICompatProvider
 from app.providers.upstreams.router import ProviderRouter
 from app.service.guard import configured_decision
+from app.service.plan import Ask
 from app.service.prompt import Scope, normalize_prompt
-from app.service.query import Query, QueryService
+from app.service.query import QueryService
 from app.settings import load_settings
 from bench.knn import command, reply_pairs
 from bench.procs import sentinel
@@ -554,7 +555,7 @@ async def service_breakdown(
             for prompt in prompt_list:
                 spans.clear()
                 started = time.perf_counter()
-                answer = await service.answer(Query(prompt=prompt).ask())
+                answer = await service.answer(Ask.of_prompt(prompt))
                 spans["answer() total"] = (time.perf_counter() - started) * 1000
                 if answer.match in by_kind:
                     by_kind[answer.match].append(dict(spans))

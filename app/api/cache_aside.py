@@ -14,14 +14,16 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from app.api.chat import cache_headers
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import ChatCompletionRequest, MessageIn, Tool, ToolCall
+from app.api.responses import cache_headers
 from app.api.schemas import ONE_YEAR
 from app.errors import BadRequest
 from app.providers.upstreams.base import ChatMessage, ChatResult
-from app.service.query import Answer, Ask, QueryService
+from app.service.answers import Answer
+from app.service.plan import Ask
+from app.service.query import QueryService
 
 
 class CacheRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

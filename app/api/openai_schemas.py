@@ -14,7 +14,8 @@ import msgspec
 from app.api.schemas import refuse_control_characters
 from app.errors import BadRequest
 from app.providers.upstreams.base import ChatDelta, ChatMessage
-from app.service.query import Answer, Ask
+from app.service.answers import Answer
+from app.service.plan import Ask
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 MAX_STOP_SEQUENCES = 4

@@ -10,13 +10,14 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from app.api.chat import cache_headers, event_stream
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import sse
+from app.api.responses import cache_headers, event_stream
 from app.api.schemas import QueryRequest, refuse_control_characters
 from app.providers.upstreams.base import ChatDelta
-from app.service.query import Answer, Query, QueryService
+from app.service.answers import Answer
+from app.service.query import QueryService
 
 # Known only once a miss has been streamed, so not in the `meta` event.
 _AFTER_STREAM = {"response", "usage", "cost_usd", "saved_usd", "latency_ms", "tool_calls"}
@@ -35,13 +36,8 @@ async def query(
     from), `data: {"text": ...}` pieces, then `done` with the whole text.
     """
     refuse_control_characters(data.prompt, "prompt")
-    fields = msgspec.structs.asdict(data)
-    stream = fields.pop("stream")
-    body_controls = _body_controls(fields)
-    ask = msgspec.convert(fields, Query).ask()
-    ask = msgspec.structs.replace(ask, **{**from_headers(request.headers), **body_controls})
-    ask = msgspec.structs.replace(ask, tenant=caller_tenant)
-    if not stream:
+    ask = data.to_ask(tenant=caller_tenant, header_controls=from_headers(request.headers))
+    if not data.stream:
         answer = await service.answer(ask)
         return Response(answer, headers=cache_headers(answer))
     streamed = await service.stream(ask)
@@ -60,18 +56,3 @@ async def query(
         return sse({"response": "".join(parts)}, event="done")
 
     return event_stream(streamed, encode, end=done, start=sse(meta, event="meta"))
-
-
-def _body_controls(fields: dict[str, Any]) -> dict[str, Any]:
-    """Pop the body's cache controls as `Ask` fields (only those the body set)."""
-    controls: dict[str, Any] = {}
-    if fields.pop("no_cache"):
-        controls["read_cache"] = False
-    if fields.pop("no_store"):
-        controls["write_cache"] = False
-    if (namespace := fields.pop("namespace")) is not None:
-        controls["namespace"] = namespace
-    for name in ("ttl", "similarity_threshold"):
-        if fields.get(name) is not None:
-            controls[name] = fields[name]
-    return controls

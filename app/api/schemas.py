@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
 from app.errors import BadRequest
+from app.service.plan import Ask
 
 ONE_YEAR = 365 * 24 * 3600
 
@@ -40,3 +41,25 @@ class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     no_cache: bool = False
     no_store: bool = False
     namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] | None = None
+
+    def to_ask(self, *, tenant: str, header_controls: dict[str, Any]) -> Ask:
+        """The request as a one-message chat; the body's cache controls beat the headers'."""
+        controls = dict(header_controls)
+        if self.no_cache:
+            controls["read_cache"] = False
+        if self.no_store:
+            controls["write_cache"] = False
+        if self.namespace is not None:
+            controls["namespace"] = self.namespace
+        if self.ttl is not None:
+            controls["ttl"] = self.ttl
+        if self.similarity_threshold is not None:
+            controls["similarity_threshold"] = self.similarity_threshold
+        return Ask.of_prompt(
+            self.prompt,
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            tenant=tenant,
+            **controls,
+        )

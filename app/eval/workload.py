@@ -19,7 +19,8 @@ from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
 from app.providers.upstreams.router import ProviderRouter
 from app.service.guard import Guard
-from app.service.query import Plan, Query, QueryService
+from app.service.plan import Ask, Plan
+from app.service.query import QueryService
 from app.settings import Settings
 
 # Entries must outlive the replay; the stream has no notion of time.
@@ -189,7 +190,7 @@ class _Replay:
         served: list[int | None] = []
         candidates: list[list[_Candidate]] = []
         for done, row in enumerate(stream, 1):
-            ask = Query(prompt=row.query).ask()
+            ask = Ask.of_prompt(row.query)
             plan = self.service.plan(ask)
             prompt = plan.question or ""
             vector = await self.embedder.embed(prompt)

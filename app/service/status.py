@@ -110,22 +110,24 @@ async def health(
     percent: float | None = None
     if not breaker.is_open:
         try:
-            await breaker.call(service.store.ping, budget=service.write_timeout, what="PING")
+            await breaker.call(
+                service.cache.store.ping, budget=service.cache.write_timeout, what="PING"
+            )
             redis = "ok"
             state = await breaker.call(
-                service.store.index_state, budget=service.write_timeout, what="FT.INFO"
+                service.cache.store.index_state, budget=service.cache.write_timeout, what="FT.INFO"
             )
         except CacheUnavailable as exc:
             reasons.append(f"redis: {exc.message}")
         else:
             index_ok, percent = state.exists, state.percent_indexed if state.exists else None
             if not state.exists:
-                reasons.append(f"index {service.store.index_name} does not exist")
+                reasons.append(f"index {service.cache.store.index_name} does not exist")
                 # Lookups fail without it: bypass the cache until the probe recreates it.
-                breaker.trip(f"index {service.store.index_name} does not exist")
+                breaker.trip(f"index {service.cache.store.index_name} does not exist")
             elif state.indexing or state.percent_indexed < 1.0:
                 reasons.append(
-                    f"index {service.store.index_name} is being built: "
+                    f"index {service.cache.store.index_name} is being built: "
                     f"{state.percent_indexed:.0%} of the entries indexed (lookups miss the rest)"
                 )
     if breaker.is_open:
@@ -155,7 +157,7 @@ async def health(
         redis=redis,
         redis_mode=redis_mode,
         auth=access.mode,
-        index=service.store.index_name,
+        index=service.cache.store.index_name,
         index_exists=index_ok,
         index_percent_indexed=percent,
         embedder=service.embedder.id,
@@ -187,7 +189,7 @@ async def metrics(service: QueryService) -> Metrics:
         raise CacheUnavailable(
             f"metrics live in Redis, which is bypassed ({service.breaker.reason})"
         )
-    counters, histograms = await service.metrics.read()
+    counters, histograms = await service.cache.metrics.read()
     hits = counters.exact_hits + counters.semantic_hits
     decided = hits + counters.misses
     merged_hits = dict(histograms["exact"])
@@ -218,6 +220,6 @@ async def metrics(service: QueryService) -> Metrics:
         tokens_saved=counters.tokens_saved,
         usd_saved=round(counters.usd_saved, 9),
         usd_spent=round(counters.usd_spent, 9),
-        entries=await service.store.count(),
+        entries=await service.cache.store.count(),
         price_source=PRICE_SOURCE,
     )

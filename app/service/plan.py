@@ -1,0 +1,167 @@
+"""How a request meets the cache, decided without I/O: its routed model, scope, question, id.
+
+Everything here is pure: the same Ask always gives the same Plan, so the scope rules (what
+makes a cached answer valid for a request) are tested without Redis, a model or a provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from app.cache import keys
+from app.cache.store import Entry, new_entry
+from app.errors import BadRequest, PromptTooLarge
+from app.providers.upstreams.base import ChatMessage, ChatRequest, ChatResult
+from app.providers.upstreams.router import ProviderRouter
+from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
+
+
+class Ask(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to the cache: a conversation and every parameter that shapes its answer."""
+
+    messages: list[ChatMessage]
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    # Who is asking: the API key's tenant ("" when Sentinel runs open), and a sub-scope.
+    tenant: str = ""
+    namespace: str = ""
+    # Cache controls (None: the configured default). read_cache=False (Cache-Control:
+    # no-cache) skips the lookup and refreshes the entry; write_cache=False (no-store) keeps
+    # the answer out of the cache.
+    similarity_threshold: float | None = None
+    ttl: int | None = None
+    read_cache: bool = True
+    write_cache: bool = True
+
+    @classmethod
+    def of_prompt(cls, prompt: str, **fields: Any) -> Ask:
+        """A one-message chat asking `prompt` (what /v1/query and the replays send)."""
+        return cls(messages=[ChatMessage(role="user", content=prompt)], **fields)
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """How one request meets the cache: its routed model, scope, question and entry id."""
+
+    model_id: str  # `provider/model`, what the scope holds
+    tenant: str
+    request: ChatRequest  # for the provider, model still as the client named it
+    scope: str
+    # The last user message, normalized: what the semantic layer embeds. None when the
+    # conversation ends otherwise (e.g. a tool result): exact matches only.
+    question: str | None
+    entry_id: str
+    threshold: float
+    ttl: int
+    read_cache: bool
+    write_cache: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Planner:
+    """Turns an Ask into a Plan with the service's defaults (threshold, TTL, size limit)."""
+
+    providers: ProviderRouter
+    similarity_threshold: float
+    ttl: int
+    max_prompt_chars: int
+
+    def plan(self, ask: Ask) -> Plan:
+        """Route the model and compute scope, question and entry id; 4xx errors for bad input."""
+        if not ask.messages:
+            raise BadRequest("messages must hold at least one message")
+        size = sum(len(m.content or "") for m in ask.messages)
+        if size > self.max_prompt_chars:
+            raise PromptTooLarge(
+                f"the messages have {size} characters; the limit is "
+                f"{self.max_prompt_chars} (MAX_PROMPT_CHARS)"
+            )
+        provider, native = self.providers.resolve(
+            ask.model or self.providers.default_provider.name + "/"
+        )
+        model_id = f"{provider.name}/{native}"
+        last = ask.messages[-1]
+        question = normalize_prompt(last.content or "") if last.role == "user" else None
+        context = ask.messages[:-1] if question is not None else ask.messages
+        scope = Scope(
+            model=model_id,
+            tenant=ask.tenant,
+            namespace=ask.namespace,
+            context=tuple(_context(m) for m in context),
+            temperature=ask.temperature,
+            top_p=ask.top_p,
+            max_tokens=ask.max_tokens,
+            stop=None if ask.stop is None else tuple(ask.stop),
+            seed=ask.seed,
+            tools=ask.tools,
+            tool_choice=ask.tool_choice,
+            response_format=ask.response_format,
+        ).tag()
+        request = ChatRequest(
+            model=model_id,
+            messages=ask.messages,
+            temperature=ask.temperature,
+            top_p=ask.top_p,
+            max_tokens=ask.max_tokens,
+            stop=ask.stop,
+            seed=ask.seed,
+            tools=ask.tools,
+            tool_choice=ask.tool_choice,
+            response_format=ask.response_format,
+            user=ask.user,
+        )
+        return Plan(
+            model_id=model_id,
+            tenant=ask.tenant,
+            request=request,
+            scope=scope,
+            question=question,
+            entry_id=keys.entry_id(scope, question or ""),
+            threshold=(
+                self.similarity_threshold
+                if ask.similarity_threshold is None
+                else ask.similarity_threshold
+            ),
+            ttl=ask.ttl or self.ttl,
+            read_cache=ask.read_cache,
+            write_cache=ask.write_cache,
+        )
+
+
+def entry_for(plan: Plan, result: ChatResult) -> Entry:
+    """The entry that keeps a provider's answer for this plan's scope and question."""
+    message = result.message
+    return new_entry(
+        entry_id=plan.entry_id,
+        prompt=plan.question or "",
+        response=message.content or "",
+        model=result.model,
+        scope=plan.scope,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        tool_calls=msgspec.json.encode(message.tool_calls).decode() if message.tool_calls else "",
+        finish_reason=result.finish_reason,
+        provider=result.provider,
+        tenant=plan.tenant,
+        model_id=plan.model_id,
+    )
+
+
+def _context(message: ChatMessage) -> ContextMessage:
+    return ContextMessage(
+        role=message.role,
+        content=normalize_text(message.content),
+        name=message.name,
+        tool_calls=message.tool_calls,
+        tool_call_id=message.tool_call_id,
+    )
