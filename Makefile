@@ -26,13 +26,17 @@ run: setup
 test: setup lint typecheck
 	$(VENV)/bin/pytest
 
+# Everything Python in the tree: the service, its tests, the benchmark suite, the finished
+# studies (research/) and the tools that rebuild shipped model files (training/).
+PY_SOURCES := app tests bench research training infra
+
 lint:
-	$(VENV)/bin/ruff format --check app tests bench
-	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/ruff check $(PY_SOURCES)
 
 fmt:
-	$(VENV)/bin/ruff format app tests bench
-	$(VENV)/bin/ruff check --fix app tests bench
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 
 typecheck:
 	$(VENV)/bin/mypy

@@ -1,9 +1,9 @@
 """Sweep the cosine threshold on labelled question pairs with the local embedder.
 
-Usage: .venv/bin/python bench/threshold_sweep.py [PAIRS_JSONL]
+Usage: .venv/bin/python research/threshold_sweep.py [PAIRS_JSONL]
 (default ../shared/data/dev/pairs.jsonl from the repository root). Prints precision,
 recall and F1 of "duplicate" for thresholds 0.70..0.98, overall and per source, and
-writes the same table to bench/threshold_sweep.md.
+writes the same table to research/threshold_sweep.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a plain script, not only as `python -m bench...`
+if str(ROOT) not in sys.path:  # run as a plain script, not only as `python -m research...`
     sys.path.insert(0, str(ROOT))
 
 from app.providers.embedders.local import LocalEmbedder  # noqa: E402
@@ -135,7 +135,7 @@ def render(
 
 
 def main(argv: Sequence[str]) -> int:
-    """Embed, sweep, print and write bench/threshold_sweep.md."""
+    """Embed, sweep, print and write research/threshold_sweep.md."""
     path = Path(argv[0]) if argv else DEFAULT_PAIRS
     with path.open(encoding="utf-8") as handle:
         rows: list[dict[str, object]] = [json.loads(line) for line in handle if line.strip()]
