@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script, not only as `python -m research...`
     sys.path.insert(0, str(ROOT))
 
-from app.providers.embedders.local import LocalEmbedder  # noqa: E402
+from app.providers.embedders.local import BASE_MODEL, LocalEmbedder  # noqa: E402
 
 DEFAULT_PAIRS = ROOT / ".." / "shared" / "data" / "dev" / "pairs.jsonl"
 OUTPUT = Path(__file__).with_suffix(".md")
@@ -66,7 +66,8 @@ async def embed_pairs(
 ) -> tuple[npt.NDArray[np.float64], float, int]:
     """Cosine of every pair, the embedding wall time and the number of distinct texts."""
     texts = sorted({str(row[key]) for row in rows for key in ("question1", "question2")})
-    embedder = await LocalEmbedder.load()
+    # The study measured the base model; the service's default has since become the tuned one.
+    embedder = await LocalEmbedder.load(model=BASE_MODEL)
     try:
         started = time.perf_counter()
         vectors = await embedder.embed_many(texts)
