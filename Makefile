@@ -55,15 +55,21 @@ eval: setup
 	    --json var/eval/workload_$$stream.json --plot var/eval/workload_$$stream.png || exit 1; \
 	done
 
-# Re-pin every transitive dependency from fresh resolves of pyproject.toml:
-# requirements.lock is what the service runs on, requirements-dev.lock adds the test tools.
+# Pin every transitive dependency of pyproject.toml's ranges, with the sha256 of each of its
+# files: requirements.lock is what the service runs on (and the image installs),
+# requirements-dev.lock all of that plus the test tools, at the same versions. One resolve for
+# every platform and Python >= 3.11, with markers where they differ (redis needs async-timeout
+# below 3.11.3, which Debian 12's python3 is). Versions already locked are kept unless
+# `make lock UPGRADE=1`. uv resolves (pinned here, installed only in var/lockenv); it reads its
+# own index settings (UV_DEFAULT_INDEX), not pip's.
+UV_VERSION := 0.13.9
+UV_COMPILE = var/lockenv/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 lock:
 	rm -rf var/lockenv && $(PYTHON) -m venv var/lockenv
-	var/lockenv/bin/pip install --quiet .
-	var/lockenv/bin/pip freeze --exclude sentinel > requirements.lock
-	var/lockenv/bin/pip install --quiet '.[dev]'
-	(echo "-r requirements.lock"; var/lockenv/bin/pip freeze --exclude sentinel \
-	  | grep -vxFf requirements.lock) > requirements-dev.lock
+	var/lockenv/bin/pip install --quiet uv==$(UV_VERSION)
+	$(UV_COMPILE) pyproject.toml -o requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
 	rm -rf var/lockenv
 
 clean:

