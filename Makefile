@@ -9,10 +9,12 @@ REDIS_READY := var/.redis-stack-ready
 
 setup: $(INSTALLED) $(REDIS_READY)
 
+# Hash-checked: every file pip installs must match a sha256 in the lock (which lists the whole
+# tree, so nothing unlocked comes in as a dependency). The project itself is not installed:
+# pytest and `python -m app` run from the checkout.
 $(INSTALLED): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.lock
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
 
 # The embedded Redis Stack needs OpenSSL 1.1; fetch it once, not at request time.
