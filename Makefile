@@ -9,10 +9,12 @@ REDIS_READY := var/.redis-stack-ready
 
 setup: $(INSTALLED) $(REDIS_READY)
 
+# Hash-checked: every file pip installs must match a sha256 in the lock (which lists the whole
+# tree, so nothing unlocked comes in as a dependency). The project itself is not installed:
+# pytest and `python -m app` run from the checkout.
 $(INSTALLED): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.lock
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
 
 # The embedded Redis Stack needs OpenSSL 1.1; fetch it once, not at request time.
@@ -26,13 +28,17 @@ run: setup
 test: setup lint typecheck
 	$(VENV)/bin/pytest
 
+# Everything Python in the tree: the service, its tests, the benchmark suite, the finished
+# studies (research/) and the tools that rebuild shipped model files (training/).
+PY_SOURCES := app tests bench research training infra
+
 lint:
-	$(VENV)/bin/ruff format --check app tests bench
-	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/ruff check $(PY_SOURCES)
 
 fmt:
-	$(VENV)/bin/ruff format app tests bench
-	$(VENV)/bin/ruff check --fix app tests bench
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 
 typecheck:
 	$(VENV)/bin/mypy
@@ -51,15 +57,21 @@ eval: setup
 	    --json var/eval/workload_$$stream.json --plot var/eval/workload_$$stream.png || exit 1; \
 	done
 
-# Re-pin every transitive dependency from fresh resolves of pyproject.toml:
-# requirements.lock is what the service runs on, requirements-dev.lock adds the test tools.
+# Pin every transitive dependency of pyproject.toml's ranges, with the sha256 of each of its
+# files: requirements.lock is what the service runs on (and the image installs),
+# requirements-dev.lock all of that plus the test tools, at the same versions. One resolve for
+# every platform and Python >= 3.11, with markers where they differ (redis needs async-timeout
+# below 3.11.3, which Debian 12's python3 is). Versions already locked are kept unless
+# `make lock UPGRADE=1`. uv resolves (pinned here, installed only in var/lockenv); it reads its
+# own index settings (UV_DEFAULT_INDEX), not pip's.
+UV_VERSION := 0.13.9
+UV_COMPILE = var/lockenv/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 lock:
 	rm -rf var/lockenv && $(PYTHON) -m venv var/lockenv
-	var/lockenv/bin/pip install --quiet .
-	var/lockenv/bin/pip freeze --exclude sentinel > requirements.lock
-	var/lockenv/bin/pip install --quiet '.[dev]'
-	(echo "-r requirements.lock"; var/lockenv/bin/pip freeze --exclude sentinel \
-	  | grep -vxFf requirements.lock) > requirements-dev.lock
+	var/lockenv/bin/pip install --quiet uv==$(UV_VERSION)
+	$(UV_COMPILE) pyproject.toml -o requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
 	rm -rf var/lockenv
 
 clean:

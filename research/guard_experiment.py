@@ -1,86 +1,32 @@
 """Experiment for issue 3: a learned verifier over pair features against the plain cosine.
 
-    python -m bench.guard_experiment [PAIRS_FILE]
+    python -m research.guard_experiment [PAIRS_FILE]
 
 Splits the dev pairs by question (pairs that share any text stay on one side), fits a logistic
 regression on 70% of the groups and reports both scorers on the other 30% with the eval's own
-metrics. Nothing here is wired into the service; it decides whether the approach is worth it.
-Writes bench/guard_experiment.md.
+metrics. Nothing here is wired into the service; it decided whether the approach was worth it
+(the shipped guard is fit by training/guard_fit.py, which holds the fit and table helpers used
+here). Writes research/guard_experiment.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from app.eval.pairs import Pair, load_pairs, report
+from app.eval.pairs import load_pairs
 from app.eval.split import SEED, split_by_group
-from app.providers.embedders.local import BASE_MODEL, LocalEmbedder
 from app.service.guard import FEATURES, features, idf_table
 from app.service.prompt import normalize_prompt
+from training.guard_fit import embed_cached, fit_logistic, section
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
-OUT = ROOT / "bench" / "guard_experiment.md"
-
-
-async def embed_cached(
-    texts: list[str], name: str, model: str = BASE_MODEL
-) -> npt.NDArray[np.float32]:
-    """Embed with a local model (the base one unless told); cached under var/eval/ between runs."""
-    suffix = "" if model == BASE_MODEL else f"-{model}"
-    cache = ROOT / "var" / "eval" / f"vectors-{name}{suffix}.npy"
-    if cache.exists():
-        cached: npt.NDArray[np.float32] = np.load(cache)
-        if len(cached) == len(texts):
-            return cached
-    embedder = await LocalEmbedder.load(model=model)
-    try:
-        vectors = await embedder.embed_many(texts)
-    finally:
-        await embedder.aclose()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, vectors)
-    return vectors
-
-
-def fit_logistic(
-    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float = 1.0
-) -> npt.NDArray[np.float64]:
-    """L2-regularised logistic regression by Newton's method; weights with bias last."""
-    xb = np.hstack([x, np.ones((len(x), 1))])
-    w = np.zeros(xb.shape[1])
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(xb @ w)))
-        gradient = xb.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
-        hessian = (xb.T * (p * (1 - p))) @ xb + l2 * np.diag(np.r_[np.ones(len(w) - 1), 0.0])
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
-
-
-def section(name: str, pairs: Sequence[Pair], scores: npt.NDArray[np.float64]) -> list[str]:
-    """Rows for one scorer: per source and overall, on the held-out pairs."""
-    rows = []
-    labels = [p.label for p in pairs]
-    sets = [(s, [i for i, p in enumerate(pairs) if p.source == s]) for s in ("qqp", "mqp", "comqa")]
-    sets.append(("mqp+comqa", [i for i, p in enumerate(pairs) if p.source != "qqp"]))
-    sets.append(("overall", list(range(len(pairs)))))
-    for label, index in sets:
-        r = report(scores[index], [labels[i] for i in index], threshold=0.5)
-        at = r.recall_at_precision
-        rows.append(
-            f"| {name} | {label} | {r.n} | {r.auc:.3f} | {at['0.9']:.3f} | {at['0.95']:.3f} | "
-            f"{at['0.99']:.3f} |"
-        )
-    return rows
+OUT = ROOT / "research" / "guard_experiment.md"
 
 
 async def main(path: Path) -> None:
@@ -122,9 +68,9 @@ async def main(path: Path) -> None:
     lines = [
         "# Guard experiment: plain cosine vs a logistic verifier over pair features",
         "",
-        f"`python -m bench.guard_experiment {path.name}`; split by question group (seed {SEED}): "
-        f"{int((~held).sum())} training pairs, {int(held.sum())} held-out pairs. IDF from the "
-        "training questions only. Figures below are on the held-out pairs.",
+        f"`python -m research.guard_experiment {path.name}`; split by question group "
+        f"(seed {SEED}): {int((~held).sum())} training pairs, {int(held.sum())} held-out pairs. "
+        "IDF from the training questions only. Figures below are on the held-out pairs.",
         "",
         "| scorer | set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 |",
         "|---|---|---|---|---|---|---|",

@@ -1,11 +1,11 @@
 """Experiment for issue 3: does the pair-feature verifier serve better hits on the query streams?
 
-    python -m bench.guard_streams
+    python -m research.guard_streams
 
-Fits the verifier of `bench/guard_experiment.py` on the training groups of the dev pairs, then
+Fits the verifier of `research/guard_experiment.py` on the training groups of the dev pairs, then
 replays each dev stream in memory (top-3 cosine neighbours among all earlier queries, exactly
 what the service's KNN returns at recall 1) and compares two decisions at matched hit recall:
-cosine >= t, and cosine >= floor plus verifier probability >= p. Writes bench/guard_streams.md.
+cosine >= t, and cosine >= floor plus verifier probability >= p. Writes research/guard_streams.md.
 Numpy only, no Redis: it measures decisions, not the engine (`make eval` measures that).
 """
 
@@ -23,11 +23,11 @@ from app.eval.split import SEED, split_by_group
 from app.eval.workload import StreamQuery, load_stream
 from app.service.guard import features, idf_table
 from app.service.prompt import normalize_prompt
-from bench.guard_experiment import embed_cached, fit_logistic
+from training.guard_fit import embed_cached, fit_logistic
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dev"
-OUT = ROOT / "bench" / "guard_streams.md"
+OUT = ROOT / "research" / "guard_streams.md"
 TOP_K = 3
 COSINE_FLOOR = 0.7
 
@@ -99,7 +99,7 @@ async def main() -> None:
     lines = [
         "# Guard on the query streams: cosine threshold vs verifier, at matched hit recall",
         "",
-        "`python -m bench.guard_streams`: verifier fit on the training groups of the dev pairs "
+        "`python -m research.guard_streams`: verifier fit on the training groups of the dev pairs "
         f"(seed {SEED}); each dev stream replayed in memory with exact top-{TOP_K} cosine "
         f"neighbours; verifier decisions also require cosine >= {COSINE_FLOOR}.",
         "",

@@ -1,13 +1,16 @@
 """Fit the service's hit guard and write app/service/data/guard-<embedder>.json.
 
-    python -m bench.guard_fit [PAIRS_FILE]
+    python -m training.guard_fit [PAIRS_FILE]
 
 Data: the dev pairs (../shared/data/dev/pairs.jsonl: QQP, MQP and ComQA; provenance in its
 README). Split by question group (app/eval/split.py, seed 20261126): 30% held out for the
-tables only. The tuned embedder (bench/finetune/) was trained on 85% of the remaining groups,
+tables only. The tuned embedder (training/finetune/) was trained on 85% of the remaining groups,
 so its cosines there are optimistic; the guard is fit on the other 15% (the validation groups
 the embedder never trained on), IDF from all training-side questions. Prints and writes
-bench/guard_fit.md: held-out figures for the cosine alone and for the guard.
+training/guard_fit.md: held-out figures for the cosine alone and for the guard.
+
+The embedding cache, the logistic fit and the table rows below are also what the finished
+studies in research/ (guard_experiment, guard_streams) import.
 """
 
 from __future__ import annotations
@@ -15,29 +18,83 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from app.eval.pairs import Pair, load_pairs
+from app.eval.pairs import Pair, load_pairs, report
 from app.eval.split import SEED, split_by_group
-from app.providers.embedders.local import TUNED_MODEL
+from app.providers.embedders.local import BASE_MODEL, TUNED_MODEL, LocalEmbedder
 from app.service.guard import DATA_DIR, FEATURES, Guard, GuardModel, features, idf_table
 from app.service.prompt import normalize_prompt
-from bench.guard_experiment import embed_cached, fit_logistic, section
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
-OUT = ROOT / "bench" / "guard_fit.md"
-# The validation split of bench/finetune/train.py: groups of the training side it did not train on.
+OUT = ROOT / "training" / "guard_fit.md"
+# The validation split of training/finetune/train.py: training-side groups it did not train on.
 VAL_SEED = 7
 VAL_FRACTION = 0.15
 L2 = 1.0
-# Decision defaults, chosen on the dev query streams (bench/quality.md, "Choosing the defaults").
+# Decision defaults, chosen on the dev query streams (bench/quality.md, "Dev query streams").
 MIN_COSINE = 0.70
 THRESHOLD = 0.80
+
+
+async def embed_cached(
+    texts: list[str], name: str, model: str = BASE_MODEL
+) -> npt.NDArray[np.float32]:
+    """Embed with a local model (the base one unless told); cached under var/eval/ between runs."""
+    suffix = "" if model == BASE_MODEL else f"-{model}"
+    cache = ROOT / "var" / "eval" / f"vectors-{name}{suffix}.npy"
+    if cache.exists():
+        cached: npt.NDArray[np.float32] = np.load(cache)
+        if len(cached) == len(texts):
+            return cached
+    embedder = await LocalEmbedder.load(model=model)
+    try:
+        vectors = await embedder.embed_many(texts)
+    finally:
+        await embedder.aclose()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors
+
+
+def fit_logistic(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float = 1.0
+) -> npt.NDArray[np.float64]:
+    """L2-regularised logistic regression by Newton's method; weights with bias last."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(xb.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(xb @ w)))
+        gradient = xb.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
+        hessian = (xb.T * (p * (1 - p))) @ xb + l2 * np.diag(np.r_[np.ones(len(w) - 1), 0.0])
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def section(name: str, pairs: Sequence[Pair], scores: npt.NDArray[np.float64]) -> list[str]:
+    """Rows for one scorer: per source and overall, on the held-out pairs."""
+    rows = []
+    labels = [p.label for p in pairs]
+    sets = [(s, [i for i, p in enumerate(pairs) if p.source == s]) for s in ("qqp", "mqp", "comqa")]
+    sets.append(("mqp+comqa", [i for i, p in enumerate(pairs) if p.source != "qqp"]))
+    sets.append(("overall", list(range(len(pairs)))))
+    for label, index in sets:
+        r = report(scores[index], [labels[i] for i in index], threshold=0.5)
+        at = r.recall_at_precision
+        rows.append(
+            f"| {name} | {label} | {r.n} | {r.auc:.3f} | {at['0.9']:.3f} | {at['0.95']:.3f} | "
+            f"{at['0.99']:.3f} |"
+        )
+    return rows
 
 
 def masks(pairs: list[Pair]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -87,7 +144,7 @@ async def main(path: Path) -> None:
         min_cosine=MIN_COSINE,
         threshold=THRESHOLD,
         provenance=(
-            f"bench/guard_fit.py on {path.name} (QQP, MQP, ComQA dev pairs; see "
+            f"training/guard_fit.py on {path.name} (QQP, MQP, ComQA dev pairs; see "
             f"../shared/data/dev/README.md): fit on {int(val.sum())} validation-group pairs, "
             f"IDF over {int((~held).sum())} training-side pairs, split seed {SEED}"
         ),
@@ -104,7 +161,7 @@ async def main(path: Path) -> None:
     lines = [
         f"# The hit guard for {TUNED_MODEL}",
         "",
-        f"`python -m bench.guard_fit {path.name}`: fit on {int(val.sum())} validation-group "
+        f"`python -m training.guard_fit {path.name}`: fit on {int(val.sum())} validation-group "
         f"pairs (l2 {L2:g}), scored on {int(held.sum())} held-out pairs (split by question "
         f"group, seed {SEED}). Written to `app/service/data/{target.name}`.",
         "",

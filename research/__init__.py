@@ -1,0 +1,1 @@
+"""Finished one-off studies: not part of the product (see README.md)."""

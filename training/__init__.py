@@ -1,0 +1,1 @@
+"""Tools that rebuild the model files the service ships (see README.md)."""
