@@ -243,7 +243,8 @@ async def test_nobody_waits_past_the_deadline(
         for r in batch
     ]
     elapsed = loop.time() - started
-    assert 0.29 <= elapsed < 0.5
+    assert elapsed >= 0.29  # each waited until its own deadline...
+    assert elapsed < 4  # ...and not for the leader, which is held for 5 s
     assert all(isinstance(r, FlightTimeout) for r in results), results
     error = results[0]
     assert isinstance(error, UpstreamTimeout)
@@ -297,7 +298,7 @@ async def test_a_crashed_leaders_lock_expires_and_a_waiter_takes_over(
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = await sf.run(KEY, upstream.lead, upstream.follow, deadline=in_(2))
-    assert 0.15 <= loop.time() - started < 0.6
+    assert loop.time() - started >= 0.15  # it waited for the dead lock to expire (200 ms)
     assert result == FlightResult("answer from call 1", waited=False)
 
 

@@ -200,8 +200,8 @@ def test_open_breaker_makes_no_connection_attempts(
             assert cache_of(response) == "BYPASS"
     finally:
         redis_server.resume()
-    # Straight to the provider: far below the 400 ms a lookup would wait.
-    assert max(latencies) < 0.2, latencies
+    # Straight to the provider: a request that tried Redis would wait out the 400 ms budget.
+    assert max(latencies) < 0.4, latencies
     connections = int(plain.info("stats")["total_connections_received"]) - connections_before
     plain.close()
     # The first request's store and metrics writes, and the probe (every 200 ms, each
