@@ -266,8 +266,8 @@ def _router(settings: Settings, session: aiohttp.ClientSession) -> ProviderRoute
             openai_compatible_api_key=settings.openai_compatible_api_key,
             openai_compatible_model=settings.openai_compatible_model,
             default_provider=settings.default_provider,
-            fallbacks=settings.fallbacks,
-            extra_models=settings.extra_models,
+            fallbacks=settings.fallback_chains,
+            extra_models=settings.extra_model_ids,
         )
     except ValueError as exc:
         raise StartupError(str(exc)) from None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -29,6 +30,11 @@ _SECRET_SUFFIXES = ("api_key", "api_keys", "admin_key")
 # A tenant name: it is a TAG value in the index and appears in logs and admin listings.
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 _TENANT = re.compile(TENANT_PATTERN)
+
+
+# The providers Sentinel routes to (the `provider/` prefix of a model id).
+ProviderName = Literal["groq", "openai", "anthropic", "openai_compatible"]
+PROVIDERS: tuple[str, ...] = get_args(ProviderName)
 
 
 class SettingsError(Exception):
@@ -55,8 +61,41 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def parse_chains(
+    text: str | None, *, variable: str = "FALLBACKS", values_are_routes: bool = True
+) -> dict[str, list[str]]:
+    """`groq=openai,anthropic;openai=groq` as {"groq": ["openai", "anthropic"], ...}.
+
+    Each key must start with a provider Sentinel routes to, and so must each value when
+    `values_are_routes` (FALLBACKS; EXTRA_MODELS' values are a provider's own model names);
+    ValueError naming `variable`.
+    """
+    chains: dict[str, list[str]] = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        key, equals, values = part.partition("=")
+        entries = [value.strip() for value in values.split(",") if value.strip()]
+        if not equals or not key.strip() or not entries:
+            raise ValueError(f"{variable}: {part.strip()!r} is not `name=a,b`")
+        routes = entries if values_are_routes else []
+        for name in (key.strip(), *routes):
+            if name.partition("/")[0] not in PROVIDERS:
+                raise ValueError(
+                    f"{variable}: {name!r} names no provider; known: {', '.join(PROVIDERS)}"
+                )
+        chains[key.strip()] = entries
+    return chains
+
+
+# dict=True: the parsed forms of list-valued settings are cached properties, parsed once.
 class Settings(
-    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, rename="upper"
+    msgspec.Struct,
+    kw_only=True,
+    frozen=True,
+    forbid_unknown_fields=True,
+    rename="upper",
+    dict=True,
 ):
     """Every knob Sentinel reads, named as its environment variable (upper case)."""
 
@@ -96,7 +135,7 @@ class Settings(
     openai_compatible_api_key: str | None = None
     openai_compatible_model: str | None = None
     # The provider for model names without a `provider/` prefix.
-    default_provider: Literal["groq", "openai", "anthropic", "openai_compatible"] = "groq"
+    default_provider: ProviderName = "groq"
     # Ordered fallbacks after retries fail on 429/5xx/timeout: `groq=openai,anthropic;openai=groq`.
     fallbacks: str | None = None
     # More routable models for GET /v1/models, beside each provider's default: `openai=gpt-4o`.
@@ -159,7 +198,12 @@ class Settings(
             raise SettingsError(
                 "EMBEDDING_PROVIDER=jina needs JINA_API_KEY; set it or use EMBEDDING_PROVIDER=local"
             )
-        keys = self.api_keys  # raises SettingsError on a malformed SENTINEL_API_KEYS
+        # Parsed here, once: a malformed list stops start-up with the variable's name.
+        keys = self.api_keys
+        try:
+            _ = self.fallback_chains, self.extra_model_ids
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.sentinel_auth == "keys" and not keys and self.sentinel_admin_key is None:
             raise SettingsError(
                 "SENTINEL_AUTH=keys needs SENTINEL_API_KEYS or SENTINEL_ADMIN_KEY (to create "
@@ -186,13 +230,23 @@ class Settings(
             shown.append(f"{field.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
-    @property
+    @functools.cached_property
     def api_keys(self) -> dict[str, str]:
         """SENTINEL_API_KEYS as {key: tenant}; SettingsError names the variable when malformed."""
         try:
             return parse_api_keys(self.sentinel_api_keys or "")
         except ValueError as exc:
             raise SettingsError(f"SENTINEL_API_KEYS: {exc}") from None
+
+    @functools.cached_property
+    def fallback_chains(self) -> dict[str, list[str]]:
+        """FALLBACKS parsed (checked at load)."""
+        return parse_chains(self.fallbacks)
+
+    @functools.cached_property
+    def extra_model_ids(self) -> dict[str, list[str]]:
+        """EXTRA_MODELS parsed (checked at load)."""
+        return parse_chains(self.extra_models, variable="EXTRA_MODELS", values_are_routes=False)
 
     @property
     def auth_mode(self) -> Literal["open", "keys"]:

@@ -139,3 +139,31 @@ def test_the_embedding_budget_defaults_by_embedder() -> None:
     assert load_settings({"EMBED_TIMEOUT_MS": "120"}).embed_timeout == 0.12
     with pytest.raises(SettingsError, match=r"^EMBED_TIMEOUT_MS"):
         load_settings({"EMBED_TIMEOUT_MS": "0"})
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"FALLBACKS": "groq"}, r"^FALLBACKS: 'groq' is not `name=a,b`"),
+        ({"FALLBACKS": "groq=mistral"}, r"^FALLBACKS: 'mistral' names no provider"),
+        ({"EXTRA_MODELS": "ollama=llama3"}, r"^EXTRA_MODELS: 'ollama' names no provider"),
+    ],
+)
+def test_list_settings_are_parsed_at_load_and_name_their_variable(
+    env: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env)
+
+
+def test_list_settings_come_parsed() -> None:
+    settings = load_settings(
+        {
+            "FALLBACKS": "groq=openai,anthropic",
+            "EXTRA_MODELS": "groq=llama-3.3-70b-versatile",
+            "SENTINEL_API_KEYS": "k=team",
+        }
+    )
+    assert settings.fallback_chains == {"groq": ["openai", "anthropic"]}
+    assert settings.extra_model_ids == {"groq": ["llama-3.3-70b-versatile"]}
+    assert settings.api_keys is settings.api_keys  # parsed once

@@ -26,12 +26,8 @@ from app.providers.upstreams.base import (
     ChatRequest,
     ChatResult,
 )
-from app.providers.upstreams.router import (
-    ProviderRouter,
-    build_router,
-    is_transient,
-    parse_chains,
-)
+from app.providers.upstreams.router import ProviderRouter, build_router, is_transient
+from app.settings import parse_chains
 
 REQUEST = ChatRequest(model="ignored", messages=[ChatMessage(role="user", content="hello")])
 

@@ -20,7 +20,7 @@ from app.providers.retry import Retryable
 from app.providers.upstreams.anthropic import AnthropicProvider
 from app.providers.upstreams.base import ChatDelta, ChatProvider, ChatRequest, ChatResult
 from app.providers.upstreams.openai_compat import OpenAICompatProvider
-from app.settings import Settings
+from app.settings import Settings, parse_chains
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +204,6 @@ async def _aclose(deltas: AsyncIterator[ChatDelta]) -> None:
         await deltas.aclose()
 
 
-def parse_chains(text: str | None, *, variable: str = "FALLBACKS") -> dict[str, list[str]]:
-    """`groq=openai,anthropic;openai=groq` as {"groq": ["openai", "anthropic"], ...}."""
-    chains: dict[str, list[str]] = {}
-    for part in (text or "").split(";"):
-        if not part.strip():
-            continue
-        key, equals, values = part.partition("=")
-        entries = [value.strip() for value in values.split(",") if value.strip()]
-        if not equals or not key.strip() or not entries:
-            raise ValueError(f"{variable}: {part.strip()!r} is not `name=a,b`")
-        chains[key.strip()] = entries
-    return chains
-
-
 def build_router(
     session: aiohttp.ClientSession,
     *,
@@ -293,7 +279,7 @@ def build_router(
         providers,
         default_provider,
         parse_chains(fallbacks) if isinstance(fallbacks, str | None) else fallbacks,
-        models=parse_chains(extra_models, variable="EXTRA_MODELS")
+        models=parse_chains(extra_models, variable="EXTRA_MODELS", values_are_routes=False)
         if isinstance(extra_models, str | None)
         else extra_models,
     )
