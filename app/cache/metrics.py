@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, TypedDict
 
 import msgspec
 from redis.asyncio import Redis
@@ -12,6 +12,17 @@ from app.cache.errors import redis_errors_as_unavailable
 from app.cache.keys import METRICS_KEY
 
 Outcome = Literal["exact", "semantic", "miss", "error"]
+
+
+class Counts(TypedDict, total=False):
+    """What one request adds besides its outcome and latency (MetricsStore.record's rest)."""
+
+    upstream_called: bool
+    upstream_failed: bool
+    tokens_saved: int
+    usd_saved: float
+    usd_spent: float
+
 
 # Latency buckets grow by 10% from 0.05 ms, so a percentile read from the histogram is
 # within ~5% of the true value; 170 buckets reach past 10 minutes.

@@ -14,25 +14,22 @@ import msgspec
 from app.cache import keys
 from app.cache.store import Entry, new_entry
 from app.errors import BadRequest, PromptTooLarge
-from app.providers.upstreams.base import ChatMessage, ChatRequest, ChatResult
+from app.providers.upstreams.base import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    Sampling,
+    sampling_of,
+)
 from app.providers.upstreams.router import ProviderRouter
 from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
 
 
-class Ask(msgspec.Struct, frozen=True, kw_only=True):
+class Ask(Sampling, frozen=True, kw_only=True):
     """One request to the cache: a conversation and every parameter that shapes its answer."""
 
     messages: list[ChatMessage]
     model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    user: str | None = None
     # Who is asking: the API key's tenant ("" when Sentinel runs open), and a sub-scope.
     tenant: str = ""
     namespace: str = ""
@@ -107,19 +104,7 @@ class Planner:
             tool_choice=ask.tool_choice,
             response_format=ask.response_format,
         ).tag()
-        request = ChatRequest(
-            model=model_id,
-            messages=ask.messages,
-            temperature=ask.temperature,
-            top_p=ask.top_p,
-            max_tokens=ask.max_tokens,
-            stop=ask.stop,
-            seed=ask.seed,
-            tools=ask.tools,
-            tool_choice=ask.tool_choice,
-            response_format=ask.response_format,
-            user=ask.user,
-        )
+        request = ChatRequest(model=model_id, messages=ask.messages, **sampling_of(ask))
         return Plan(
             model_id=model_id,
             tenant=ask.tenant,

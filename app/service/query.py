@@ -12,14 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import NamedTuple
+from typing import NamedTuple, Unpack
 
 import msgspec
 
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
 from app.cache.flight import FlightTimeout, SharedFailure, SingleFlight
-from app.cache.metrics import MetricsStore, Outcome
+from app.cache.metrics import Counts, MetricsStore, Outcome
 from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry
 from app.errors import EmbeddingError, SentinelError, UpstreamError, UpstreamNotConfigured
@@ -396,26 +396,8 @@ class QueryService:
             entry, match, similarity, latency_ms, cost=0.0, saved=saved, guard_score=guard_score
         )
 
-    async def _record(
-        self,
-        outcome: Outcome,
-        started: float,
-        *,
-        upstream_called: bool = False,
-        upstream_failed: bool = False,
-        tokens_saved: int = 0,
-        usd_saved: float = 0.0,
-        usd_spent: float = 0.0,
-    ) -> None:
-        await self.cache.record(
-            outcome,
-            latency_ms=elapsed_ms(started),
-            upstream_called=upstream_called,
-            upstream_failed=upstream_failed,
-            tokens_saved=tokens_saved,
-            usd_saved=usd_saved,
-            usd_spent=usd_spent,
-        )
+    async def _record(self, outcome: Outcome, started: float, **counts: Unpack[Counts]) -> None:
+        await self.cache.record(outcome, latency_ms=elapsed_ms(started), **counts)
 
     async def _embed(self, question: str) -> Vector | None:
         """The question's vector; None when the embedder failed or ran past its budget."""

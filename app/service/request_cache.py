@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TypeVar, Unpack
 
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
-from app.cache.metrics import MetricsStore, Outcome
+from app.cache.metrics import Counts, MetricsStore, Outcome
 from app.cache.negative import NegativeCache
 from app.cache.store import CacheStore, Candidate, Entry
 from app.errors import UpstreamError
@@ -27,25 +28,16 @@ log = logging.getLogger("sentinel.service")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RequestCache:
     """Store, metrics and negative cache behind one breaker and two budgets (seconds)."""
 
-    def __init__(
-        self,
-        *,
-        store: CacheStore,
-        metrics: MetricsStore,
-        negative: NegativeCache | None,
-        breaker: CacheBreaker,
-        lookup_timeout: float,
-        write_timeout: float,
-    ) -> None:
-        self.store = store
-        self.metrics = metrics
-        self.negative = negative
-        self.breaker = breaker
-        self.lookup_timeout = lookup_timeout
-        self.write_timeout = write_timeout
+    store: CacheStore
+    metrics: MetricsStore
+    negative: NegativeCache | None
+    breaker: CacheBreaker
+    lookup_timeout: float
+    write_timeout: float
 
     @property
     def remembers_failures(self) -> bool:
@@ -98,31 +90,14 @@ class RequestCache:
             self.skipped(failure, "failure not remembered")
 
     async def record(
-        self,
-        outcome: Outcome,
-        *,
-        latency_ms: float,
-        upstream_called: bool = False,
-        upstream_failed: bool = False,
-        tokens_saved: int = 0,
-        usd_saved: float = 0.0,
-        usd_spent: float = 0.0,
+        self, outcome: Outcome, *, latency_ms: float, **counts: Unpack[Counts]
     ) -> None:
         """Count a request in the metrics; losing one count never fails (or slows) it."""
         if self.breaker.is_open:
             return
         try:
             await self.write(
-                "metrics",
-                lambda: self.metrics.record(
-                    outcome,
-                    latency_ms=latency_ms,
-                    upstream_called=upstream_called,
-                    upstream_failed=upstream_failed,
-                    tokens_saved=tokens_saved,
-                    usd_saved=usd_saved,
-                    usd_spent=usd_spent,
-                ),
+                "metrics", lambda: self.metrics.record(outcome, latency_ms=latency_ms, **counts)
             )
         except CacheBypassed as exc:
             self.skipped(exc, "metrics not recorded")

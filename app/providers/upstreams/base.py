@@ -21,16 +21,11 @@ class ChatMessage(
     tool_call_id: str | None = None
 
 
-class ChatRequest(
+class Sampling(
     msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
 ):
-    """A chat completion request; `model` is the provider's own name (routing prefix stripped).
+    """What shapes an answer besides the messages; None is the provider's own default."""
 
-    Every optional field left at None is left out of the provider's request.
-    """
-
-    model: str
-    messages: list[ChatMessage]
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
@@ -40,6 +35,24 @@ class ChatRequest(
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+
+
+SAMPLING_FIELDS = tuple(field.name for field in msgspec.structs.fields(Sampling))
+
+
+def sampling_of(struct: Sampling) -> dict[str, Any]:
+    """The Sampling fields of a struct that has them, by name (to build another such struct)."""
+    return {name: getattr(struct, name) for name in SAMPLING_FIELDS}
+
+
+class ChatRequest(Sampling, frozen=True, kw_only=True):
+    """A chat completion request; `model` is the provider's own name (routing prefix stripped).
+
+    Every optional field left at None is left out of the provider's request.
+    """
+
+    model: str
+    messages: list[ChatMessage]
 
 
 class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
