@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -106,6 +106,16 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
+class LoadOptions(TypedDict, total=False):
+    """`load_sync`'s options, for `load` to pass on."""
+
+    model: str
+    model_path: Path | None
+    tokenizer_path: Path | None
+    intra_op_threads: int
+    workers: int
+
+
 class LocalEmbedder:
     """all-MiniLM-L6-v2 int8 on onnxruntime; inference runs on its own small thread pool."""
 
@@ -164,26 +174,9 @@ class LocalEmbedder:
         return cls(session, tokenizer, model=model, workers=workers)
 
     @classmethod
-    async def load(
-        cls,
-        *,
-        model: str = DEFAULT_MODEL,
-        model_path: Path | None = None,
-        tokenizer_path: Path | None = None,
-        intra_op_threads: int = INTRA_OP_THREADS,
-        workers: int = WORKERS,
-    ) -> LocalEmbedder:
+    async def load(cls, **options: Unpack[LoadOptions]) -> LocalEmbedder:
         """Load off the event loop; see `load_sync`."""
-        return await asyncio.to_thread(
-            partial(
-                cls.load_sync,
-                model=model,
-                model_path=model_path,
-                tokenizer_path=tokenizer_path,
-                intra_op_threads=intra_op_threads,
-                workers=workers,
-            )
-        )
+        return await asyncio.to_thread(partial(cls.load_sync, **options))
 
     @property
     def id(self) -> str:
