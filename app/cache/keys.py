@@ -1,4 +1,7 @@
-"""Key, index and id naming; the embedder's id and dimension keep vector spaces apart."""
+"""Key, index and id naming; the embedder's id and dimension keep vector spaces apart.
+
+Also `text()`: keys and values come back from Redis as bytes or str depending on the client.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +39,15 @@ def entry_id(scope: str, normalized_prompt: str) -> str:
 def entry_key(prefix: str, entry_id: str) -> str:
     """Redis key of one entry hash."""
     return prefix + entry_id
+
+
+def entry_id_of(prefix: str, key: bytes | str) -> str:
+    """The entry id in an entry key (the inverse of entry_key)."""
+    return text(key).removeprefix(prefix)
+
+
+def text(value: bytes | str | None) -> str:
+    """A Redis reply as str (bytes are UTF-8); "" for a missing one."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

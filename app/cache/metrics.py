@@ -9,7 +9,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from app.cache.errors import redis_errors_as_unavailable
-from app.cache.keys import METRICS_KEY
+from app.cache.keys import METRICS_KEY, text
 
 Outcome = Literal["exact", "semantic", "miss", "error"]
 
@@ -131,7 +131,7 @@ class MetricsStore:
                 pipe.hgetall(_latency_key(outcome))
             raw, *histograms = await pipe.execute()
         counters = msgspec.convert(
-            {_str(k): _str(v) for k, v in raw.items()}, Counters, strict=False
+            {text(k): text(v) for k, v in raw.items()}, Counters, strict=False
         )
         return counters, {
             outcome: {int(k): int(v) for k, v in histogram.items()}
@@ -144,7 +144,3 @@ class MetricsStore:
         await self._redis.delete(
             METRICS_KEY, *(_latency_key(o) for o in ("exact", "semantic", "miss", "error"))
         )
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
