@@ -14,8 +14,9 @@ import msgspec
 import numpy as np
 
 from app.cache import keys
+from app.cache.entry import ENTRY_FIELDS
 from app.cache.metrics import MetricsStore
-from app.cache.store import ENTRY_FIELDS, CacheStore
+from app.cache.store import CacheStore
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
 from app.providers.upstreams.openai_compat import OpenAICompatProvider

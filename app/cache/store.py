@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import msgspec
@@ -20,6 +19,15 @@ from redisvl.query.filter import Tag
 from redisvl.schema import IndexSchema
 
 from app.cache import keys
+from app.cache.entry import (
+    ENTRY_FIELDS,
+    Entry,
+    from_hash,
+    from_values,
+    hash_field,
+    new_entry,
+    to_hash,
+)
 from app.cache.errors import needs_repair, redis_errors_as_unavailable
 from app.cache.hits import HitCounter
 from app.cache.vectors import encode_vector
@@ -31,45 +39,11 @@ VECTOR_FIELD = "embedding"
 # ../shared/docs/environment.md (recall@1 0.995 at 100k with EF_RUNTIME 200).
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
+# What a KNN neighbour carries back: its prompt is all the guard needs before a hit is taken.
+_PROMPT = hash_field("prompt")
 
-ENTRY_FIELDS = (
-    "prompt",
-    "response",
-    "model",
-    "scope",
-    "created_at",
-    "hits",
-    "prompt_tokens",
-    "completion_tokens",
-    "tool_calls",
-    "finish_reason",
-    "provider",
-    "tenant",
-    "model_id",
-)
-
-
-class Entry(msgspec.Struct, frozen=True, kw_only=True):
-    """One cached answer."""
-
-    id: str
-    prompt: str
-    response: str
-    model: str
-    scope: str
-    created_at: float
-    hits: int
-    prompt_tokens: int
-    completion_tokens: int
-    # The answer's tool calls as OpenAI-shaped JSON, "" when it has none.
-    tool_calls: str = ""
-    finish_reason: str = "stop"
-    # Who answered (after any fallback); "" for entries written before providers were named.
-    provider: str = ""
-    # For admin listing and scope invalidation (both TAG fields of the index): the API key's
-    # tenant ("" when open) and the `provider/model` the client asked for.
-    tenant: str = ""
-    model_id: str = ""
+# The store's API speaks in entries: callers import them from here.
+__all__ = ["CacheStore", "Entry", "new_entry"]
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -200,27 +174,11 @@ class CacheStore:
         the returned entry is the count stored so far.
         """
         key = self._key(entry_id)
-        values = await self._redis.hmget(key, list(ENTRY_FIELDS))
-        row = dict(zip(ENTRY_FIELDS, values, strict=True))
-        if row["response"] is None:  # gone (expired, evicted) or not a whole entry
+        entry = from_values(entry_id, await self._redis.hmget(key, list(ENTRY_FIELDS)))
+        if entry is None:  # gone (expired, evicted) or not a whole entry
             return None
         self.hits.add(key)
-        return Entry(
-            id=entry_id,
-            prompt=_text(row["prompt"]),
-            response=_text(row["response"]),
-            model=_text(row["model"]),
-            scope=_text(row["scope"]),
-            created_at=float(row["created_at"] or 0.0),
-            hits=int(row["hits"] or 0),
-            prompt_tokens=int(row["prompt_tokens"] or 0),
-            completion_tokens=int(row["completion_tokens"] or 0),
-            tool_calls=_text(row["tool_calls"]),
-            finish_reason=_text(row["finish_reason"]) or "stop",
-            provider=_text(row["provider"]),
-            tenant=_text(row["tenant"]),
-            model_id=_text(row["model_id"]),
-        )
+        return entry
 
     @redis_errors_as_unavailable
     async def nearest(
@@ -230,7 +188,7 @@ class CacheStore:
         query = VectorQuery(
             vector=encode_vector(vector, self.dimension),
             vector_field_name=VECTOR_FIELD,
-            return_fields=["prompt"],
+            return_fields=[_PROMPT],
             filter_expression=Tag("scope") == scope,
             num_results=k,
             ef_runtime=self._ef_runtime,
@@ -242,13 +200,12 @@ class CacheStore:
             distance = doc.get("vector_distance")
             if distance is None:  # expired while the search ran
                 continue
-            key = _text(doc["id"])
             # RediSearch's COSINE distance is 1 - cosine similarity.
             candidates.append(
                 Candidate(
-                    key.removeprefix(self.prefix),
+                    keys.entry_id_of(self.prefix, doc["id"]),
                     1.0 - float(distance),
-                    _text(doc.get("prompt")),
+                    keys.text(doc.get(_PROMPT)),
                 )
             )
         candidates.sort(key=lambda c: c.similarity, reverse=True)
@@ -268,21 +225,7 @@ class CacheStore:
         ending in a tool result has no question to match semantically).
         """
         key = self._key(entry.id)
-        mapping: dict[FieldT, EncodableT] = {
-            "prompt": entry.prompt,
-            "response": entry.response,
-            "model": entry.model,
-            "scope": entry.scope,
-            "created_at": entry.created_at,
-            "hits": entry.hits,
-            "prompt_tokens": entry.prompt_tokens,
-            "completion_tokens": entry.completion_tokens,
-            "tool_calls": entry.tool_calls,
-            "finish_reason": entry.finish_reason,
-            "provider": entry.provider,
-            "tenant": entry.tenant,
-            "model_id": entry.model_id,
-        }
+        mapping: dict[FieldT, EncodableT] = to_hash(entry)
         if vector is not None:
             mapping[VECTOR_FIELD] = encode_vector(vector, self.dimension)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -309,7 +252,7 @@ class CacheStore:
             pipe.hmget(key, list(ENTRY_FIELDS))
             pipe.ttl(key)
             values, ttl = await pipe.execute()
-        entry = _stored_entry(entry_id, dict(zip(ENTRY_FIELDS, values, strict=True)))
+        entry = from_values(entry_id, values)
         return None if entry is None else ListedEntry(entry=entry, ttl=int(ttl))
 
     @redis_errors_as_unavailable
@@ -347,7 +290,7 @@ class CacheStore:
             ttls = await pipe.execute()
         entries = []
         for doc, ttl in zip(docs, ttls, strict=True):
-            entry = _stored_entry(_text(doc.id).removeprefix(self.prefix), vars(doc))
+            entry = from_hash(keys.entry_id_of(self.prefix, doc.id), vars(doc))
             if entry is not None and ttl != -2:  # -2: expired since the search
                 entries.append(ListedEntry(entry=entry, ttl=int(ttl)))
         return EntryPage(total=int(result.total), entries=entries)
@@ -388,40 +331,6 @@ class CacheStore:
         return deleted
 
 
-def new_entry(
-    *,
-    entry_id: str,
-    prompt: str,
-    response: str,
-    model: str,
-    scope: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    tool_calls: str = "",
-    finish_reason: str = "stop",
-    provider: str = "",
-    tenant: str = "",
-    model_id: str = "",
-) -> Entry:
-    """An entry as stored right after a successful upstream call."""
-    return Entry(
-        id=entry_id,
-        prompt=prompt,
-        response=response,
-        model=model,
-        scope=scope,
-        created_at=time.time(),
-        hits=0,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        tool_calls=tool_calls,
-        finish_reason=finish_reason,
-        provider=provider,
-        tenant=tenant,
-        model_id=model_id,
-    )
-
-
 def _number(value: Any, default: float = 0.0) -> float:
     """A number from FT.INFO (int, float, or their text); `default` when absent or odd."""
     if isinstance(value, bytes):
@@ -430,12 +339,6 @@ def _number(value: Any, default: float = 0.0) -> float:
         return float(value)
     except (TypeError, ValueError):
         return default
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class ListedEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -466,18 +369,3 @@ def _tag_filter(tenant: str | None, model_id: str | None) -> str:
         if value
     ]
     return " ".join(parts) or "*"
-
-
-def _stored_entry(entry_id: str, row: dict[str, Any]) -> Entry | None:
-    """An Entry from a hash's fields (bytes or str, numbers as text), or None if not whole."""
-    if row.get("response") is None:
-        return None
-    fields = {
-        name: _text(value)
-        for name, value in row.items()
-        if name in ENTRY_FIELDS and value is not None
-    }
-    try:
-        return msgspec.convert({**fields, "id": entry_id}, Entry, strict=False)
-    except msgspec.ValidationError:
-        return None
