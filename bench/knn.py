@@ -12,7 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
 
-from app.cache.store import VECTOR_FIELD, CacheStore, new_entry
+from app.cache.index import VECTOR_FIELD
+from app.cache.store import CacheStore, new_entry
 from bench.stats import Summary, Table, ms
 
 DIM = 384

@@ -8,8 +8,9 @@ from typing import Any
 
 import msgspec
 
+from app.cache.admin import ListedEntry
 from app.cache.apikeys import ApiKey, ApiKeys
-from app.cache.store import CacheStore, ListedEntry
+from app.cache.store import CacheStore
 from app.errors import BadRequest, EntryNotFound
 from app.providers.upstreams.router import ProviderRouter
 

@@ -1,0 +1,209 @@
+"""The RediSearch index over one embedder's entries: schema, lifecycle, KNN and TAG queries.
+
+The only module that holds redisvl values (it has no type hints): the hot path and the admin
+queries get plain results from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redisvl.exceptions import RedisVLError
+from redisvl.index import AsyncSearchIndex
+from redisvl.query import VectorQuery
+from redisvl.query.filter import Tag
+from redisvl.schema import IndexSchema
+
+from app.cache import keys
+from app.cache.entry import hash_field
+from app.cache.errors import needs_repair, redis_errors_as_unavailable
+from app.cache.vectors import encode_vector
+
+log = logging.getLogger("sentinel.cache")
+
+VECTOR_FIELD = "embedding"
+# HNSW build parameters: M=16 and EF_CONSTRUCTION=200 are the values measured in
+# ../shared/docs/environment.md (recall@1 0.995 at 100k with EF_RUNTIME 200).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+
+# Entry fields indexed as TAGs: a KNN is filtered by scope; admin lists and deletes by the
+# others.
+_SCOPE = hash_field("scope")
+_TENANT = hash_field("tenant")
+_MODEL_ID = hash_field("model_id")
+# What a KNN neighbour carries back: its prompt is all the guard needs before a hit is taken.
+_PROMPT = hash_field("prompt")
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    """A KNN neighbour: an entry id, its cosine similarity to the query and its prompt."""
+
+    entry_id: str
+    similarity: float
+    prompt: str
+
+
+class IndexState(msgspec.Struct, frozen=True, kw_only=True):
+    """The index as FT.INFO reports it: whether it exists, and how far it is built."""
+
+    exists: bool
+    # True while RediSearch scans existing keys into it (after FT.CREATE on a full keyspace);
+    # lookups work meanwhile but miss entries not yet scanned.
+    indexing: bool = False
+    percent_indexed: float = 1.0
+    num_docs: int = 0
+
+
+class EntryIndex:
+    """The HNSW + TAG index over the entry hashes under `prefix`, and the Redis behind it."""
+
+    def __init__(self, redis: Redis, *, prefix: str, name: str, dimension: int) -> None:
+        self._redis = redis
+        self.prefix = prefix
+        self.name = name
+        self.dimension = dimension
+        # redisvl closes only a client it created: this one stays the caller's.
+        self._index = AsyncSearchIndex(self._schema(), redis_client=redis)
+
+    def _schema(self) -> Any:
+        return IndexSchema.from_dict(
+            {
+                "index": {"name": self.name, "prefix": self.prefix, "storage_type": "hash"},
+                "fields": [
+                    {"name": _SCOPE, "type": "tag"},
+                    {"name": _TENANT, "type": "tag"},
+                    {"name": _MODEL_ID, "type": "tag"},
+                    {
+                        "name": VECTOR_FIELD,
+                        "type": "vector",
+                        "attrs": {
+                            "algorithm": "hnsw",
+                            "dims": self.dimension,
+                            "distance_metric": "cosine",
+                            "datatype": "float32",
+                            "m": HNSW_M,
+                            "ef_construction": HNSW_EF_CONSTRUCTION,
+                        },
+                    },
+                ],
+            }
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @redis_errors_as_unavailable
+    async def ensure(self) -> bool:
+        """Create the index when it is missing; return True when it was created."""
+        if await self._index.exists():
+            return False
+        try:
+            await self._index.create(overwrite=False)
+        except (ResponseError, RedisVLError) as exc:  # another instance created it first
+            if "already exists" not in str(exc).lower():
+                raise
+            return False
+        return True
+
+    @redis_errors_as_unavailable
+    async def recover(self) -> None:
+        """The circuit breaker's probe: PING, then recreate the index if Redis lost it."""
+        # Connections opened before the outage may be dead (Redis restarted): drop the idle
+        # ones, so that no request trips on one once the breaker closes.
+        await self._redis.connection_pool.disconnect(inuse_connections=False)
+        await self._redis.ping()
+        if await self.ensure():
+            log.warning(
+                "index %s was missing (Redis came back without its data): recreated", self.name
+            )
+
+    @redis_errors_as_unavailable
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(await self._redis.ping())
+
+    @redis_errors_as_unavailable
+    async def state(self) -> IndexState:
+        """Whether the index exists and how far RediSearch has built it (one FT.INFO)."""
+        try:
+            info = await self._index.info()
+        except RedisVLError as exc:
+            if needs_repair(exc):
+                return IndexState(exists=False)
+            raise
+        return IndexState(
+            exists=True,
+            indexing=_number(info.get("indexing")) != 0,
+            percent_indexed=_number(info.get("percent_indexed"), default=1.0),
+            num_docs=int(_number(info.get("num_docs"))),
+        )
+
+    @redis_errors_as_unavailable
+    async def exists(self) -> bool:
+        """Whether the RediSearch index is there."""
+        return bool(await self._index.exists())
+
+    @redis_errors_as_unavailable
+    async def count(self) -> int:
+        """Number of entries the index holds (expired ones have left it)."""
+        info = await self._index.info()
+        return int(info.get("num_docs", 0))
+
+    # --- queries --------------------------------------------------------------------------------
+
+    @redis_errors_as_unavailable
+    async def nearest(
+        self, vector: npt.NDArray[np.float32], *, scope: str, k: int, ef_runtime: int
+    ) -> list[Candidate]:
+        """KNN over the HNSW index within one scope, best first."""
+        query = VectorQuery(
+            vector=encode_vector(vector, self.dimension),
+            vector_field_name=VECTOR_FIELD,
+            return_fields=[_PROMPT],
+            filter_expression=Tag(_SCOPE) == scope,
+            num_results=k,
+            ef_runtime=ef_runtime,
+            return_score=True,
+        )
+        results = await self._index.query(query)
+        candidates = []
+        for doc in results:
+            distance = doc.get("vector_distance")
+            if distance is None:  # expired while the search ran
+                continue
+            # RediSearch's COSINE distance is 1 - cosine similarity.
+            candidates.append(
+                Candidate(
+                    keys.entry_id_of(self.prefix, doc["id"]),
+                    1.0 - float(distance),
+                    keys.text(doc.get(_PROMPT)),
+                )
+            )
+        candidates.sort(key=lambda c: c.similarity, reverse=True)
+        return candidates
+
+
+def tag_query(*, tenant: str | None, model_id: str | None) -> str:
+    """A RediSearch query on the TAG fields (values escaped by redisvl); "*" for no filter."""
+    parts = [
+        str(Tag(field) == value)
+        for field, value in ((_TENANT, tenant), (_MODEL_ID, model_id))
+        if value
+    ]
+    return " ".join(parts) or "*"
+
+
+def _number(value: Any, default: float = 0.0) -> float:
+    """A number from FT.INFO (int, float, or their text); `default` when absent or odd."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
