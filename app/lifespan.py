@@ -16,12 +16,12 @@ from redis.exceptions import RedisError
 
 from app.cache.apikeys import ApiKeys
 from app.cache.breaker import CacheBreaker
-from app.cache.embedded import EmbeddedRedis
 from app.cache.flight import SingleFlight
 from app.cache.metrics import MetricsStore
 from app.cache.negative import NegativeCache
 from app.cache.ratelimit import RateLimiter
 from app.cache.store import CacheStore
+from app.embedded_redis import EmbeddedRedis
 from app.errors import StartupError
 from app.providers.embedders import build_embedder
 from app.providers.embedders.breaker import EmbedderBreaker

@@ -46,7 +46,7 @@ import aiohttp
 import msgspec
 import numpy as np
 
-from app.cache.embedded import EmbeddedRedis
+from app.embedded_redis import EmbeddedRedis
 from app.errors import EmptyPrompt
 from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from app.cache.embedded import EmbeddedRedis
+from app.embedded_redis import EmbeddedRedis
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

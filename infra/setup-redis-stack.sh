@@ -5,7 +5,7 @@
 # which Debian 12 and other recent systems no longer ship. When ldd cannot resolve them, this
 # fetches Debian 11's security-maintained libssl1.1 with apt (private state, mirror taken from
 # the machine's own apt sources) and keeps only the two .so files in $VAR/lib/openssl1.1/,
-# which app/cache/embedded.py puts on LD_LIBRARY_PATH for the redis process only.
+# which app/embedded_redis/process.py puts on LD_LIBRARY_PATH for the redis process only.
 #
 # Idempotent; a second run only checks (well under a second).
 # Environment: SENTINEL_VAR (default: <project>/var), PYTHON (default: <project>/.venv/bin/python).

@@ -11,9 +11,9 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from app.cache.embedded import EmbeddedRedis
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
+from app.embedded_redis import EmbeddedRedis
 from app.lifespan import connect_redis
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult

@@ -16,7 +16,7 @@ import pytest
 import redis
 from litestar.testing import AsyncTestClient
 
-from app.cache.embedded import EmbeddedRedis
+from app.embedded_redis import EmbeddedRedis
 from app.main import create_app
 from app.settings import Settings, load_settings
 from tests.containers import engine

@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.cache.embedded import EmbeddedRedis
+from app.embedded_redis import EmbeddedRedis
 
 
 def free_port() -> int:

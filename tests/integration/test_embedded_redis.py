@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from app.cache.embedded import EmbeddedRedis, openssl_lib_dir, server_dir
+from app.embedded_redis import EmbeddedRedis, openssl_lib_dir, server_dir
 from app.errors import StartupError
 
 pytestmark = pytest.mark.integration
@@ -389,7 +389,7 @@ async def test_missing_openssl_says_to_run_setup(
 def test_server_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "from app.cache.embedded import EmbeddedRedis\n"
+        "from app.embedded_redis import EmbeddedRedis\n"
         f"server = EmbeddedRedis(port={free_port()}, data_dir={str(tmp_path)!r})\n"
         "server.start_sync()\n"
         "print(server.pid, flush=True)\n"

