@@ -20,18 +20,10 @@ import redis.asyncio
 
 from app.embedded_redis import EmbeddedRedis, openssl_lib_dir, server_dir
 from app.errors import StartupError
+from tests.integration.conftest import ROOT
+from tests.integration.servers import free_port
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def listening(port: int) -> bool:
