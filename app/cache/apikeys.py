@@ -25,7 +25,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from app.cache.errors import redis_errors_as_unavailable
-from app.cache.keys import ROOT
+from app.cache.keys import ROOT, text
 from app.errors import KeyNotFound, KeyNotRevocable
 
 RECORD_PREFIX = f"{ROOT}:apikey:"
@@ -131,7 +131,7 @@ class ApiKeys:
         registry = await self._redis.hgetall(REGISTRY_KEY)
         async with self._redis.pipeline(transaction=False) as pipe:
             for hashed in registry.values():
-                pipe.hgetall(RECORD_PREFIX + _text(hashed))
+                pipe.hgetall(RECORD_PREFIX + text(hashed))
             records = await pipe.execute()
         stored = [key for key in map(_from_record, records) if key is not None]
         stored.sort(key=lambda key: (key.created_at or 0.0, key.id))
@@ -148,7 +148,7 @@ class ApiKeys:
         hashed = await self._redis.hget(REGISTRY_KEY, key_id)
         if hashed is None:
             raise KeyNotFound(f"no API key has id {key_id!r}")
-        record_key = RECORD_PREFIX + _text(hashed)
+        record_key = RECORD_PREFIX + text(hashed)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(record_key, "revoked", 1)
             pipe.hgetall(record_key)
@@ -160,7 +160,7 @@ class ApiKeys:
 
 
 def _from_record(record: Mapping[bytes | str, bytes | str]) -> ApiKey | None:
-    fields = {_text(name): _text(value) for name, value in record.items()}
+    fields = {text(name): text(value) for name, value in record.items()}
     if not fields.get("id") or not fields.get("tenant"):
         return None
     limit = fields.get("rate_limit", "")
@@ -172,7 +172,3 @@ def _from_record(record: Mapping[bytes | str, bytes | str]) -> ApiKey | None:
         revoked=fields.get("revoked") == "1",
         rate_limit_per_minute=int(limit) if limit else None,
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

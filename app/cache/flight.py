@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.cache.keys import text
 from app.errors import CacheUnavailable, UpstreamTimeout
 
 log = logging.getLogger("sentinel.cache")
@@ -302,7 +303,7 @@ class SingleFlight:
                 await pubsub.psubscribe(self._pattern)
                 async for message in pubsub.listen():
                     if message["type"] == "pmessage":
-                        self._wake(_text(message["channel"])[len(self._prefix) :])
+                        self._wake(text(message["channel"])[len(self._prefix) :])
                     elif message["type"] == "psubscribe":
                         # Notifications sent while we were not subscribed are lost: look again.
                         for event in self._wakeups.values():
@@ -339,7 +340,3 @@ def _timeout(waited: float) -> FlightTimeout:
         f"waited {waited:.1f} s for an identical request in flight; it did not finish "
         "before this request's deadline"
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
