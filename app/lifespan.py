@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.cache.apikeys import ApiKeys
+from app.cache.audits import AuditStore
 from app.cache.breaker import CacheBreaker
 from app.cache.flight import SingleFlight
 from app.cache.metrics import MetricsStore
@@ -115,12 +116,17 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 wait_timeout=settings.upstream_timeout + 5.0,
                 breaker=breaker,
                 embed_breaker=embed_breaker,
+                audits=AuditStore(redis),
+                verify_sample_rate=settings.verify_sample_rate,
+                answer_agreement=settings.answer_agreement,
                 lookup_timeout=settings.cache_lookup_timeout_ms / 1000,
                 write_timeout=settings.cache_write_timeout_ms / 1000,
                 ttl=settings.cache_ttl,
                 top_k=settings.knn_top_k,
                 max_prompt_chars=settings.max_prompt_chars,
             )
+            if app.state.service.audit is not None:
+                stack.push_async_callback(app.state.service.audit.aclose)
             api_keys = ApiKeys(redis, env_keys=settings.api_keys)
             app.state.access = AccessControl(
                 api_keys,

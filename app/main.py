@@ -12,6 +12,7 @@ from app.api.admin import ADMIN_ROUTES
 from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
 from app.api.errors import EXCEPTION_HANDLERS, MAX_BODY_BYTES
+from app.api.feedback import feedback
 from app.api.middleware import json_body_middleware, request_log_middleware
 from app.api.query import query
 from app.api.status import health, metrics
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             models,
             cache_lookup,
             cache_store,
+            feedback,
             health,
             metrics,
             *ADMIN_ROUTES,

@@ -167,6 +167,13 @@ class Settings(
     guard: Literal["on", "off"] = "on"
     # Unset: the probability the shipped guard was tuned for (bench/quality.md).
     guard_threshold: Threshold | None = None
+    # Live verification: the share of semantic hits asked again of the provider in the
+    # background (after the client has its answer), to estimate the wrong-hit rate per tenant
+    # and model (/v1/metrics) and to stop a hit found wrong; 0 turns it off. 1% of semantic
+    # hits costs about 1% of what they save.
+    verify_sample_rate: Threshold = 0.01
+    # Two answers agree when their embeddings' cosine reaches this (or their texts are equal).
+    answer_agreement: Threshold = 0.8
     cache_ttl: PositiveInt = 3600
     # Seconds a provider failure that survived retries (429, 5xx, timeout) is answered again
     # from memory for the same request, without calling the provider; 0 turns it off.

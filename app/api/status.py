@@ -26,6 +26,12 @@ async def health(
 
 
 @get("/v1/metrics", cache=False, responses=ERROR_RESPONSES)
-async def metrics(service: NamedDependency[QueryService]) -> status.Metrics:
-    """Request counters, hit rate, latency percentiles, savings and the index size."""
-    return await status.metrics(service)
+async def metrics(
+    service: NamedDependency[QueryService],
+    access: NamedDependency[AccessControl],
+    caller_tenant: NamedDependency[str],
+) -> status.Metrics:
+    """Request counters, hit rate, latency percentiles, savings, the index size and the
+    estimated wrong-hit rates (a tenant's key sees its own)."""
+    tenant = None if access.mode == "open" else caller_tenant
+    return await status.metrics(service, tenant=tenant)

@@ -38,6 +38,15 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     # tenant ("" when open) and the `provider/model` the client asked for.
     tenant: str = ""
     model_id: str = ""
+    # What live verification and feedback learned (see service/audit.py): this entry serves
+    # a semantic match only at or above `min_similarity`, and never the questions whose
+    # digests `vetoed` lists (space-separated), whatever their similarity.
+    min_similarity: float = 0.0
+    vetoed: str = ""
+
+    def serves(self, question_digest: str, similarity: float) -> bool:
+        """Whether this entry may answer that question semantically at that similarity."""
+        return similarity >= self.min_similarity and question_digest not in self.vetoed.split()
 
 
 _STORED = tuple(field for field in msgspec.structs.fields(Entry) if field.name != "id")

@@ -36,6 +36,11 @@ def entry_id(scope: str, normalized_prompt: str) -> str:
     return digest.hexdigest()[:32]
 
 
+def question_digest(normalized_prompt: str) -> str:
+    """A short digest of a question, for lists of questions an entry must not answer."""
+    return hashlib.sha256(normalized_prompt.encode()).hexdigest()[:16]
+
+
 def entry_key(prefix: str, entry_id: str) -> str:
     """Redis key of one entry hash."""
     return prefix + entry_id

@@ -6,6 +6,8 @@ index's lifecycle (index.py) and the admin queries (admin.py) are parts it hands
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
@@ -18,6 +20,24 @@ from app.cache.errors import redis_errors_as_unavailable
 from app.cache.hits import HitCounter
 from app.cache.index import VECTOR_FIELD, Candidate, EntryIndex
 from app.cache.vectors import encode_vector
+
+# An entry whose semantic hit was found wrong serves only questions closer than that one by
+# this much; it remembers at most MAX_VETOED questions it must never answer (the oldest go).
+DISPUTE_MARGIN = 0.005
+MAX_VETOED = 64
+
+# Only on an entry that still exists (a dispute must not create a half entry). ARGV: the
+# question's digest, the new floor, the most characters `vetoed` may hold.
+_DISPUTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local vetoed = (redis.call('HGET', KEYS[1], 'vetoed') or '') .. ' ' .. ARGV[1]
+local limit = tonumber(ARGV[3])
+if #vetoed > limit then vetoed = string.sub(vetoed, #vetoed - limit + 1) end
+local floor = tonumber(redis.call('HGET', KEYS[1], 'min_similarity') or '0') or 0
+redis.call('HSET', KEYS[1], 'vetoed', vetoed)
+if tonumber(ARGV[2]) > floor then redis.call('HSET', KEYS[1], 'min_similarity', ARGV[2]) end
+return 1
+"""
 
 # The store's API speaks in entries and KNN candidates: callers import them from here.
 __all__ = ["CacheStore", "Candidate", "Entry", "new_entry"]
@@ -44,6 +64,7 @@ class CacheStore:
         )
         self.admin = EntryAdmin(redis, prefix=self.prefix, index_name=self.index_name)
         self.hits = HitCounter(redis)
+        self._dispute = redis.register_script(_DISPUTE)
         # The index's lifecycle and the admin queries, under the names callers use: bound
         # methods of the parts, so their signatures and docstrings are written once (and a
         # change to one of them belongs in the part, not in a subclass of CacheStore).
@@ -62,8 +83,11 @@ class CacheStore:
     # --- the hot path ---------------------------------------------------------------------------
 
     @redis_errors_as_unavailable
-    async def take_hit(self, entry_id: str) -> Entry | None:
-        """Return the entry and count one hit on it, or None when it does not exist.
+    async def take_hit(
+        self, entry_id: str, accept: Callable[[Entry], bool] | None = None
+    ) -> Entry | None:
+        """Return the entry and count one hit on it, or None when it does not exist (or
+        `accept` refuses it: then no hit is counted).
 
         The hit reaches the hash's `hits` field within HitCounter's interval; `hits` on
         the returned entry is the count stored so far.
@@ -71,6 +95,8 @@ class CacheStore:
         key = self._key(entry_id)
         entry = from_values(entry_id, await self._redis.hmget(key, list(ENTRY_FIELDS)))
         if entry is None:  # gone (expired, evicted) or not a whole entry
+            return None
+        if accept is not None and not accept(entry):
             return None
         self.hits.add(key)
         return entry
@@ -103,6 +129,16 @@ class CacheStore:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, ttl)
             await pipe.execute()
+
+    @redis_errors_as_unavailable
+    async def dispute(self, entry_id: str, question_digest: str, similarity: float) -> bool:
+        """Stop this entry answering that question, and anything no closer than `similarity`
+        (its own threshold rises above it). False when the entry is gone."""
+        held = await self._dispute(
+            keys=[self._key(entry_id)],
+            args=[question_digest, repr(similarity + DISPUTE_MARGIN), MAX_VETOED * 17],
+        )
+        return bool(held)
 
     @redis_errors_as_unavailable
     async def ttl(self, entry_id: str) -> int:

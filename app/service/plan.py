@@ -57,6 +57,9 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     # The last user message, normalized: what the semantic layer embeds. None when the
     # conversation ends otherwise (e.g. a tool result): exact matches only.
     question: str | None
+    # keys.question_digest(question) ("" without a question): how entries name the questions
+    # they must not answer.
+    question_digest: str
     entry_id: str
     threshold: float
     ttl: int
@@ -111,6 +114,7 @@ class Planner:
             request=request,
             scope=scope,
             question=question,
+            question_digest="" if question is None else keys.question_digest(question),
             entry_id=keys.entry_id(scope, question or ""),
             threshold=(
                 self.similarity_threshold

@@ -16,6 +16,7 @@ from typing import NamedTuple, Unpack
 
 import msgspec
 
+from app.cache.audits import AuditStore
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
 from app.cache.flight import FlightTimeout, SharedFailure, SingleFlight
@@ -28,6 +29,7 @@ from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.base import ChatDelta, ChatResult
 from app.providers.upstreams.router import ProviderRouter, is_transient
 from app.service.answers import Answer, Match, StreamedAnswer, Usage, answer_from, elapsed_ms
+from app.service.audit import HitAudit
 from app.service.guard import Guard
 from app.service.plan import Ask, Plan, Planner, entry_for
 from app.service.pricing import cost_usd
@@ -75,6 +77,9 @@ class QueryService:
         wait_timeout: float = 30.0,
         breaker: CacheBreaker | None = None,
         embed_breaker: EmbedderBreaker | None = None,
+        audits: AuditStore | None = None,
+        verify_sample_rate: float = 0.0,
+        answer_agreement: float = 0.8,
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT_MS / 1000,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT_MS / 1000,
         ttl: int,
@@ -102,6 +107,19 @@ class QueryService:
         self.wait_timeout = wait_timeout
         self.embed_breaker = embed_breaker
         self.top_k = top_k
+        # Live verification of semantic hits and users' feedback; None: neither (replays).
+        self.audit = (
+            None
+            if audits is None
+            else HitAudit(
+                providers=providers,
+                embedder=embedder,
+                cache=self.cache,
+                audits=audits,
+                sample_rate=verify_sample_rate,
+                agreement=answer_agreement,
+            )
+        )
         # Answers given without the cache, and requests that skipped the semantic layer
         # because embedding failed, since start (this process), for /health.
         self.bypassed = 0
@@ -275,6 +293,8 @@ class QueryService:
         found = await self._find(plan, started)
         if found.hit is None and not found.bypass:
             await self._check_failure(plan, started)
+        elif found.hit is not None and self.audit is not None:
+            self.audit.maybe_check(plan, found.hit, found.vector)
         return found
 
     async def _find(self, plan: Plan, started: float) -> _Found:
@@ -298,8 +318,15 @@ class QueryService:
                     score = self.guard.probability(question, candidate.prompt, candidate.similarity)
                     if score < self.guard.threshold:
                         continue  # a near miss; a lower neighbour may still be the same question
-                entry = await self.cache.entry(candidate.entry_id, "semantic lookup")
-                if entry is not None:  # None: it expired between the KNN and the read
+                # What verification and feedback taught this entry: a floor of its own, and
+                # questions it must never answer.
+                similarity = candidate.similarity
+                entry = await self.cache.entry(
+                    candidate.entry_id,
+                    "semantic lookup",
+                    accept=lambda e: e.serves(plan.question_digest, similarity),  # noqa: B023
+                )
+                if entry is not None:  # None: expired since the KNN, or refused
                     hit = await self._hit(
                         entry, "semantic", candidate.similarity, started, guard_score=score
                     )

@@ -44,9 +44,15 @@ class RequestCache:
         """Whether provider failures are remembered (NEGATIVE_TTL > 0)."""
         return self.negative is not None and self.negative.enabled
 
-    async def entry(self, entry_id: str, what: str = "exact lookup") -> Entry | None:
-        """The entry under this id, counted as a hit; None if there is none (or it expired)."""
-        return await self.read(what, lambda: self.store.take_hit(entry_id))
+    async def entry(
+        self,
+        entry_id: str,
+        what: str = "exact lookup",
+        accept: Callable[[Entry], bool] | None = None,
+    ) -> Entry | None:
+        """The entry under this id, counted as a hit; None if there is none (or it expired,
+        or `accept` refuses it)."""
+        return await self.read(what, lambda: self.store.take_hit(entry_id, accept))
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         """The k nearest entries of this scope, most similar first."""

@@ -10,6 +10,7 @@ from app.breaker import CircuitBreaker
 from app.cache.metrics import percentile
 from app.errors import CacheUnavailable
 from app.service.access import AccessControl
+from app.service.audit import WrongHitEstimate
 from app.service.pricing import PRICE_SOURCE
 from app.service.query import QueryService
 
@@ -90,6 +91,9 @@ class Metrics(msgspec.Struct, kw_only=True):
     usd_spent: float
     entries: int
     price_source: str
+    # Live verification and feedback, per tenant and model (a tenant's key sees its own rows):
+    # the estimated wrong-hit rate of semantic hits with its 95% interval.
+    wrong_hits: list[WrongHitEstimate] = msgspec.field(default_factory=list)
 
 
 async def health(
@@ -183,8 +187,9 @@ def _open_since(breaker: CircuitBreaker, what: str, meaning: str) -> str:
     return f"{what} for {breaker.open_for:.0f} s, {meaning} ({breaker.reason}{probe})"
 
 
-async def metrics(service: QueryService) -> Metrics:
-    """Counters, hit rate and latency percentiles from Redis, plus the index size."""
+async def metrics(service: QueryService, *, tenant: str | None = None) -> Metrics:
+    """Counters, hit rate and latency percentiles from Redis, plus the index size and the
+    wrong-hit estimates (of `tenant` only, unless None)."""
     if service.breaker.is_open:  # fail fast: Redis is known to be away
         raise CacheUnavailable(
             f"metrics live in Redis, which is bypassed ({service.breaker.reason})"
@@ -222,4 +227,5 @@ async def metrics(service: QueryService) -> Metrics:
         usd_spent=round(counters.usd_spent, 9),
         entries=await service.cache.store.count(),
         price_source=PRICE_SOURCE,
+        wrong_hits=[] if service.audit is None else await service.audit.estimates(tenant),
     )

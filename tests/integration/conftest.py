@@ -110,6 +110,7 @@ def make_settings(redis_url: str, fake_llm: FakeOpenAI) -> Callable[..., Setting
             "groq_api_key": "test-key",
             "groq_base_url": fake_llm.base_url,
             "upstream_timeout": 5.0,
+            "verify_sample_rate": 0.0,  # as in SentinelProcess: tests opt in
         }
         values.update(overrides)
         return load_settings({}, **values)
@@ -147,6 +148,9 @@ class SentinelProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "JINA_"))}
         full_env.update(env)
         full_env["PORT"] = str(self.port)
+        # No background re-asking of semantic hits unless a test wants it: it would add
+        # provider calls that tests counting calls do not expect.
+        full_env.setdefault("VERIFY_SAMPLE_RATE", "0")
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app"],

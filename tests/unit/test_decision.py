@@ -60,10 +60,14 @@ class MemoryStore:
         if self.down:
             raise CacheUnavailable("Redis failed: ConnectionError")
 
-    async def take_hit(self, entry_id: str) -> Entry | None:
+    async def take_hit(
+        self, entry_id: str, accept: Callable[[Entry], bool] | None = None
+    ) -> Entry | None:
         self._touch()
         found = self.entries.get(entry_id)
-        return None if found is None else found[0]
+        if found is None or (accept is not None and not accept(found[0])):
+            return None
+        return found[0]
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         self._touch()

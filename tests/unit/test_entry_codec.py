@@ -26,6 +26,9 @@ STORED = {
     "provider": b"groq",
     "tenant": b"acme",
     "model_id": b"groq/llama",
+    # Added with live verification: an entry's own floor and the questions it must not answer.
+    "min_similarity": b"0.0",
+    "vetoed": b"",
 }
 
 
