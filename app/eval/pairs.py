@@ -80,8 +80,11 @@ def decision_scores(
 
 
 def report(scores: npt.NDArray[np.float64], labels: Sequence[int], threshold: float) -> PairReport:
-    """AUC, recall at each target precision, and precision/recall at the threshold."""
+    """AUC, recall at each target precision, and at the threshold: precision, recall and the
+    share of negative pairs served (PAWS and near-miss sets read directly from it)."""
     decision = at_threshold(scores, labels, threshold)
+    negatives = [i for i, label in enumerate(labels) if label == 0]
+    served = sum(1 for i in negatives if scores[i] >= threshold)
     return PairReport(
         n=len(labels),
         positives=int(sum(labels)),
@@ -92,6 +95,7 @@ def report(scores: npt.NDArray[np.float64], labels: Sequence[int], threshold: fl
         at_default={
             "precision": round(decision.precision, 4),
             "recall": round(decision.recall, 4),
+            "negatives_served": round(served / len(negatives), 4) if negatives else 0.0,
         },
     )
 
@@ -120,7 +124,7 @@ def evaluate(
 
 def table(result: PairsResult) -> str:
     """The result as a Markdown table, one row per source and one overall."""
-    head = "| set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 | P at t | R at t |"
+    head = "| set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 | P at t | R at t | neg. served at t |"
     decision = f"cosine >= {result.threshold}"
     if result.guard_threshold is not None:
         decision += f" and guard probability >= {result.guard_threshold} (scores: the guard's)"
@@ -128,14 +132,15 @@ def table(result: PairsResult) -> str:
         f"Decision: {decision}",
         "",
         head,
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows: list[tuple[str, PairReport]] = [*result.by_source.items(), ("overall", result)]
     for name, r in rows:
         at = r.recall_at_precision
         lines.append(
             f"| {name} | {r.n} | {r.auc:.3f} | {at['0.9']:.3f} | {at['0.95']:.3f} | "
-            f"{at['0.99']:.3f} | {r.at_default['precision']:.3f} | {r.at_default['recall']:.3f} |"
+            f"{at['0.99']:.3f} | {r.at_default['precision']:.3f} | {r.at_default['recall']:.3f} | "
+            f"{r.at_default['negatives_served']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
+from app.eval.pairs import report
 from app.eval.scoring import at_threshold, curve, recall_at_precision, roc_auc
 
 
@@ -51,3 +53,9 @@ def test_at_threshold() -> None:
     nothing = at_threshold([0.1], [1], 0.5)
     assert nothing.precision == 1.0
     assert nothing.recall == 0.0
+
+
+def test_the_pairs_report_gives_the_share_of_negatives_served() -> None:
+    result = report(np.array([0.9, 0.8, 0.1, 0.7]), [1, 0, 0, 0], 0.75)
+    assert result.at_default["negatives_served"] == round(1 / 3, 4)
+    assert result.at_default["recall"] == 1.0
