@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--plot", type=Path, help="draw the curves into this PNG (needs matplotlib)"
     )
+    parser.add_argument(
+        "--verify",
+        type=float,
+        metavar="RATE",
+        help="workload: verify this share of semantic hits live and compare the estimated "
+        "wrong-hit rate with the true one (streams with gold answers, e.g. ComQA)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
 
@@ -106,6 +113,7 @@ async def run(args: argparse.Namespace) -> str:
                     guard=guard,
                     sweep=sweep_values,
                     progress=not args.quiet,
+                    verify=args.verify,
                 )
                 result = replayed
                 text = workload.table(replayed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
+from app.cache.audits import AuditStore
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.embedded_redis import EmbeddedRedis
@@ -18,6 +20,7 @@ from app.lifespan import connect_redis
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
 from app.providers.upstreams.router import ProviderRouter
+from app.service.audit import HitAudit, wilson
 from app.service.guard import Guard
 from app.service.plan import Ask, Plan
 from app.service.query import QueryService
@@ -25,6 +28,8 @@ from app.settings import Settings
 
 # Entries must outlive the replay; the stream has no notion of time.
 REPLAY_TTL = 7 * 24 * 3600
+# Which semantic hits `--verify` samples: the same ones every run.
+VERIFY_SEED = 13
 
 
 class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +57,23 @@ class Served(msgspec.Struct, kw_only=True):
     answer_precision: float | None = None
 
 
+class Verification(msgspec.Struct, kw_only=True):
+    """`--verify`: the live wrong-hit estimate next to the truth it estimates (answer level)."""
+
+    sample_rate: float
+    semantic_hits: int
+    # Semantic hits whose served answer is not the query's own gold answer.
+    wrong_semantic_hits: int
+    true_rate: float | None
+    checked: int
+    disagreed: int
+    estimate: float | None
+    low: float | None
+    high: float | None
+    # Whether the true rate lies inside the estimate's 95% interval.
+    covered: bool | None
+
+
 class SweepPoint(Served, kw_only=True):
     """The same scores had the decision been taken at another threshold."""
 
@@ -67,6 +89,7 @@ class WorkloadResult(Served, kw_only=True):
     guard_threshold: float | None = None
     expected_hits: int
     sweep: list[SweepPoint] | None = None
+    verification: Verification | None = None
 
 
 class _Candidate(msgspec.Struct, frozen=True):
@@ -90,6 +113,8 @@ class ReplayProvider:
 
     def __init__(self) -> None:
         self.current = -1
+        # The stream, by position: what a verification compares (the gold answers).
+        self.answers: dict[int, str | None] = {}
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """The position of the query being replayed, as the answer text."""
@@ -123,12 +148,15 @@ async def replay(
     guard: Guard | None,
     sweep: Sequence[float] = (),
     progress: bool = True,
+    verify: float | None = None,
 ) -> WorkloadResult:
     """Replay the stream on a fresh embedded Redis Stack and score what was served.
 
     `threshold` is the cosine floor; with a guard, its probability decides above it. `sweep`
     lists other thresholds (the guard's probability, or the cosine without a guard) scored
-    from the same replay's KNN candidates.
+    from the same replay's KNN candidates. `verify` (a sample rate) runs live verification on
+    the semantic hits, the replay provider answering by cluster, and reports its estimate of
+    the wrong-hit rate beside the true answer-level rate (streams with gold answers).
     """
     with tempfile.TemporaryDirectory(prefix="sentinel-eval-") as data_dir:
         server = EmbeddedRedis(port=_free_port(), data_dir=data_dir, appendonly=False)
@@ -137,7 +165,13 @@ async def replay(
             redis = await connect_redis(server.url)
             try:
                 replayer = _Replay(
-                    stream, embedder, settings, redis, threshold=threshold, guard=guard
+                    stream,
+                    embedder,
+                    settings,
+                    redis,
+                    threshold=threshold,
+                    guard=guard,
+                    verify=verify,
                 )
                 return await replayer.run(sweep, progress=progress)
             finally:
@@ -158,8 +192,10 @@ class _Replay:
         *,
         threshold: float,
         guard: Guard | None,
+        verify: float | None = None,
     ) -> None:
         self.stream = stream
+        self.verify = verify
         self.embedder = embedder
         self.threshold = threshold
         self.guard = guard
@@ -182,12 +218,30 @@ class _Replay:
             top_k=settings.knn_top_k,
             max_prompt_chars=sys.maxsize,
         )
+        if verify is not None:
+            answers = {row.t: row.answer_key for row in stream}
+
+            async def same_gold_answer(cached: str, fresh: str) -> bool:
+                # Answers are stream positions: compare what they stand for.
+                return answers.get(int(cached)) == answers.get(int(fresh))
+
+            self.service.audit = HitAudit(
+                providers=self.service.providers,
+                embedder=embedder,
+                cache=self.service.cache,
+                audits=AuditStore(redis),
+                sample_rate=verify,
+                agreement=1.0,
+                rng=random.Random(VERIFY_SEED),
+                compare=same_gold_answer,
+            )
 
     async def run(self, sweep: Sequence[float], *, progress: bool) -> WorkloadResult:
         await self.store.ensure_index()
         stream = self.stream
         stored_at: dict[str, int] = {}  # entry id -> stream position it answers with
         served: list[int | None] = []
+        semantic: list[tuple[int, int]] = []  # (query position, position answered from)
         candidates: list[list[_Candidate]] = []
         for done, row in enumerate(stream, 1):
             ask = Ask.of_prompt(row.query)
@@ -198,7 +252,11 @@ class _Replay:
                 candidates.append(await self._candidates(plan, vector, stored_at))
             self.upstream.current = row.t
             answer = await self.service.answer(ask)
+            if self.service.audit is not None:
+                await self.service.audit.drain()  # the check asks the provider about row t
             served.append(None if answer.match == "miss" else int(answer.response))
+            if answer.match == "semantic":
+                semantic.append((row.t, int(answer.response)))
             if answer.match != "miss":
                 # Every query is stored after it is processed, hit or not (the data README's
                 # scoring), so later paraphrases can match it too; misses the service stored.
@@ -233,6 +291,30 @@ class _Replay:
                 for value in sweep
             ]
             or None,
+            verification=await self._verification(semantic),
+        )
+
+    async def _verification(self, semantic: list[tuple[int, int]]) -> Verification | None:
+        if self.verify is None or self.service.audit is None:
+            return None
+        answers = {row.t: row.answer_key for row in self.stream}
+        wrong = sum(1 for t, source in semantic if answers.get(t) != answers.get(source))
+        rows = await self.service.audit.estimates(None)
+        checked = sum(row.checked for row in rows)
+        disagreed = sum(row.disagreed for row in rows)
+        low, high = wilson(disagreed, checked)
+        true_rate = wrong / len(semantic) if semantic else None
+        return Verification(
+            sample_rate=self.verify,
+            semantic_hits=len(semantic),
+            wrong_semantic_hits=wrong,
+            true_rate=None if true_rate is None else round(true_rate, 4),
+            checked=checked,
+            disagreed=disagreed,
+            estimate=round(disagreed / checked, 4) if checked else None,
+            low=round(low, 4) if checked else None,
+            high=round(high, 4) if checked else None,
+            covered=None if true_rate is None or not checked else low <= true_rate <= high,
         )
 
     async def _candidates(
@@ -318,8 +400,13 @@ def table(result: WorkloadResult) -> str:
     lines += [
         f"| {name} | {value} |"
         for name, value in rows.items()
-        if value is not None and name != "sweep"
+        if value is not None and name not in ("sweep", "verification")
     ]
+    if result.verification is not None:
+        lines += [
+            f"| verification: {name} | {value} |"
+            for name, value in msgspec.structs.asdict(result.verification).items()
+        ]
     if result.sweep:
         lines += [
             "",

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import numpy as np
@@ -93,6 +94,7 @@ class HitAudit:
         sample_rate: float,
         agreement: float,
         rng: random.Random | None = None,
+        compare: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self.providers = providers
         self.embedder = embedder
@@ -101,6 +103,8 @@ class HitAudit:
         self.sample_rate = sample_rate
         self.agreement = agreement
         self._rng = rng or random.Random()
+        # How two answers are compared (default: `agree`); an offline replay knows the truth.
+        self._compare = compare or self.agree
         self._running: set[asyncio.Task[None]] = set()
 
     def maybe_check(self, plan: Plan, hit: Answer, vector: Vector | None) -> None:
@@ -142,7 +146,7 @@ class HitAudit:
         try:
             result = await self.providers.chat(plan.model_id, plan.request)
             fresh = result.message.content or ""
-            agreed = await self.agree(hit.response, fresh)
+            agreed = await self._compare(hit.response, fresh)
         except (UpstreamError, EmbeddingError) as exc:
             log.info("hit not verified: %s", exc.message)  # not a sample: nothing is counted
             return

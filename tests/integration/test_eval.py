@@ -152,3 +152,32 @@ def test_workload_thresholds_bound_what_is_served(tmp_path: Path) -> None:
     )
     assert nothing["served"] == 0  # the stream has no exact repeats
     assert nothing["hit_recall"] == 0
+
+
+def test_workload_verify_estimates_the_true_wrong_hit_rate(tmp_path: Path) -> None:
+    # A decision loose enough to serve wrong answers, every semantic hit verified: the live
+    # count must equal the truth, and disputed pairs stop hitting.
+    loose = ["--threshold", "0.3", "--no-guard"]
+    result = run_eval(
+        "workload", str(STREAM), *loose, "--verify", "1.0", "--json", str(tmp_path / "v.json")
+    )
+    verification = result["verification"]
+    assert isinstance(verification, dict)
+    assert verification["checked"] == verification["semantic_hits"] > 0
+    assert verification["disagreed"] == verification["wrong_semantic_hits"] > 0
+    assert verification["estimate"] == verification["true_rate"]
+    assert verification["covered"] is True
+    unverified = run_eval("workload", str(STREAM), *loose, "--json", str(tmp_path / "u.json"))
+    assert unverified["verification"] is None
+    # What verification learned (raised floors, vetoed pairs) never serves more wrong answers.
+    served, precision = unverified["served"], unverified["answer_precision"]
+    assert isinstance(served, int)
+    assert isinstance(precision, float)
+    assert verification["wrong_semantic_hits"] <= round(served * (1 - precision))
+    half = run_eval(
+        "workload", str(STREAM), *loose, "--verify", "0.5", "--json", str(tmp_path / "h.json")
+    )
+    sampled = half["verification"]
+    assert isinstance(sampled, dict)
+    assert 0 < sampled["checked"] < sampled["semantic_hits"]
+    assert sampled["low"] <= sampled["estimate"] <= sampled["high"]
