@@ -12,6 +12,7 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 import numpy as np
+from redis.asyncio import Redis
 
 from app.cache import keys
 from app.cache.entry import ENTRY_FIELDS
@@ -25,7 +26,7 @@ from app.service.guard import configured_decision
 from app.service.plan import Ask
 from app.service.prompt import Scope, normalize_prompt
 from app.service.query import QueryService
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from bench.knn import command, reply_pairs
 from bench.procs import sentinel
 from bench.questions import Pair
@@ -242,22 +243,41 @@ async def run_e2e(
     result.tables.append(metrics_table)
     if components:
         progress(f"  [{label}] timing the parts of a hit in-process")
-        result.tables.append(
-            await service_breakdown(
-                label,
-                redis_url=redis_url,
-                provider_url=provider_url,
-                pairs=pairs,
-                verified=verified,
-                embedder=embedder,
-                model=model,
-                http_p50={"exact": result.exact_p50, "semantic": result.semantic_p50},
+        settings = load_settings({})
+        redis = await connect_redis(redis_url)
+        try:
+            here = _InProcess(redis, settings, embedder, model, pairs, verified)
+            http_p50 = {"exact": result.exact_p50, "semantic": result.semantic_p50}
+            result.tables.append(
+                await service_breakdown(label, here, provider_url=provider_url, http_p50=http_p50)
             )
-        )
-        result.tables.append(
-            await _components(label, redis_url, pairs, verified, embedder, model, metrics)
-        )
+            result.tables.append(await _components(label, here, metrics))
+        finally:
+            await redis.aclose()
     return result
+
+
+@dataclass(frozen=True)
+class _InProcess:
+    """What the in-process timings work on: the bench Redis, the service's settings, the
+    embedder and model, the questions and the paraphrases that hit them."""
+
+    redis: Redis
+    settings: Settings
+    embedder: LocalEmbedder
+    model: str
+    pairs: Sequence[Pair]
+    verified: Sequence[Pair]
+
+    def new_store(self) -> CacheStore:
+        """A CacheStore on the bench Redis as the service builds it, with a hit counter of its
+        own (so one timing's pending hits never reach the next one's flush)."""
+        return CacheStore(
+            self.redis,
+            embedder_id=self.embedder.id,
+            dimension=self.embedder.dimension,
+            ef_runtime=self.settings.knn_ef_runtime,
+        )
 
 
 def _c1_table(result: E2EResult, replies: Sequence[Reply]) -> Table:
@@ -356,110 +376,93 @@ def _metrics_table(result: E2EResult, replies: Sequence[Reply], metrics: dict[st
     return table
 
 
-async def _components(
-    label: str,
-    redis_url: str,
-    pairs: Sequence[Pair],
-    verified: Sequence[Pair],
-    embedder: LocalEmbedder,
-    model: str,
-    metrics: dict[str, Any],
-) -> Table:
+async def _components(label: str, here: _InProcess, metrics: dict[str, Any]) -> Table:
     """The pieces of an exact and a semantic hit, timed one by one from this process."""
-    settings = load_settings({})
-    redis = await connect_redis(redis_url)
-    try:
-        store = CacheStore(
-            redis,
-            embedder_id=embedder.id,
-            dimension=embedder.dimension,
-            ef_runtime=settings.knn_ef_runtime,
-        )
-        recorder = MetricsStore(redis)
-        scope = Scope(model=f"groq/{model}").tag()  # the service scopes by provider/model
-        ids = [keys.entry_id(scope, p.original) for p in pairs]
-        texts = [p.paraphrase for p in (verified or pairs)]
-        vectors = [await embedder.embed(t) for t in texts[:20]]
+    redis, store, settings = here.redis, here.new_store(), here.settings
+    pairs, verified, embedder, model = here.pairs, here.verified, here.embedder, here.model
+    recorder = MetricsStore(redis)
+    scope = Scope(model=f"groq/{model}").tag()  # the service scopes by provider/model
+    ids = [keys.entry_id(scope, p.original) for p in pairs]
+    texts = [p.paraphrase for p in (verified or pairs)]
+    vectors = [await embedder.embed(t) for t in texts[:20]]
 
-        async def ping(i: int) -> None:
-            await redis.ping()
+    async def ping(i: int) -> None:
+        await redis.ping()
 
-        async def take_hit(i: int) -> None:
-            await store.take_hit(ids[i % len(ids)])
+    async def take_hit(i: int) -> None:
+        await store.take_hit(ids[i % len(ids)])
 
-        async def record(i: int) -> None:
-            await recorder.record("exact", latency_ms=1.0, tokens_saved=10, usd_saved=1e-6)
+    async def record(i: int) -> None:
+        await recorder.record("exact", latency_ms=1.0, tokens_saved=10, usd_saved=1e-6)
 
-        entry_keys = [f"{store.prefix}{entry_id}" for entry_id in ids]
+    entry_keys = [f"{store.prefix}{entry_id}" for entry_id in ids]
 
-        async def hincrby_entry(i: int) -> None:
-            await redis.hincrby(entry_keys[i % len(ids)], "hits", 1)
+    async def hincrby_entry(i: int) -> None:
+        await redis.hincrby(entry_keys[i % len(ids)], "hits", 1)
 
-        async def hmget_entry(i: int) -> None:
-            await redis.hmget(entry_keys[i % len(ids)], list(ENTRY_FIELDS))
+    async def hmget_entry(i: int) -> None:
+        await redis.hmget(entry_keys[i % len(ids)], list(ENTRY_FIELDS))
 
-        async def hincrby_outside(i: int) -> None:
-            await redis.hincrby(f"bench:hits:{ids[i % len(ids)]}", "hits", 1)
+    async def hincrby_outside(i: int) -> None:
+        await redis.hincrby(f"bench:hits:{ids[i % len(ids)]}", "hits", 1)
 
-        async def cpu(i: int) -> None:
-            prompt = normalize_prompt(pairs[i % len(pairs)].original)
-            keys.entry_id(Scope(model=f"groq/{model}").tag(), prompt)
+    async def cpu(i: int) -> None:
+        prompt = normalize_prompt(pairs[i % len(pairs)].original)
+        keys.entry_id(Scope(model=f"groq/{model}").tag(), prompt)
 
-        async def embed(i: int) -> None:
-            await embedder.embed(texts[i % len(texts)])
+    async def embed(i: int) -> None:
+        await embedder.embed(texts[i % len(texts)])
 
-        async def nearest(i: int) -> None:
-            await store.nearest(vectors[i % len(vectors)], scope=scope, k=settings.knn_top_k)
+    async def nearest(i: int) -> None:
+        await store.nearest(vectors[i % len(vectors)], scope=scope, k=settings.knn_top_k)
 
-        parts: list[tuple[str, Callable[[int], Awaitable[None]], int]] = [
-            ("Redis PING round trip (redis-py asyncio, RESP3)", ping, COMPONENT_RUNS),
-            ("CacheStore.take_hit (the app's code as of this run)", take_hit, COMPONENT_RUNS),
+    parts: list[tuple[str, Callable[[int], Awaitable[None]], int]] = [
+        ("Redis PING round trip (redis-py asyncio, RESP3)", ping, COMPONENT_RUNS),
+        ("CacheStore.take_hit (the app's code as of this run)", take_hit, COMPONENT_RUNS),
+        (
+            "HINCRBY `hits` on the entry hash alone (re-indexes it)",
+            hincrby_entry,
+            COMPONENT_RUNS,
+        ),
+        ("HMGET of the entry's fields alone (read only)", hmget_entry, COMPONENT_RUNS),
+        ("HINCRBY on a key outside the index", hincrby_outside, COMPONENT_RUNS),
+        ("MetricsStore.record (pipeline, 4-5 commands)", record, COMPONENT_RUNS),
+        ("normalize_prompt + Scope.tag + entry_id (CPU)", cpu, COMPONENT_RUNS),
+        ("LocalEmbedder.embed, one paraphrase (bench process)", embed, EMBED_RUNS),
+        (f"CacheStore.nearest() at {metrics.get('entries')} entries", nearest, COMPONENT_RUNS),
+    ]
+    table = Table(
+        f"Redis and CPU primitives, one at a time from this process — {label}",
+        ["operation", "n", "p50 ms", "p99 ms"],
+    )
+    counter = getattr(store, "hits", None)
+    if counter is not None and hasattr(counter, "flush") and hasattr(counter, "add"):
+
+        async def flush(i: int) -> None:
+            for key in entry_keys:
+                counter.add(key)
+            await counter.flush()
+
+        parts.append(
             (
-                "HINCRBY `hits` on the entry hash alone (re-indexes it)",
-                hincrby_entry,
-                COMPONENT_RUNS,
-            ),
-            ("HMGET of the entry's fields alone (read only)", hmget_entry, COMPONENT_RUNS),
-            ("HINCRBY on a key outside the index", hincrby_outside, COMPONENT_RUNS),
-            ("MetricsStore.record (pipeline, 4-5 commands)", record, COMPONENT_RUNS),
-            ("normalize_prompt + Scope.tag + entry_id (CPU)", cpu, COMPONENT_RUNS),
-            ("LocalEmbedder.embed, one paraphrase (bench process)", embed, EMBED_RUNS),
-            (f"CacheStore.nearest() at {metrics.get('entries')} entries", nearest, COMPONENT_RUNS),
-        ]
-        table = Table(
-            f"Redis and CPU primitives, one at a time from this process — {label}",
-            ["operation", "n", "p50 ms", "p99 ms"],
-        )
-        counter = getattr(store, "hits", None)
-        if counter is not None and hasattr(counter, "flush") and hasattr(counter, "add"):
-
-            async def flush(i: int) -> None:
-                for key in entry_keys:
-                    counter.add(key)
-                await counter.flush()
-
-            parts.append(
-                (
-                    f"HitCounter.flush() with {len(entry_keys)} entries pending "
-                    "(one Lua script: Redis serves nothing else meanwhile)",
-                    flush,
-                    FLUSH_RUNS,
-                )
+                f"HitCounter.flush() with {len(entry_keys)} entries pending "
+                "(one Lua script: Redis serves nothing else meanwhile)",
+                flush,
+                FLUSH_RUNS,
             )
-        for name, run, n in parts:
-            samples = []
-            for i in range(n):
-                started = time.perf_counter()
-                await run(i)
-                samples.append((time.perf_counter() - started) * 1000)
-            summary = Summary.of(samples)
-            table.add(name, n, ms(summary.p50, 3), ms(summary.p99, 3))
-        table.notes.append(
-            "measured after /v1/metrics was read (record() adds counts, hit writes re-index)"
         )
-        return table
-    finally:
-        await redis.aclose()
+    for name, run, n in parts:
+        samples = []
+        for i in range(n):
+            started = time.perf_counter()
+            await run(i)
+            samples.append((time.perf_counter() - started) * 1000)
+        summary = Summary.of(samples)
+        table.add(name, n, ms(summary.p50, 3), ms(summary.p99, 3))
+    table.notes.append(
+        "measured after /v1/metrics was read (record() adds counts, hit writes re-index)"
+    )
+    return table
 
 
 BREAKDOWN_RUNS = 300
@@ -496,28 +499,14 @@ class _Timed:
 
 
 async def service_breakdown(
-    label: str,
-    *,
-    redis_url: str,
-    provider_url: str,
-    pairs: Sequence[Pair],
-    verified: Sequence[Pair],
-    embedder: LocalEmbedder,
-    model: str,
-    http_p50: dict[str, float],
+    label: str, here: _InProcess, *, provider_url: str, http_p50: dict[str, float]
 ) -> Table:
     """QueryService.answer() in this process with each await timed: where a hit's time goes."""
-    settings = load_settings({})
-    redis = await connect_redis(redis_url)
+    redis, store, settings = here.redis, here.new_store(), here.settings
+    pairs, verified, embedder, model = here.pairs, here.verified, here.embedder, here.model
     session = aiohttp.ClientSession()
     spans: dict[str, float] = {}
     try:
-        store = CacheStore(
-            redis,
-            embedder_id=embedder.id,
-            dimension=embedder.dimension,
-            ef_runtime=settings.knn_ef_runtime,
-        )
         guard, floor = configured_decision(settings, embedder.id)
         service = QueryService(
             store=cast(
@@ -562,7 +551,6 @@ async def service_breakdown(
                     by_kind[answer.match].append(dict(spans))
     finally:
         await session.close()
-        await redis.aclose()
 
     names = [
         _LOOKUP,

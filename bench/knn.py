@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -125,30 +125,24 @@ def _top_key(reply: Any) -> str | None:
     return _text(reply[1]) if len(reply) > 1 else None
 
 
+@dataclass
 class KnnBench:
     """Fills one index through CacheStore.put and times KNN paths over it."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        *,
-        corpus: Vectors,
-        embedder_id: str,
-        scope: str,
-        model: str,
-        k: int,
-        default_ef: int,
-    ) -> None:
-        self.redis = redis
-        self.corpus = corpus
-        self.embedder_id = embedder_id
-        self.scope = scope
-        self.model = model
-        self.k = k
-        self.default_ef = default_ef
-        self.loaded = 0
-        self.baseline_memory = 0
-        self._default_store = self.store(default_ef)
+    redis: Redis
+    _: KW_ONLY
+    corpus: Vectors
+    embedder_id: str
+    scope: str
+    model: str
+    k: int
+    default_ef: int
+    loaded: int = field(default=0, init=False)  # entries put so far
+    baseline_memory: int = field(default=0, init=False)  # used_memory with the index empty
+    _default_store: CacheStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._default_store = self.store(self.default_ef)
 
     @property
     def index_name(self) -> str:

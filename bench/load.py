@@ -31,13 +31,12 @@ import datetime as dt
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,6 @@ from bench.procs import (
     ROOT,
     bench_redis,
     fake_provider,
-    free_port,
     sentinel,
 )
 from bench.questions import DEV_PAIRS, MAX_CHARS, Pair, candidate_pairs, choose_pairs
@@ -197,24 +195,6 @@ async def blast(
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def load_redis(name: str, *, appendonly: bool) -> AsyncIterator[EmbeddedRedis]:
-    """bench_redis (AOF off), or the same with AOF on so a restart finds the data again."""
-    if not appendonly:
-        async with bench_redis(name) as server:
-            yield server
-        return
-    data_dir = BENCH_VAR / name
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    server = EmbeddedRedis(port=free_port(), data_dir=data_dir, appendonly=True)
-    await server.start(timeout=30.0)
-    try:
-        yield server
-    finally:
-        await server.stop(timeout=30.0)
 
 
 def child_pid(module: str) -> int:
@@ -454,7 +434,7 @@ async def run(args: argparse.Namespace, command: str) -> Run:
     appendonly = mode == "restart" and not args.no_aof
     name = f"load-{mode}"
     async with (
-        load_redis(name, appendonly=appendonly) as redis,
+        bench_redis(name, appendonly=appendonly) as redis,
         fake_provider(DELAY_MIN, DELAY_MAX) as provider,
         sentinel(name, redis_url=redis.url, provider_url=provider) as base,
     ):

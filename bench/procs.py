@@ -37,12 +37,13 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def bench_redis(name: str) -> AsyncIterator[EmbeddedRedis]:
-    """A fresh embedded Redis Stack under var/bench/NAME (appendonly off), stopped on exit."""
+async def bench_redis(name: str, *, appendonly: bool = False) -> AsyncIterator[EmbeddedRedis]:
+    """A fresh embedded Redis Stack under var/bench/NAME, stopped on exit; with `appendonly`
+    its AOF is on, so a restart finds the data again."""
     data_dir = BENCH_VAR / name
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    server = EmbeddedRedis(port=free_port(), data_dir=data_dir, appendonly=False)
+    server = EmbeddedRedis(port=free_port(), data_dir=data_dir, appendonly=appendonly)
     await server.start(timeout=30.0)
     try:
         yield server

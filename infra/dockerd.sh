@@ -12,20 +12,14 @@
 # layers, so keep images few and small. Needs root and Debian's docker.io (dockerd, containerd,
 # runc); .ci/run installs them.
 set -euo pipefail
+# shellcheck source=infra/prelude.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prelude.sh" dockerd.sh
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VAR="${SENTINEL_VAR:-$ROOT/var}"
 DIR="$VAR/docker"
 SOCK="$DIR/docker.sock"
 PIDFILE="$DIR/dockerd.pid"
 LOG="$DIR/dockerd.log"
 export DOCKER_HOST="unix://$SOCK"
-
-say() { echo "dockerd.sh: $*"; }
-die() {
-    echo "dockerd.sh: ERROR: $*" >&2
-    exit 1
-}
 
 # The daemon answers on our socket (any docker client will do: the CLI, else curl).
 answers() {

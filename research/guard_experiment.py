@@ -20,9 +20,9 @@ import numpy.typing as npt
 
 from app.eval.pairs import load_pairs
 from app.eval.split import SEED, split_by_group
-from app.service.guard import FEATURES, features, idf_table
+from app.service.guard import features, idf_table
 from app.service.prompt import normalize_prompt
-from training.guard_fit import embed_cached, fit_logistic, section
+from training.guard_fit import SECTION_HEAD, embed_cached, fit_logistic, section, weights_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs.jsonl"
@@ -72,8 +72,7 @@ async def main(path: Path) -> None:
         f"(seed {SEED}): {int((~held).sum())} training pairs, {int(held.sum())} held-out pairs. "
         "IDF from the training questions only. Figures below are on the held-out pairs.",
         "",
-        "| scorer | set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 |",
-        "|---|---|---|---|---|---|---|",
+        *SECTION_HEAD,
         *section("cosine", test, cosine[held]),
         *section("verifier", test, verifier),
         *(
@@ -82,11 +81,7 @@ async def main(path: Path) -> None:
             for row in section(f"verifier+emb l2={l2:g}", test, scores)
         ),
         "",
-        "Weights on standardized features (bias last):",
-        "",
-        "| " + " | ".join(FEATURES) + " | bias |",
-        "|" + "---|" * (len(FEATURES) + 1),
-        "| " + " | ".join(f"{v:+.2f}" for v in w) + " |",
+        *weights_table(w),
     ]
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -80,6 +80,13 @@ def fit_logistic(
     return w
 
 
+# The head of the table section() writes rows of.
+SECTION_HEAD = [
+    "| scorer | set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
 def section(name: str, pairs: Sequence[Pair], scores: npt.NDArray[np.float64]) -> list[str]:
     """Rows for one scorer: per source and overall, on the held-out pairs."""
     rows = []
@@ -95,6 +102,17 @@ def section(name: str, pairs: Sequence[Pair], scores: npt.NDArray[np.float64]) -
             f"{at['0.99']:.3f} |"
         )
     return rows
+
+
+def weights_table(weights: npt.NDArray[np.float64]) -> list[str]:
+    """A fit's weights on the standardized FEATURES, bias last: a titled table."""
+    return [
+        "Weights on standardized features (bias last):",
+        "",
+        "| " + " | ".join(FEATURES) + " | bias |",
+        "|" + "---|" * (len(FEATURES) + 1),
+        "| " + " | ".join(f"{v:+.2f}" for v in weights) + " |",
+    ]
 
 
 def masks(pairs: list[Pair]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -165,8 +183,7 @@ async def main(path: Path) -> None:
         f"pairs (l2 {L2:g}), scored on {int(held.sum())} held-out pairs (split by question "
         f"group, seed {SEED}). Written to `app/service/data/{target.name}`.",
         "",
-        "| scorer | set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 |",
-        "|---|---|---|---|---|---|---|",
+        *SECTION_HEAD,
         *section("tuned cosine", test, cosine[held]),
         *section("guard", test, probability[held]),
         "",
@@ -174,11 +191,7 @@ async def main(path: Path) -> None:
         f"{TIMING_ROUNDS} rounds): {cost_us:.1f} µs. It runs only on semantic candidates above "
         "the cosine floor (at most KNN_TOP_K per request), never on exact hits.",
         "",
-        "Weights on standardized features (bias last):",
-        "",
-        "| " + " | ".join(FEATURES) + " | bias |",
-        "|" + "---|" * (len(FEATURES) + 1),
-        "| " + " | ".join(f"{v:+.2f}" for v in weights) + " |",
+        *weights_table(weights),
     ]
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

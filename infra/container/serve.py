@@ -15,7 +15,7 @@ from litestar import Litestar
 
 from app.logging import configure_logging
 from app.main import create_app as create_sentinel
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import SettingsError, load_settings
 
 # As in app/__main__.py: idle keep-alive connections close after 30 s (above the 15 s probe
 # interval of most proxies), and a stop waits up to 20 s for requests in flight, below the
@@ -42,8 +42,7 @@ def workers() -> int:
 def main() -> None:
     """Validate the settings, then serve."""
     try:
-        settings: Settings = load_settings()
-        count = workers()
+        settings, count = load_settings(), workers()
     except SettingsError as exc:
         print(f"sentinel: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -15,13 +15,12 @@ sent in Anthropic's error shape and SSE event format.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from tests.fakes.openai_server import Answer, FakeProvider, Fault, pick_tool, pieces
+from tests.fakes.openai_server import FakeProvider, Fault, pick_tool, pieces
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -117,17 +116,6 @@ def _problem(body: dict[str, Any]) -> str | None:
 class FakeAnthropic(FakeProvider):
     """A context-managed fake of Anthropic's `POST /v1/messages`."""
 
-    def __init__(
-        self,
-        *,
-        delay: float = 0.0,
-        api_key: str | None = None,
-        answer: Answer | None = None,
-        port: int = 0,
-    ) -> None:
-        super().__init__(delay=delay, api_key=api_key, answer=answer, port=port)
-        self.headers: list[dict[str, str]] = []
-
     @property
     def base_url(self) -> str:
         """`http://127.0.0.1:PORT`, what ANTHROPIC_BASE_URL would be set to."""
@@ -138,7 +126,6 @@ class FakeAnthropic(FakeProvider):
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._receive(request)
-        self.headers.append(dict(request.headers))
         if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
             return _error(401)
         if not request.headers.get("anthropic-version"):
@@ -151,22 +138,9 @@ class FakeAnthropic(FakeProvider):
 
         fault = self._next_fault()
         stream = body.get("stream") is True
-        if fault is not None:
-            if fault.kind == "status":
-                retry = (
-                    {"retry-after": fault.retry_after} if fault.retry_after is not None else None
-                )
-                return _error(fault.code, fault.message, retry)
-            if fault.kind == "timeout" or (fault.kind == "stall" and not stream):
-                await asyncio.sleep(fault.seconds)
-            elif fault.kind == "malformed" and not stream:
-                return web.Response(
-                    status=200,
-                    body=b'{"id": "msg_broken", "content": [{"ty',
-                    content_type="application/json",
-                )
-            elif fault.kind == "reset" or (fault.kind == "cut" and not stream):
-                return self._reset(request)
+        struck = await self._strike_first(request, fault, stream=stream)
+        if struck is not None:
+            return struck
 
         content, stop_reason, stop_sequence = self._reply(
             body, empty=fault is not None and fault.kind == "empty"
@@ -292,19 +266,20 @@ class FakeAnthropic(FakeProvider):
         if "usage" in message:
             end["usage"] = {"output_tokens": usage["output_tokens"]}
         tail = [_event(end), _event({"type": "message_stop"})]
-        error = {
-            "type": "error",
-            "error": {
-                "type": fault.error_type if fault and fault.error_type else "overloaded_error",
-                "message": fault.message if fault and fault.message else "Overloaded",
-            },
-        }
-        return await self._play_stream(
-            request,
-            head=head,
-            body=body,
-            tail=tail,
-            fault=fault,
-            broken=b'event: content_block_delta\ndata: {"type": "content_block_del\n\n',
-            error_event=_event(error),
+        return await self._play_stream(request, head=head, body=body, tail=tail, fault=fault)
+
+    _broken_body = b'{"id": "msg_broken", "content": [{"ty'
+    _broken_event = b'event: content_block_delta\ndata: {"type": "content_block_del\n\n'
+
+    def _status_error(self, fault: Fault) -> web.Response:
+        retry = {"retry-after": fault.retry_after} if fault.retry_after is not None else None
+        return _error(fault.code, fault.message, retry)
+
+    def _error_event(self, fault: Fault) -> bytes:
+        error_type = fault.error_type or "overloaded_error"
+        return _event(
+            {
+                "type": "error",
+                "error": {"type": error_type, "message": fault.message or "Overloaded"},
+            }
         )

@@ -188,7 +188,12 @@ class FakeProvider:
     """What every fake provider shares: its server thread, call log, fault script, streams."""
 
     def __init__(
-        self, *, delay: float, api_key: str | None, answer: Answer | None, port: int
+        self,
+        *,
+        delay: float = 0.0,
+        api_key: str | None = None,
+        answer: Answer | None = None,
+        port: int = 0,
     ) -> None:
         self.delay = delay
         # Set (above `delay`): each request waits a uniform random time in [delay, delay_max].
@@ -199,6 +204,7 @@ class FakeProvider:
         self.chunk_delay = 0.0
         self._lock = threading.Lock()
         self._calls: list[dict[str, Any]] = []
+        self._headers: list[dict[str, str]] = []
         self._faults: deque[Fault] = deque()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,6 +298,12 @@ class FakeProvider:
             return list(self._calls)
 
     @property
+    def headers(self) -> list[dict[str, str]]:
+        """A copy of every request's headers at the provider's endpoint, in order."""
+        with self._lock:
+            return list(self._headers)
+
+    @property
     def call_count(self) -> int:
         """How many requests arrived at the provider's endpoint (rejected ones included)."""
         with self._lock:
@@ -306,6 +318,7 @@ class FakeProvider:
         """Forget recorded calls and pending faults (e.g. between benchmark phases)."""
         with self._lock:
             self._calls.clear()
+            self._headers.clear()
             self._faults.clear()
 
     # -- for the fakes -----------------------------------------------------------------------
@@ -320,6 +333,7 @@ class FakeProvider:
         with self._lock:
             # Recorded before any check so a test can count rejected calls too.
             self._calls.append(body if isinstance(body, dict) else {})
+            self._headers.append(dict(request.headers))
         delay = self.delay
         if self.delay_max is not None and self.delay_max > delay:
             delay = random.uniform(delay, self.delay_max)
@@ -332,6 +346,37 @@ class FakeProvider:
         with self._lock:
             return self._faults.popleft() if self._faults else None
 
+    async def _strike_first(
+        self, request: web.Request, fault: Fault | None, *, stream: bool
+    ) -> web.StreamResponse | None:
+        """What `fault` does before any answer: the response that replaces the answer (an error
+        status, a broken body, a reset), or None once the answer may follow (after a stall)."""
+        if fault is None:
+            return None
+        if fault.kind == "status":
+            return self._status_error(fault)
+        if fault.kind == "timeout" or (fault.kind == "stall" and not stream):
+            await asyncio.sleep(fault.seconds)
+        elif fault.kind == "malformed" and not stream:
+            return web.Response(status=200, body=self._broken_body, content_type="application/json")
+        elif fault.kind == "reset" or (fault.kind == "cut" and not stream):
+            return self._reset(request)
+        return None
+
+    # -- each fake's protocol ------------------------------------------------------------------
+
+    # Fault.malformed: a 200 JSON body cut short, and in a stream an event cut short.
+    _broken_body = b""
+    _broken_event = b""
+
+    def _status_error(self, fault: Fault) -> web.Response:
+        """Fault.status: the error response in the provider's shape."""
+        raise NotImplementedError
+
+    def _error_event(self, fault: Fault) -> bytes:
+        """Fault.stream_error: the provider's in-stream error event."""
+        raise NotImplementedError
+
     def _next_id(self) -> int:
         return next(self._ids)
 
@@ -343,8 +388,6 @@ class FakeProvider:
         body: list[bytes],
         tail: list[bytes],
         fault: Fault | None,
-        broken: bytes,
-        error_event: bytes,
     ) -> web.StreamResponse:
         """Send an SSE answer piece by piece, striking with `fault` where it says."""
         response = web.StreamResponse(
@@ -354,7 +397,7 @@ class FakeProvider:
         for piece in head:
             await response.write(piece)
         if fault is not None and fault.kind == "malformed":
-            await response.write(broken)
+            await response.write(self._broken_event)
         for index, piece in enumerate([*body, None]):
             if fault is not None and index == min(fault.after, len(body)):
                 if fault.kind == "stall":
@@ -366,7 +409,7 @@ class FakeProvider:
                     await response.write_eof()
                     return response
                 elif fault.kind == "stream_error":
-                    await response.write(error_event)
+                    await response.write(self._error_event(fault))
                     await response.write_eof()
                     return response
             if piece is None:
@@ -420,16 +463,9 @@ def _sse(data: Any) -> bytes:
 class FakeOpenAI(FakeProvider):
     """A context-managed fake of `POST /v1/chat/completions` and `GET /v1/models`."""
 
-    def __init__(
-        self,
-        *,
-        delay: float = 0.0,
-        api_key: str | None = None,
-        answer: Answer | None = None,
-        models: Iterable[str] = ("fake-model",),
-        port: int = 0,
-    ) -> None:
-        super().__init__(delay=delay, api_key=api_key, answer=answer, port=port)
+    def __init__(self, *, models: Iterable[str] = ("fake-model",), **options: Any) -> None:
+        """`models` are what GET /v1/models lists; `options` are FakeProvider's."""
+        super().__init__(**options)
         self.models = list(models)
 
     @property
@@ -466,23 +502,9 @@ class FakeOpenAI(FakeProvider):
 
         fault = self._next_fault()
         stream = body.get("stream") is True
-        if fault is not None:
-            if fault.kind == "status":
-                headers = (
-                    {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-                )
-                message = fault.message or _STATUS_TEXT.get(fault.code, f"HTTP {fault.code}")
-                return _error_response(fault.code, message, headers=headers)
-            if fault.kind == "timeout" or (fault.kind == "stall" and not stream):
-                await asyncio.sleep(fault.seconds)
-            elif fault.kind == "malformed" and not stream:
-                return web.Response(
-                    status=200,
-                    body=b'{"id": "chatcmpl-broken", "choices": [{"mess',
-                    content_type="application/json",
-                )
-            elif fault.kind == "reset" or (fault.kind == "cut" and not stream):
-                return self._reset(request)
+        struck = await self._strike_first(request, fault, stream=stream)
+        if struck is not None:
+            return struck
 
         empty = fault is not None and fault.kind == "empty"
         tool = None if empty or self._after_tool(body) else self._tool_call(body, prompt)
@@ -551,20 +573,24 @@ class FakeOpenAI(FakeProvider):
         if with_usage and isinstance(options, dict) and options.get("include_usage"):
             tail.append(_sse({**base, "choices": [], "usage": self._usage(body, text, tool)}))
         tail.append(b"data: [DONE]\n\n")
-        error = {
-            "error": {
-                "message": fault.message if fault and fault.message else "The server had an error",
-                "type": fault.error_type if fault and fault.error_type else "server_error",
+        return await self._play_stream(request, head=head, body=parts, tail=tail, fault=fault)
+
+    _broken_body = b'{"id": "chatcmpl-broken", "choices": [{"mess'
+    _broken_event = b'data: {"id": "chatcmpl-broken", "choices": [{"delt\n\n'
+
+    def _status_error(self, fault: Fault) -> web.Response:
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        message = fault.message or _STATUS_TEXT.get(fault.code, f"HTTP {fault.code}")
+        return _error_response(fault.code, message, headers=headers)
+
+    def _error_event(self, fault: Fault) -> bytes:
+        return _sse(
+            {
+                "error": {
+                    "message": fault.message or "The server had an error",
+                    "type": fault.error_type or "server_error",
+                }
             }
-        }
-        return await self._play_stream(
-            request,
-            head=head,
-            body=parts,
-            tail=tail,
-            fault=fault,
-            broken=b'data: {"id": "chatcmpl-broken", "choices": [{"delt\n\n',
-            error_event=_sse(error),
         )
 
     @staticmethod

@@ -234,3 +234,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def start_on(
+    start_sentinel: Callable[[dict[str, str]], SentinelProcess], fake_llm: FakeOpenAI
+) -> Callable[..., SentinelProcess]:
+    """`start_on(redis_url, **settings)`: a Sentinel process on that Redis with the fake provider
+    as Groq and the given settings (environment variables), started but not waited for."""
+
+    def start(redis_url: str, **settings: str) -> SentinelProcess:
+        groq = {"GROQ_API_KEY": "test-key", "GROQ_BASE_URL": fake_llm.base_url}
+        return start_sentinel({"REDIS_URL": redis_url, **groq, **settings})
+
+    return start

@@ -13,6 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 from app.cache.store import CacheStore, new_entry
 from app.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.api import assert_error, bearer, create_key
 from tests.integration.conftest import app_client
 
 pytestmark = pytest.mark.integration
@@ -30,19 +31,6 @@ BIG_MODEL = "llama-3.3-70b-versatile"
 DEFAULT_MODEL_ID = "groq/llama-3.1-8b-instant"
 
 ADMIN_GETS = ["/v1/admin/keys", "/v1/cache/entries", "/v1/cache/entries/0123abcd"]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    message: str = body["error"]["message"]
-    return message
 
 
 @pytest.fixture
@@ -76,7 +64,7 @@ async def test_admin_routes_are_disabled_without_an_admin_key(
             for headers in ({}, bearer(KEY_A)):
                 message = assert_error(
                     await client.get(path, headers=headers), 403, "ADMIN_DISABLED"
-                )
+                )["message"]
                 assert "SENTINEL_ADMIN_KEY" in message
         assert_error(await client.post("/v1/cache/flush"), 403, "ADMIN_DISABLED")
 
@@ -85,7 +73,7 @@ async def test_admin_routes_need_the_admin_key(http: httpx.AsyncClient) -> None:
     for path in ADMIN_GETS:
         for headers in ({}, bearer(KEY_A), bearer("sk-wrong"), {"X-API-Key": ADMIN[:-1]}):
             response = await http.get(path, headers=headers)
-            message = assert_error(response, 401, "INVALID_API_KEY")
+            message = assert_error(response, 401, "INVALID_API_KEY")["message"]
             assert "SENTINEL_ADMIN_KEY" in message
     for method, path in (
         ("POST", "/v1/admin/keys"),
@@ -151,7 +139,7 @@ async def test_create_list_and_revoke_keys(http: httpx.AsyncClient) -> None:
         await http.delete(f"/v1/admin/keys/{env_id}", headers=bearer(ADMIN)),
         409,
         "KEY_NOT_REVOCABLE",
-    )
+    )["message"]
     assert "SENTINEL_API_KEYS" in message
 
 
@@ -290,7 +278,7 @@ async def test_invalidate_a_scope_by_tenant_and_by_model(
 
     message = assert_error(
         await http.delete("/v1/cache", headers=bearer(ADMIN)), 400, "INVALID_REQUEST"
-    )
+    )["message"]
     assert "flush" in message
 
     by_model = await http.delete("/v1/cache", params={"model": BIG_MODEL}, headers=bearer(ADMIN))
@@ -353,9 +341,7 @@ async def test_flush_deletes_every_entry_and_keeps_index_and_keys(
     for prompt in (BOILING, HARD, CAPITAL):
         await ask(http, KEY_A, prompt)
     await ask(http, KEY_B, BOILING)
-    created = (
-        await http.post("/v1/admin/keys", json={"tenant": "team-c"}, headers=bearer(ADMIN))
-    ).json()
+    created = await create_key(http, ADMIN, tenant="team-c")
 
     flushed = await http.post("/v1/cache/flush", headers=bearer(ADMIN))
     assert flushed.status_code == 200

@@ -1,9 +1,11 @@
-"""AnthropicProvider over raw HTTP against FakeAnthropic (there is no Anthropic SDK here)."""
+"""AnthropicProvider over raw HTTP against FakeAnthropic (there is no Anthropic SDK here).
+
+What every chat provider does alike (usage estimates, unusable bodies, stalled and broken
+streams, not-configured) is tested for it in test_chat_upstreams.py."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,58 +14,32 @@ import pytest
 
 from app.errors import (
     BadRequest,
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamNotConfigured,
-    UpstreamRateLimited,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
-from app.providers.upstreams.anthropic import AnthropicProvider, to_messages_request
-from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatProvider, ChatRequest
-from app.providers.upstreams.router import is_transient
+from app.providers.upstreams.anthropic import to_messages_request
+from app.providers.upstreams.base import ChatMessage, ChatProvider, ChatRequest
 from tests.fakes import Fault
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.integration.deltas import answer, collect, drain, text_of
+from tests.integration.chat import (
+    ANTHROPIC_KEY,
+    ANTHROPIC_MODEL,
+    FORCED_TOOL_CALL,
+    QUESTION,
+    WEATHER_TOOL,
+    answer,
+    anthropic_provider,
+    ask,
+    collect,
+    text_of,
+    tool_round_trip,
+)
 
 pytestmark = pytest.mark.integration
-
-KEY = "sk-ant-test-0123456789abcdef"
-MODEL = "claude-test"
-QUESTION = "What is the capital of France?"
-IDLE = 0.3
-
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
-    },
-}
-TIME_TOOL: dict[str, Any] = {"type": "function", "function": {"name": "get_time"}}
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic(api_key=KEY) as server:
+    with FakeAnthropic(api_key=ANTHROPIC_KEY) as server:
         yield server
-
-
-def make_provider(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    *,
-    api_key: str | None = KEY,
-    timeout: float = 2.0,
-) -> AnthropicProvider:
-    return AnthropicProvider(
-        session, api_key=api_key, base_url=base_url, model=MODEL, timeout=timeout, idle_timeout=IDLE
-    )
-
-
-def ask(text: str = QUESTION, **options: Any) -> ChatRequest:
-    return ChatRequest(model="", messages=[ChatMessage(role="user", content=text)], **options)
 
 
 async def text_and_finish(
@@ -83,7 +59,7 @@ async def text_and_finish(
 async def test_chat_translates_the_request_and_the_answer(
     fake: FakeAnthropic, session: aiohttp.ClientSession
 ) -> None:
-    provider = make_provider(session, fake.base_url + "/")
+    provider = anthropic_provider(session, fake.base_url + "/")
     request = ChatRequest(
         model="",
         messages=[
@@ -104,12 +80,12 @@ async def test_chat_translates_the_request_and_the_answer(
 
     assert result.message == ChatMessage(role="assistant", content=f"answer to: {QUESTION}")
     assert result.finish_reason == "stop"
-    assert (result.model, result.provider) == (MODEL, "anthropic")
+    assert (result.model, result.provider) == (ANTHROPIC_MODEL, "anthropic")
     assert result.prompt_tokens == 2 + 3 + 1 + 1 + len(QUESTION.split())
     assert result.completion_tokens == len(f"answer to: {QUESTION}".split())
     assert fake.calls == [
         {
-            "model": MODEL,
+            "model": ANTHROPIC_MODEL,
             "max_tokens": 1024,
             "messages": [
                 {"role": "user", "content": "Hi"},
@@ -124,7 +100,7 @@ async def test_chat_translates_the_request_and_the_answer(
         }
     ]
     headers = fake.headers[0]
-    assert headers["x-api-key"] == KEY
+    assert headers["x-api-key"] == ANTHROPIC_KEY
     assert headers["anthropic-version"] == "2023-06-01"
     assert "Authorization" not in headers
 
@@ -133,7 +109,7 @@ async def test_chat_translates_the_request_and_the_answer(
 async def test_stop_reasons_map_to_openai_finish_reasons(
     fake: FakeAnthropic, session: aiohttp.ClientSession, stream: bool
 ) -> None:
-    provider = make_provider(session, fake.base_url)
+    provider = anthropic_provider(session, fake.base_url)
     fake.answer = lambda body: "one two three. four five"
 
     cut_by_length = await text_and_finish(provider, ask(max_tokens=2), stream=stream)
@@ -147,7 +123,7 @@ async def test_stop_reasons_map_to_openai_finish_reasons(
 async def test_options_anthropic_cannot_honour_are_refused_before_any_call(
     fake: FakeAnthropic, session: aiohttp.ClientSession
 ) -> None:
-    provider = make_provider(session, fake.base_url)
+    provider = anthropic_provider(session, fake.base_url)
 
     with pytest.raises(BadRequest, match="seed"):
         await provider.chat(ask(seed=7))
@@ -163,13 +139,13 @@ async def test_options_anthropic_cannot_honour_are_refused_before_any_call(
 async def test_stream_translates_events_to_deltas(
     fake: FakeAnthropic, session: aiohttp.ClientSession
 ) -> None:
-    provider = make_provider(session, fake.base_url)
+    provider = anthropic_provider(session, fake.base_url)
 
     deltas = await collect(provider.stream(ask()))
 
     answer_text = f"answer to: {QUESTION}"
     assert deltas[0].role == "assistant"
-    assert deltas[0].model == MODEL
+    assert deltas[0].model == ANTHROPIC_MODEL
     assert deltas[0].provider == "anthropic"
     assert text_of(deltas) == answer_text
     assert len([d for d in deltas if d.content]) == len(answer_text.split())
@@ -179,32 +155,16 @@ async def test_stream_translates_events_to_deltas(
     assert fake.calls[0]["stream"] is True
 
 
-async def test_stream_without_usage_ends_with_an_estimate(
-    fake: FakeAnthropic, session: aiohttp.ClientSession
-) -> None:
-    fake.script([Fault.no_usage()])
-    provider = make_provider(session, fake.base_url)
-
-    deltas = await collect(provider.stream(ask()))
-
-    usages = [d.usage for d in deltas if d.usage]
-    assert usages[-1] == (-(-len(QUESTION) // 4), -(-len(f"answer to: {QUESTION}") // 4))
-
-
 # -- tool calls --------------------------------------------------------------------------------
 
 
 async def test_tool_call_round_trip(fake: FakeAnthropic, session: aiohttp.ClientSession) -> None:
-    provider = make_provider(session, fake.base_url)
-    question = ChatMessage(role="user", content="Tell me something")
-
-    call = await provider.chat(
-        ChatRequest(model="", messages=[question], tools=[WEATHER_TOOL], tool_choice="required")
+    call, tool_call, result = await tool_round_trip(
+        anthropic_provider(session, fake.base_url), "Tell me something", tool_choice="required"
     )
 
     assert call.finish_reason == "tool_calls"
     assert call.message.content == "Let me check."
-    [tool_call] = call.message.tool_calls or []
     assert tool_call["id"].startswith("toolu_fake_")
     assert tool_call["type"] == "function"
     assert tool_call["function"]["name"] == "get_weather"
@@ -217,19 +177,6 @@ async def test_tool_call_round_trip(fake: FakeAnthropic, session: aiohttp.Client
         }
     ]
     assert fake.calls[0]["tool_choice"] == {"type": "any"}
-
-    result = await provider.chat(
-        ChatRequest(
-            model="",
-            messages=[
-                question,
-                call.message,
-                ChatMessage(role="tool", content="18C and sunny", tool_call_id=tool_call["id"]),
-            ],
-            tools=[WEATHER_TOOL],
-        )
-    )
-
     assert result.message.content == "tool said: 18C and sunny"
     assert result.finish_reason == "stop"
     assert fake.calls[1]["messages"][1:] == [
@@ -254,28 +201,15 @@ async def test_tool_call_round_trip(fake: FakeAnthropic, session: aiohttp.Client
     ]
 
 
-async def test_streamed_tool_call_assembles_like_the_whole_one(
+async def test_a_streamed_tool_use_is_its_opening_then_its_json_in_two_parts(
     fake: FakeAnthropic, session: aiohttp.ClientSession
 ) -> None:
-    provider = make_provider(session, fake.base_url)
-    request = ChatRequest(
-        model="",
-        messages=[ChatMessage(role="user", content="What is the weather in Oslo?")],
-        tools=[TIME_TOOL, WEATHER_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-    )
-
-    deltas = await collect(provider.stream(request))
+    """What is sent for a named tool, and the pieces the tool_use block's events become."""
+    deltas = await collect(anthropic_provider(session, fake.base_url).stream(FORCED_TOOL_CALL))
 
     pieces = [piece for d in deltas for piece in d.tool_calls or ()]
     assert {piece["index"] for piece in pieces} == {0}
-    assert pieces[0]["id"].startswith("toolu_fake_")
-    assert pieces[0]["function"]["name"] == "get_weather"
-    arguments = "".join(piece["function"]["arguments"] for piece in pieces)
-    assert json.loads(arguments) == {"query": "What is the weather in Oslo?"}
     assert len(pieces) == 3  # the opening, then the JSON in two parts
-    assert text_of(deltas) == "Let me check."
-    assert [d.finish_reason for d in deltas if d.finish_reason] == ["tool_calls"]
     assert fake.calls[0]["tool_choice"] == {"type": "tool", "name": "get_weather"}
     assert fake.calls[0]["tools"][0] == {
         "name": "get_time",
@@ -289,7 +223,7 @@ def test_parallel_tool_results_become_one_user_turn() -> None:
         for i in (1, 2)
     ]
     request = ChatRequest(
-        model=MODEL,
+        model=ANTHROPIC_MODEL,
         messages=[
             ChatMessage(role="user", content="Do two things"),
             ChatMessage(role="assistant", content=None, tool_calls=calls),
@@ -335,7 +269,7 @@ def test_tool_choice_mapping(choice: str | dict[str, Any], expected: dict[str, A
         ask(tools=[WEATHER_TOOL], tool_choice="sometimes"),
         ask(tools=[{"type": "code_interpreter"}]),
         ChatRequest(
-            model=MODEL,
+            model=ANTHROPIC_MODEL,
             messages=[
                 ChatMessage(role="user", content="x"),
                 ChatMessage(
@@ -351,8 +285,8 @@ def test_tool_choice_mapping(choice: str | dict[str, Any], expected: dict[str, A
                 ),
             ],
         ),
-        ChatRequest(model=MODEL, messages=[ChatMessage(role="tool", content="orphan")]),
-        ChatRequest(model=MODEL, messages=[ChatMessage(role="narrator", content="x")]),
+        ChatRequest(model=ANTHROPIC_MODEL, messages=[ChatMessage(role="tool", content="orphan")]),
+        ChatRequest(model=ANTHROPIC_MODEL, messages=[ChatMessage(role="narrator", content="x")]),
     ],
     ids=["tool-choice", "tool-type", "arguments", "tool-call-id", "role"],
 )
@@ -365,137 +299,13 @@ def test_untranslatable_requests_are_bad_requests(request_: ChatRequest) -> None
 # -- failures ----------------------------------------------------------------------------------
 
 
-async def test_overloaded_529s_are_unavailable_and_transient(
-    fake: FakeAnthropic, session: aiohttp.ClientSession
-) -> None:
-    fake.script([Fault.status(529)] * 3)
-    provider = make_provider(session, fake.base_url)
-
-    with pytest.raises(UpstreamUnavailable) as info:
-        await provider.chat(ask())
-
-    assert "overloaded" in info.value.message
-    assert "Overloaded" in info.value.message
-    assert is_transient(info.value)
-    assert fake.call_count == 3
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
 async def test_429_and_5xx_are_retried(
     fake: FakeAnthropic, session: aiohttp.ClientSession, stream: bool
 ) -> None:
     fake.script([Fault.status(429, retry_after="0"), Fault.status(500)])
-    provider = make_provider(session, fake.base_url)
+    provider = anthropic_provider(session, fake.base_url)
 
     await answer(provider, ask(), stream=stream)
 
     assert fake.call_count == 3
-
-
-async def test_429_storm_is_rate_limited(
-    fake: FakeAnthropic, session: aiohttp.ClientSession
-) -> None:
-    fake.script([Fault.status(429, retry_after="0")] * 3)
-    provider = make_provider(session, fake.base_url)
-
-    with pytest.raises(UpstreamRateLimited) as info:
-        await collect(provider.stream(ask()))
-
-    assert info.value.headers == {"Retry-After": "0"}
-    assert "per-minute rate limit" in info.value.message
-
-
-async def test_wrong_key_fails_at_once_without_leaking_it(
-    fake: FakeAnthropic, session: aiohttp.ClientSession
-) -> None:
-    wrong_key = "sk-ant-wrong-fedcba9876543210"
-    provider = make_provider(session, fake.base_url, api_key=wrong_key)
-
-    with pytest.raises(UpstreamError) as info:
-        await provider.chat(ask())
-
-    assert type(info.value) is UpstreamError
-    assert "HTTP 401" in info.value.message
-    assert "invalid x-api-key" in info.value.message
-    assert wrong_key not in info.value.message
-    assert not is_transient(info.value)
-    assert fake.call_count == 1
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-@pytest.mark.parametrize("fault", [Fault.malformed(), Fault.empty()], ids=["malformed", "empty"])
-async def test_unusable_answers_are_bad_responses(
-    fake: FakeAnthropic, session: aiohttp.ClientSession, fault: Fault, stream: bool
-) -> None:
-    fake.script([fault])
-    provider = make_provider(session, fake.base_url)
-
-    with pytest.raises(UpstreamBadResponse):
-        await answer(provider, ask(), stream=stream)
-
-    assert fake.call_count == 1
-
-
-async def test_stall_mid_stream_times_out_after_the_idle_timeout(
-    fake: FakeAnthropic, session: aiohttp.ClientSession
-) -> None:
-    fake.script([Fault.stall(5.0, after=2)])
-    provider = make_provider(session, fake.base_url, timeout=5.0)
-    received: list[ChatDelta] = []
-    started = time.monotonic()
-
-    with pytest.raises(UpstreamTimeout, match="stalled"):
-        await drain(provider.stream(ask()), received)
-
-    assert IDLE <= time.monotonic() - started < IDLE + 1.0
-    assert text_of(received) == "answer "
-    assert fake.call_count == 1
-
-
-@pytest.mark.parametrize(
-    ("fault", "error", "fragment"),
-    [
-        (Fault.cut(after=2), UpstreamUnavailable, "cut"),
-        (Fault.truncate(after=2), UpstreamUnavailable, "message_stop"),
-        (Fault.stream_error(after=2), UpstreamUnavailable, "overloaded_error"),
-        (
-            Fault.stream_error(after=2, error_type="api_error", message="boom"),
-            UpstreamError,
-            "boom",
-        ),
-    ],
-    ids=["cut", "truncated", "overloaded-event", "api-error-event"],
-)
-async def test_broken_stream_raises_after_what_it_relayed(
-    fake: FakeAnthropic,
-    session: aiohttp.ClientSession,
-    fault: Fault,
-    error: type[UpstreamError],
-    fragment: str,
-) -> None:
-    fake.script([fault])
-    provider = make_provider(session, fake.base_url)
-    received: list[ChatDelta] = []
-
-    with pytest.raises(error) as info:
-        await drain(provider.stream(ask()), received)
-
-    assert fragment in info.value.message
-    assert text_of(received) == "answer "
-    assert not any(d.finish_reason for d in received)
-    assert fake.call_count == 1
-
-
-async def test_not_configured_names_the_variable_and_calls_nothing(
-    fake: FakeAnthropic, session: aiohttp.ClientSession
-) -> None:
-    provider = make_provider(session, fake.base_url, api_key=None)
-
-    with pytest.raises(UpstreamNotConfigured, match="ANTHROPIC_API_KEY"):
-        await provider.chat(ask())
-    with pytest.raises(UpstreamNotConfigured, match="ANTHROPIC_API_KEY"):
-        await collect(provider.stream(ask()))
-
-    assert provider.configured is False
-    assert KEY not in repr(make_provider(session, fake.base_url))
-    assert fake.call_count == 0

@@ -16,20 +16,10 @@ from app.errors import StartupError
 from app.main import create_app
 from app.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.integration.api import assert_error
 from tests.integration.conftest import SentinelProcess, app_client, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    message: str = body["error"]["message"]
-    assert message
-    assert "Traceback" not in response.text
-    return message
 
 
 async def entry_count(redis_url: str) -> int:
@@ -64,7 +54,7 @@ async def test_bad_bodies_get_400(
     response = await client.post(
         "/v1/query", content=body, headers={"content-type": "application/json"}
     )
-    message = assert_error(response, 400, "INVALID_REQUEST")
+    message = assert_error(response, 400, "INVALID_REQUEST")["message"]
     assert fragment in message
     assert fake_llm.call_count == 0
 
@@ -82,7 +72,7 @@ async def test_prompt_over_limit_is_413(
         ok = await http.post("/v1/query", json={"prompt": "x" * 100})
         assert ok.status_code == 200
         response = await http.post("/v1/query", json={"prompt": "x" * 101})
-        message = assert_error(response, 413, "PROMPT_TOO_LARGE")
+        message = assert_error(response, 413, "PROMPT_TOO_LARGE")["message"]
         assert "MAX_PROMPT_CHARS" in message
     assert fake_llm.call_count == 1
 
@@ -152,7 +142,7 @@ async def test_no_upstream_key_still_serves_hits(
         hit = await http.post("/v1/query", json={"prompt": "What is HNSW?"})
         assert hit.json()["match"] == "exact"
         miss = await http.post("/v1/query", json={"prompt": "Something never asked"})
-        message = assert_error(miss, 503, "UPSTREAM_NOT_CONFIGURED")
+        message = assert_error(miss, 503, "UPSTREAM_NOT_CONFIGURED")["message"]
         assert "GROQ_API_KEY" in message
     assert fake_llm.call_count == 1
 

@@ -19,20 +19,15 @@ QUESTION = "What is the half-life of carbon-14?"
 
 @pytest.fixture
 def two_sentinels(
-    start_sentinel: Callable[[dict[str, str]], SentinelProcess],
-    redis_url: str,
-    fake_llm: FakeOpenAI,
+    start_on: Callable[..., SentinelProcess], redis_url: str
 ) -> list[SentinelProcess]:
-    env = {
-        "REDIS_URL": redis_url,
-        "GROQ_API_KEY": "test-key",
-        "GROQ_BASE_URL": fake_llm.base_url,
+    settings = {
         "UPSTREAM_TIMEOUT": "10",
         # 50 requests at once on a 2-core machine: lookups may take longer than the default
         # 50 ms budget, and a bypassed lookup is (rightly) not coalesced.
         "CACHE_LOOKUP_TIMEOUT_MS": "2000",
     }
-    processes = [start_sentinel(env), start_sentinel(env)]
+    processes = [start_on(redis_url, **settings), start_on(redis_url, **settings)]
     for process in processes:
         process.wait_ready()
     return processes

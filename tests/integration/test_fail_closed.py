@@ -26,6 +26,7 @@ from app.cache.apikeys import REGISTRY_KEY
 from app.settings import Settings
 from tests.fakes.jina_server import FakeJina, Reply
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.integration.api import ask, assert_error, bearer, create_key
 from tests.integration.conftest import ROOT, SentinelProcess, app_client
 from tests.integration.servers import RedisServer, free_port
 
@@ -33,22 +34,7 @@ pytestmark = pytest.mark.integration
 
 ADMIN = "admin-fail-closed-3c9d0e1f2a4b5c6d"
 QUESTION = "What is the boiling point of water at sea level?"
-StartSentinel = Callable[[dict[str, str]], SentinelProcess]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-async def ask(
-    http: httpx.AsyncClient, prompt: str, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return await http.post("/v1/query", json={"prompt": prompt}, headers=headers or {})
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.json()["error"]["code"] == code
+StartOn = Callable[..., SentinelProcess]
 
 
 async def poll(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
@@ -64,16 +50,9 @@ async def poll(check: Callable[[], Any], what: str, timeout: float = 10.0) -> An
 
 
 def test_the_sdk_placeholder_key_is_served_in_open_mode_while_redis_is_down(
-    redis_server: RedisServer, fake_llm: FakeOpenAI, start_sentinel: StartSentinel
+    redis_server: RedisServer, fake_llm: FakeOpenAI, start_on: StartOn
 ) -> None:
-    sentinel = start_sentinel(
-        {
-            "REDIS_URL": redis_server.url,
-            "GROQ_API_KEY": "test-key",
-            "GROQ_BASE_URL": fake_llm.base_url,
-            "CACHE_PROBE_INTERVAL_MS": "200",
-        }
-    )
+    sentinel = start_on(redis_server.url, CACHE_PROBE_INTERVAL_MS="200")
     sentinel.wait_ready()
     # The README's snippet: the SDK sends `Authorization: Bearer unused` on every call.
     client = OpenAI(base_url=f"{sentinel.base_url}/v1", api_key="unused", max_retries=0)
@@ -126,9 +105,7 @@ async def test_losing_redis_data_never_opens_an_instance_started_afterwards(
 ) -> None:
     settings = make_settings(sentinel_admin_key=ADMIN)
     async with app_client(settings) as http:
-        created = await http.post("/v1/admin/keys", json={"tenant": "acme"}, headers=bearer(ADMIN))
-        assert created.status_code == 201, created.text
-        key = created.json()["key"]
+        key = (await create_key(http, ADMIN, tenant="acme"))["key"]
         assert (await ask(http, QUESTION, bearer(key))).status_code == 200
 
     # Redis loses everything: a flush here; an eviction or a new empty server look the same.
@@ -146,21 +123,13 @@ async def test_losing_redis_data_never_opens_an_instance_started_afterwards(
 
 
 def test_volatile_lru_evicts_entries_never_keys_or_counters(
-    redis_server: RedisServer, fake_llm: FakeOpenAI, start_sentinel: StartSentinel
+    redis_server: RedisServer, fake_llm: FakeOpenAI, start_on: StartOn
 ) -> None:
     conf = (ROOT / "infra" / "redis" / "redis.conf").read_text()
     shipped = re.search(r"^maxmemory-policy (\S+)$", conf, re.MULTILINE)
     assert shipped is not None
     assert shipped.group(1) == "volatile-lru"
-    sentinel = start_sentinel(
-        {
-            "REDIS_URL": redis_server.url,
-            "GROQ_API_KEY": "test-key",
-            "GROQ_BASE_URL": fake_llm.base_url,
-            "SENTINEL_ADMIN_KEY": ADMIN,
-            "RATE_LIMIT_PER_MINUTE": "1000",
-        }
-    )
+    sentinel = start_on(redis_server.url, SENTINEL_ADMIN_KEY=ADMIN, RATE_LIMIT_PER_MINUTE="1000")
     sentinel.wait_ready()
     with httpx.Client(base_url=sentinel.base_url, timeout=15) as http:
         created = http.post("/v1/admin/keys", json={"tenant": "acme"}, headers=bearer(ADMIN))
@@ -307,27 +276,18 @@ async def test_a_failing_then_hanging_embedder_costs_at_most_its_budget_and_reco
 # -- coalescing: followers get the leader's outcome, each counted and timed for itself -------
 
 
-def coalescing_sentinel(
-    start_sentinel: StartSentinel, redis_url: str, fake_llm: FakeOpenAI
-) -> SentinelProcess:
+def coalescing_sentinel(start_on: StartOn, redis_url: str) -> SentinelProcess:
     """A Sentinel process (concurrent requests need real HTTP: the in-process client takes
     them one at a time) with a lookup budget that 2 busy cores always meet."""
-    sentinel = start_sentinel(
-        {
-            "REDIS_URL": redis_url,
-            "GROQ_API_KEY": "test-key",
-            "GROQ_BASE_URL": fake_llm.base_url,
-            "CACHE_LOOKUP_TIMEOUT_MS": "2000",
-        }
-    )
+    sentinel = start_on(redis_url, CACHE_LOOKUP_TIMEOUT_MS="2000")
     sentinel.wait_ready()
     return sentinel
 
 
 async def test_a_leaders_400_reaches_its_followers_without_more_provider_calls(
-    start_sentinel: StartSentinel, redis_url: str, fake_llm: FakeOpenAI
+    start_on: StartOn, redis_url: str, fake_llm: FakeOpenAI
 ) -> None:
-    sentinel = coalescing_sentinel(start_sentinel, redis_url, fake_llm)
+    sentinel = coalescing_sentinel(start_on, redis_url)
     fake_llm.delay = 1.0  # every identical request arrives while the first is in flight
     fake_llm.script([Fault.status(400, message="this model does not take that parameter")])
     try:
@@ -344,10 +304,10 @@ async def test_a_leaders_400_reaches_its_followers_without_more_provider_calls(
 
 
 async def test_followers_of_a_follower_are_counted_and_timed_themselves(
-    start_sentinel: StartSentinel, redis_url: str, fake_llm: FakeOpenAI
+    start_on: StartOn, redis_url: str, fake_llm: FakeOpenAI
 ) -> None:
-    first = coalescing_sentinel(start_sentinel, redis_url, fake_llm)
-    second = coalescing_sentinel(start_sentinel, redis_url, fake_llm)
+    first = coalescing_sentinel(start_on, redis_url)
+    second = coalescing_sentinel(start_on, redis_url)
     fake_llm.delay = 1.5
     plain = redis.Redis.from_url(redis_url)
     try:

@@ -112,6 +112,13 @@ async def burst(
     )
 
 
+async def together(
+    *bursts: Awaitable[list[FlightResult[str] | BaseException]],
+) -> list[FlightResult[str] | BaseException]:
+    """Bursts on several instances at once; their results in one list."""
+    return [r for batch in await asyncio.gather(*bursts) for r in batch]
+
+
 def values(results: list[FlightResult[str] | BaseException]) -> list[str]:
     return [r.value for r in results if isinstance(r, FlightResult)]
 
@@ -139,11 +146,7 @@ async def test_two_processes_twenty_five_each_make_one_lead(
 ) -> None:
     first, second = await make_flight(), await make_flight()
     upstream = Upstream(clients(), delay=0.2)
-    results = [
-        r
-        for batch in await asyncio.gather(burst(first, upstream, 25), burst(second, upstream, 25))
-        for r in batch
-    ]
+    results = await together(burst(first, upstream, 25), burst(second, upstream, 25))
     assert upstream.calls == 1
     assert values(results) == ["answer from call 1"] * 50
     assert waited(results) == 49
@@ -175,13 +178,9 @@ async def test_without_notifications_waiters_poll(
 ) -> None:
     leader_side, deaf = await make_flight(), await make_flight(start=False)
     upstream = Upstream(clients(), delay=0.15)
-    results = [
-        r
-        for batch in await asyncio.gather(
-            burst(leader_side, upstream, 1), burst(deaf, upstream, 5, deadline=2.0)
-        )
-        for r in batch
-    ]
+    results = await together(
+        burst(leader_side, upstream, 1), burst(deaf, upstream, 5, deadline=2.0)
+    )
     assert upstream.calls == 1
     assert values(results) == ["answer from call 1"] * 6
 
@@ -192,13 +191,7 @@ async def test_a_remembered_failure_reaches_every_waiter(
     first, second = await make_flight(), await make_flight()
     upstream = Upstream(clients(), failures=99, remember=True)
     async with asyncio.timeout(3):  # a hang fails here
-        results = [
-            r
-            for batch in await asyncio.gather(
-                burst(first, upstream, 10), burst(second, upstream, 10)
-            )
-            for r in batch
-        ]
+        results = await together(burst(first, upstream, 10), burst(second, upstream, 10))
     assert upstream.calls == 1
     assert all(isinstance(r, UpstreamError) for r in results), results
     messages = sorted(str(r) for r in results)
@@ -211,13 +204,7 @@ async def test_a_failed_leader_without_memory_is_taken_over(
     first, second = await make_flight(), await make_flight()
     upstream = Upstream(clients(), failures=1, remember=False)
     async with asyncio.timeout(3):
-        results = [
-            r
-            for batch in await asyncio.gather(
-                burst(first, upstream, 10), burst(second, upstream, 10)
-            )
-            for r in batch
-        ]
+        results = await together(burst(first, upstream, 10), burst(second, upstream, 10))
     assert upstream.calls == 2
     errors = [r for r in results if isinstance(r, BaseException)]
     assert [str(e) for e in errors] == ["call 1 failed"]  # the failed leader's own caller
@@ -235,13 +222,9 @@ async def test_nobody_waits_past_the_deadline(
     await upstream.entered.wait()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    results = [
-        r
-        for batch in await asyncio.gather(
-            burst(first, upstream, 5, deadline=0.3), burst(second, upstream, 5, deadline=0.3)
-        )
-        for r in batch
-    ]
+    results = await together(
+        burst(first, upstream, 5, deadline=0.3), burst(second, upstream, 5, deadline=0.3)
+    )
     elapsed = loop.time() - started
     assert elapsed >= 0.29  # each waited until its own deadline...
     assert elapsed < 4  # ...and not for the leader, which is held for 5 s
@@ -279,11 +262,7 @@ async def test_a_long_lead_keeps_its_lock(
 ) -> None:
     first, second = await make_flight(lock_ttl=0.1), await make_flight(lock_ttl=0.1)
     upstream = Upstream(clients(), delay=0.4)  # four lock TTLs
-    results = [
-        r
-        for batch in await asyncio.gather(burst(first, upstream, 3), burst(second, upstream, 3))
-        for r in batch
-    ]
+    results = await together(burst(first, upstream, 3), burst(second, upstream, 3))
     assert upstream.calls == 1
     assert values(results) == ["answer from call 1"] * 6
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.fakes.openai_server import FakeOpenAI, Fault, pieces
+from tests.fakes.openai_server import FakeOpenAI, FakeProvider, Fault, pieces
 from tests.integration.conftest import SentinelProcess
 
 pytestmark = pytest.mark.integration
@@ -39,28 +39,21 @@ CLOCK_TOOL = {
 }
 
 
-@pytest.fixture(scope="module")
-def groq() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key="groq-key") as fake:
-        yield fake
+def serving(make: Callable[[], FakeProvider]) -> Any:
+    """A fixture for the module: the fake `make()` builds, serving until the module is done."""
+
+    @pytest.fixture(scope="module")
+    def fake() -> Iterator[FakeProvider]:
+        with make() as server:
+            yield server
+
+    return fake
 
 
-@pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key="openai-key") as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def local_llm() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(models=("llama3",)) as fake:  # like Ollama or vLLM: no key
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def anthropic() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic(api_key="anthropic-key") as fake:
-        yield fake
+groq = serving(lambda: FakeOpenAI(api_key="groq-key"))
+openai_fake = serving(lambda: FakeOpenAI(api_key="openai-key"))
+local_llm = serving(lambda: FakeOpenAI(models=("llama3",)))  # like Ollama or vLLM: no key
+anthropic = serving(lambda: FakeAnthropic(api_key="anthropic-key"))
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +121,23 @@ def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
+def stream(client: openai.OpenAI, question: str, model: str = GROQ_MODEL) -> list[Any]:
+    """The chunks of a streamed completion, usage asked for."""
+    return list(
+        client.chat.completions.create(
+            model=model,
+            messages=user(question),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+
+def text_of(chunks: list[Any]) -> str:
+    """The text a stream's chunks carry."""
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
 # -- the drop-in ------------------------------------------------------------------------------
 
 
@@ -157,15 +167,8 @@ def test_streaming_miss_is_relayed_stored_and_replayed(
     client: openai.OpenAI, groq: FakeOpenAI
 ) -> None:
     question = unique("Explain HNSW in one paragraph")
-    chunks = list(
-        client.chat.completions.create(
-            model=GROQ_MODEL,
-            messages=user(question),
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    chunks = stream(client, question)
+    text = text_of(chunks)
     assert text == f"answer to: {question}"
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
@@ -185,7 +188,7 @@ def test_streaming_miss_is_relayed_stored_and_replayed(
     ) as response:
         assert response.headers["x-sentinel-cache"] == "HIT-EXACT"
         replayed = list(response.parse())
-    assert "".join(c.choices[0].delta.content or "" for c in replayed if c.choices) == text
+    assert text_of(replayed) == text
     assert replayed[-1].usage is not None
     assert groq.call_count == 1
 
@@ -381,16 +384,8 @@ def test_every_provider_streamed_and_not(
     whole, headers = create(client, model=model, messages=user(question))
     assert headers["x-sentinel-provider"] == model.partition("/")[0]
     assert whole.choices[0].message.content == f"answer to: {question}"
-    chunks = list(
-        client.chat.completions.create(
-            model=model,
-            messages=user(streamed_question),
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == f"answer to: {streamed_question}"
+    chunks = stream(client, streamed_question, model=model)
+    assert text_of(chunks) == f"answer to: {streamed_question}"
     assert chunks[-1].usage is not None
     assert [call["model"] for call in fake.calls] == [native, native]
     assert cache(client, model=model, messages=user(streamed_question)) == "HIT-EXACT"
@@ -414,8 +409,7 @@ def test_anthropic_through_the_openai_client(
             model="anthropic/claude-haiku-4-5", messages=[*messages[:1], *user(other)], stream=True
         )
     )
-    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
-    assert text == f"answer to: {other}"
+    assert text_of(streamed) == f"answer to: {other}"
     assert anthropic.call_count == 2
     assert anthropic.calls[1]["stream"] is True
 

@@ -117,13 +117,9 @@ async def test_hostile_requests_get_a_clear_4xx(
 
 
 def test_oversized_body_is_refused_before_it_is_read(
-    start_sentinel: Callable[[dict[str, str]], SentinelProcess],
-    redis_url: str,
-    fake_llm: FakeOpenAI,
+    start_on: Callable[..., SentinelProcess], redis_url: str, fake_llm: FakeOpenAI
 ) -> None:
-    sentinel = start_sentinel(
-        {"REDIS_URL": redis_url, "GROQ_API_KEY": "k", "GROQ_BASE_URL": fake_llm.base_url}
-    )
+    sentinel = start_on(redis_url)
     sentinel.wait_ready()
     with socket.create_connection(("127.0.0.1", sentinel.port), timeout=10) as sock:
         # Announce 100 MB, send only the first kilobyte, and never the rest.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -35,21 +36,12 @@ async def fake() -> AsyncIterator[FakeJina]:
     await server.stop()
 
 
-def make(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    *,
-    timeout: float = 5.0,
-    batch_size: int = 64,
-) -> JinaEmbedder:
+def make(session: aiohttp.ClientSession, base_url: str, **options: Any) -> JinaEmbedder:
+    """A JinaEmbedder with the test key, model and dimensions on `base_url`: a 5 s timeout and
+    batches of 64 unless `options` say otherwise."""
+    options = {"timeout": 5.0, "batch_size": 64, **options}
     return JinaEmbedder(
-        session,
-        api_key=KEY,
-        base_url=base_url,
-        model=MODEL,
-        dimensions=DIMS,
-        timeout=timeout,
-        batch_size=batch_size,
+        session, api_key=KEY, base_url=base_url, model=MODEL, dimensions=DIMS, **options
     )
 
 

@@ -20,19 +20,8 @@ UNRELATED = "What is the boiling point of water at sea level?"
 
 
 @pytest.fixture
-def sentinel(
-    start_sentinel: Callable[[dict[str, str]], SentinelProcess],
-    redis_url: str,
-    fake_llm: FakeOpenAI,
-) -> SentinelProcess:
-    process = start_sentinel(
-        {
-            "REDIS_URL": redis_url,
-            "GROQ_API_KEY": "test-key",
-            "GROQ_BASE_URL": fake_llm.base_url,
-            "LOG_LEVEL": "INFO",
-        }
-    )
+def sentinel(start_on: Callable[..., SentinelProcess], redis_url: str) -> SentinelProcess:
+    process = start_on(redis_url, LOG_LEVEL="INFO")
     process.wait_ready()
     return process
 

@@ -21,6 +21,7 @@ import pytest
 
 from app.cache import keys
 from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.api import bearer
 from tests.integration.conftest import SentinelProcess
 from tests.integration.servers import RedisServer, wait_for
 
@@ -66,7 +67,7 @@ def sentinel_client(
     process.wait_ready()
     return httpx.Client(
         base_url=process.base_url,
-        headers={"Authorization": f"Bearer {API_KEY}"},
+        headers=bearer(API_KEY),
         timeout=15.0,
     )
 
@@ -333,28 +334,17 @@ def test_restart_while_the_index_loads_is_degraded_not_failing(
 
 
 def test_open_mode_and_known_keys_keep_working_while_redis_is_away(
-    redis_server: RedisServer, fake_llm: FakeOpenAI, start_sentinel: StartSentinel
+    redis_server: RedisServer, start_on: Callable[..., SentinelProcess]
 ) -> None:
     # Open mode (no SENTINEL_API_KEYS): admitting a request must not need Redis.
-    open_process = start_sentinel(
-        {
-            "REDIS_URL": redis_server.url,
-            "GROQ_API_KEY": "test-key",
-            "GROQ_BASE_URL": fake_llm.base_url,
-            "CACHE_PROBE_INTERVAL_MS": "200",
-        }
-    )
+    open_process = start_on(redis_server.url, CACHE_PROBE_INTERVAL_MS="200")
     open_process.wait_ready()
     # A keyed instance on the same Redis, with a key created by the admin API and a limit.
-    keyed_process = start_sentinel(
-        {
-            "REDIS_URL": redis_server.url,
-            "GROQ_API_KEY": "test-key",
-            "GROQ_BASE_URL": fake_llm.base_url,
-            "CACHE_PROBE_INTERVAL_MS": "200",
-            "SENTINEL_ADMIN_KEY": "admin-key-for-fault-tests",
-            "RATE_LIMIT_PER_MINUTE": "1000",
-        }
+    keyed_process = start_on(
+        redis_server.url,
+        CACHE_PROBE_INTERVAL_MS="200",
+        SENTINEL_ADMIN_KEY="admin-key-for-fault-tests",
+        RATE_LIMIT_PER_MINUTE="1000",
     )
     keyed_process.wait_ready()
     with (
@@ -368,7 +358,7 @@ def test_open_mode_and_known_keys_keep_working_while_redis_is_away(
             headers={"X-API-Key": "admin-key-for-fault-tests"},
         )
         assert created.status_code == 201, created.text
-        tenant_key = {"Authorization": f"Bearer {created.json()['key']}"}
+        tenant_key = bearer(created.json()["key"])
         assert (
             admin.post("/v1/query", json={"prompt": "Keyed"}, headers=tenant_key).status_code == 200
         )
@@ -381,9 +371,7 @@ def test_open_mode_and_known_keys_keep_working_while_redis_is_away(
         assert cache_of(keyed) == "BYPASS"
         # Keys mode does not fall back to open: no key, or an unknown one, is still refused.
         assert admin.post("/v1/query", json={"prompt": "x"}).status_code == 401
-        unknown = admin.post(
-            "/v1/query", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-nope"}
-        )
+        unknown = admin.post("/v1/query", json={"prompt": "x"}, headers=bearer("sk-nope"))
         # Never admitted: Redis, which would know the key, cannot be asked.
         assert unknown.status_code == 503, unknown.text
         assert unknown.json()["error"]["code"] == "CACHE_UNAVAILABLE"

@@ -15,6 +15,7 @@ from app.cache.apikeys import KEY_PREFIX
 from app.cache.ratelimit import RateLimiter
 from app.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.api import ask, assert_error, bearer, create_key
 from tests.integration.conftest import SentinelProcess, app_client
 
 pytestmark = pytest.mark.integration
@@ -29,26 +30,8 @@ QUESTION_2 = "How can I stop being so hard on myself?"
 PARAPHRASE_2 = "How do I stop being so hard on myself?"
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def x_api_key(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
-
-
-async def ask(
-    http: httpx.AsyncClient, prompt: str, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return await http.post("/v1/query", json={"prompt": prompt}, headers=headers or {})
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
-    return error
 
 
 async def test_a_key_is_required_once_keys_are_configured(
@@ -158,13 +141,9 @@ async def test_tenants_never_see_each_others_entries(
 
 
 async def test_open_mode_warns_at_startup_and_in_health(
-    start_sentinel: Callable[[dict[str, str]], SentinelProcess],
-    redis_url: str,
-    fake_llm: FakeOpenAI,
+    start_on: Callable[..., SentinelProcess], redis_url: str
 ) -> None:
-    sentinel = start_sentinel(
-        {"REDIS_URL": redis_url, "GROQ_API_KEY": "test-key", "GROQ_BASE_URL": fake_llm.base_url}
-    )
+    sentinel = start_on(redis_url)
     sentinel.wait_ready()
     logs = sentinel.wait_for_log("Sentinel runs open")
     (line,) = [line for line in logs.splitlines() if "Sentinel runs open" in line]
@@ -179,16 +158,10 @@ async def test_open_mode_warns_at_startup_and_in_health(
 async def test_keys_mode_with_only_an_admin_key_serves_created_keys(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
 ) -> None:
+    # Keys mode from the start, before any key exists, is test_fail_closed.py's
+    # test_an_admin_key_alone_means_keys_mode_from_the_start.
     async with app_client(make_settings(sentinel_admin_key=ADMIN)) as http:
-        # Keys mode from the start (SENTINEL_AUTH defaults to keys with an admin key), before
-        # any key exists: never open while the admin has not created one yet.
-        assert (await http.get("/health")).json()["auth"] == "keys"
-        assert_error(await ask(http, QUESTION), 401, "INVALID_API_KEY")
-        created = await http.post(
-            "/v1/admin/keys", json={"tenant": "team-c"}, headers=bearer(ADMIN)
-        )
-        assert created.status_code == 201, created.text
-        key = created.json()["key"]
+        key = (await create_key(http, ADMIN, tenant="team-c"))["key"]
         assert (await http.get("/health")).json()["auth"] == "keys"
         assert_error(await ask(http, QUESTION), 401, "INVALID_API_KEY")
         served = await ask(http, QUESTION, bearer(key))
@@ -217,12 +190,8 @@ async def test_keys_are_stored_hashed_only(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI, redis_url: str
 ) -> None:
     async with app_client(make_settings(sentinel_api_keys=KEYS, sentinel_admin_key=ADMIN)) as http:
-        created = await http.post(
-            "/v1/admin/keys",
-            json={"tenant": "team-c", "name": "ci", "rate_limit_per_minute": 5},
-            headers=bearer(ADMIN),
-        )
-        raw = created.json()["key"]
+        created = await create_key(http, ADMIN, tenant="team-c", name="ci", rate_limit_per_minute=5)
+        raw = created["key"]
         assert raw.startswith(KEY_PREFIX)
         assert len(raw) >= len(KEY_PREFIX) + 43  # 32 random bytes, base64url
         for key in (raw, KEY_A):
@@ -272,20 +241,8 @@ async def test_rate_limit_answers_429_with_retry_after(
         assert (await http.get("/v1/models", headers=bearer(KEY_A))).status_code == 429
 
         # Per-key limits set at creation: 1 per minute, and 0 = none.
-        one = (
-            await http.post(
-                "/v1/admin/keys",
-                json={"tenant": "t1", "rate_limit_per_minute": 1},
-                headers=bearer(ADMIN),
-            )
-        ).json()["key"]
-        unlimited = (
-            await http.post(
-                "/v1/admin/keys",
-                json={"tenant": "t2", "rate_limit_per_minute": 0},
-                headers=bearer(ADMIN),
-            )
-        ).json()["key"]
+        one = (await create_key(http, ADMIN, tenant="t1", rate_limit_per_minute=1))["key"]
+        unlimited = (await create_key(http, ADMIN, tenant="t2", rate_limit_per_minute=0))["key"]
         assert (await http.get("/v1/models", headers=bearer(one))).status_code == 200
         assert (await http.get("/v1/models", headers=bearer(one))).status_code == 429
         for _ in range(6):
@@ -296,18 +253,10 @@ async def test_rate_limit_answers_429_with_retry_after(
 
 
 def test_rate_limit_is_shared_by_two_instances(
-    start_sentinel: Callable[[dict[str, str]], SentinelProcess],
-    redis_url: str,
-    fake_llm: FakeOpenAI,
+    start_on: Callable[..., SentinelProcess], redis_url: str
 ) -> None:
-    env = {
-        "REDIS_URL": redis_url,
-        "GROQ_API_KEY": "test-key",
-        "GROQ_BASE_URL": fake_llm.base_url,
-        "SENTINEL_API_KEYS": KEYS,
-        "RATE_LIMIT_PER_MINUTE": "4",
-    }
-    first, second = start_sentinel(env), start_sentinel(env)
+    settings = {"SENTINEL_API_KEYS": KEYS, "RATE_LIMIT_PER_MINUTE": "4"}
+    first, second = start_on(redis_url, **settings), start_on(redis_url, **settings)
     first.wait_ready()
     second.wait_ready()
 

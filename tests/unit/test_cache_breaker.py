@@ -42,6 +42,13 @@ async def answer() -> str:
     return "value"
 
 
+async def bypassed(breaker: CacheBreaker, error: Exception, times: int = 1) -> None:
+    """`times` lookups that fail with `error`, each one bypassed by the breaker."""
+    for _ in range(times):
+        with pytest.raises(CacheBypassed):
+            await breaker.call(failing(error), budget=1, what="lookup")
+
+
 async def wait_until_closed(breaker: CacheBreaker, timeout: float = 5.0) -> None:
     await poll(lambda: not breaker.is_open, "the breaker closes", timeout)
 
@@ -56,13 +63,11 @@ async def poll(check: Callable[[], bool], what: str, timeout: float = 5.0) -> No
 
 async def test_opens_after_the_threshold_of_failures_in_a_row() -> None:
     breaker = CacheBreaker(Probe(), failure_threshold=3, probe_interval=10)
-    refused = failing(RedisConnectionError("Connection refused"))
-    for _ in range(2):
-        with pytest.raises(CacheBypassed):
-            await breaker.call(refused, budget=1, what="lookup")
+    refused = RedisConnectionError("Connection refused")
+    await bypassed(breaker, refused, times=2)
     assert not breaker.is_open
     with pytest.raises(CacheBypassed, match="ConnectionError"):
-        await breaker.call(refused, budget=1, what="lookup")
+        await breaker.call(failing(refused), budget=1, what="lookup")
     assert breaker.is_open
     assert "ConnectionError" in breaker.reason
     await breaker.aclose()
@@ -70,18 +75,15 @@ async def test_opens_after_the_threshold_of_failures_in_a_row() -> None:
 
 async def test_a_success_ends_the_run_of_failures() -> None:
     breaker = CacheBreaker(Probe(), failure_threshold=2, probe_interval=10)
-    refused = failing(RedisConnectionError("reset"))
     for _ in range(3):
-        with pytest.raises(CacheBypassed):
-            await breaker.call(refused, budget=1, what="lookup")
+        await bypassed(breaker, RedisConnectionError("reset"))
         assert await breaker.call(answer, budget=1, what="lookup") == "value"
     assert not breaker.is_open
 
 
 async def test_open_refuses_at_once_without_calling_redis() -> None:
     breaker = CacheBreaker(Probe(), failure_threshold=1, probe_interval=10)
-    with pytest.raises(CacheBypassed):
-        await breaker.call(failing(RedisConnectionError()), budget=1, what="lookup")
+    await bypassed(breaker, RedisConnectionError())
     calls = 0
 
     async def counted() -> None:
@@ -131,8 +133,7 @@ async def test_a_missing_index_opens_at_once_and_the_probe_repairs_it() -> None:
 async def test_the_probe_closes_the_breaker_once_redis_answers() -> None:
     probe = Probe()
     breaker = CacheBreaker(probe, failure_threshold=1, probe_interval=0.01)
-    with pytest.raises(CacheBypassed):
-        await breaker.call(failing(RedisConnectionError()), budget=1, what="lookup")
+    await bypassed(breaker, RedisConnectionError())
     await poll(lambda: probe.calls >= 3, "the probe keeps trying")
     assert breaker.is_open
     assert "ConnectionError" in breaker.probe_error
@@ -159,16 +160,14 @@ async def test_loading_redis_is_a_failure_and_keeps_the_breaker_open() -> None:
 
 async def test_an_answer_that_is_an_error_counts_as_redis_answering() -> None:
     breaker = CacheBreaker(Probe(), failure_threshold=2, probe_interval=10)
-    with pytest.raises(CacheBypassed):
-        await breaker.call(failing(RedisConnectionError()), budget=1, what="lookup")
+    await bypassed(breaker, RedisConnectionError())
 
     async def remembered() -> None:
         raise LookupError("a remembered failure, read from Redis")
 
     with pytest.raises(LookupError):
         await breaker.call(remembered, budget=1, what="negative cache read")
-    with pytest.raises(CacheBypassed):
-        await breaker.call(failing(RedisConnectionError()), budget=1, what="lookup")
+    await bypassed(breaker, RedisConnectionError())
     assert not breaker.is_open  # the run was broken by the answer in between
 
 
