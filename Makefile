@@ -18,7 +18,7 @@ $(INSTALLED): pyproject.toml requirements.lock requirements-dev.lock
 	touch $@
 
 # The embedded Redis Stack needs OpenSSL 1.1; fetch it once, not at request time.
-$(REDIS_READY): $(INSTALLED) infra/setup-redis-stack.sh
+$(REDIS_READY): $(INSTALLED) infra/setup-redis-stack.sh infra/prelude.sh
 	PYTHON=$(PY) bash infra/setup-redis-stack.sh
 	mkdir -p var && touch $@
 
