@@ -14,7 +14,10 @@ import pytest
 
 from app.errors import StartupError, VerificationError
 from app.eval.scoring import roc_auc
+from app.providers.embedders.local import DEFAULT_MODEL, LocalEmbedder
+from app.service.guard import Guard
 from app.service.near_miss import Check
+from app.service.prompt import normalize_prompt
 from app.service.verifier import (
     DATA_DIR,
     MODEL_SHA256,
@@ -147,3 +150,28 @@ def test_score_combines_guard_and_verifier_as_calibrated() -> None:
     assert cal.score(0.9, 0.9) == combined_score(0.9, 0.9, cal.combine)
     # Monotone in both inputs, and bounded.
     assert cal.score(0.6, 0.8) <= cal.score(0.7, 0.8) <= cal.score(0.7, 0.9) < 1.0
+
+
+async def test_the_calibrated_cascade_on_the_hand_written_probes(verifier: Verifier) -> None:
+    """The whole shipped decision: at most 1 of 48 near misses served, >= 60% paraphrases."""
+    cal = Calibration.for_model()
+    guard = Guard.for_embedder(DEFAULT_MODEL)
+    assert guard is not None
+    rows = [json.loads(line) for line in PROBES.read_text().splitlines() if line.strip()]
+    queries = [normalize_prompt(r["question2"]) for r in rows]
+    cached = [normalize_prompt(r["question1"]) for r in rows]
+    embedder = await LocalEmbedder.load()
+    try:
+        q, c = await embedder.embed_many(queries), await embedder.embed_many(cached)
+    finally:
+        await embedder.aclose()
+    served = []
+    for i in range(len(rows)):
+        cosine = float(q[i] @ c[i])
+        g = guard.probability(queries[i], cached[i], cosine)
+        if cal.screen(queries[i], cached[i], cosine, g) is None:
+            p = await verifier.probability(queries[i], cached[i])
+            if cal.score(g, p) >= cal.threshold:
+                served.append(rows[i]["label"])
+    assert served.count(0) <= 1
+    assert served.count(1) >= 0.6 * sum(r["label"] for r in rows)
