@@ -102,6 +102,13 @@ class EmbeddingSkipped(EmbeddingError):
     code = "EMBEDDING_UNAVAILABLE"
 
 
+class VerificationError(SentinelError):
+    """The hit verifier failed on a candidate; the caller treats the candidate as a miss."""
+
+    status_code = 503
+    code = "VERIFIER_ERROR"
+
+
 class CacheUnavailable(SentinelError):
     """Redis did not answer."""
 

@@ -16,7 +16,7 @@ from app.providers.embedders.local import (
     DEFAULT_MODEL,
     LocalEmbedder,
     _default_model_path,
-    _default_tokenizer_path,
+    vendored_tokenizer_path,
 )
 
 PARAPHRASE = ("How do I stop being so hard on myself?", "How can I stop going hard on myself?")
@@ -151,7 +151,7 @@ async def test_wrong_model_sha256_refuses_to_start(tmp_path: Path) -> None:
 
 
 async def test_wrong_tokenizer_sha256_refuses_to_start(tmp_path: Path) -> None:
-    bad = _corrupt_copy(_default_tokenizer_path(), tmp_path / "tokenizer.json")
+    bad = _corrupt_copy(vendored_tokenizer_path(), tmp_path / "tokenizer.json")
     with pytest.raises(StartupError, match=r"tokenizer.*sha256"):
         await LocalEmbedder.load(tokenizer_path=bad)
 

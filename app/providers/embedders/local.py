@@ -73,12 +73,17 @@ def _default_model_path(model: str) -> Path:
     return Path(__file__).parent / "data" / f"{model}.onnx"
 
 
-def _default_tokenizer_path() -> Path:
+def vendored_tokenizer_path() -> Path:
     """The tokenizer.json vendored next to this module (see data/NOTICE.md)."""
     return Path(__file__).parent / "data" / "tokenizer.json"
 
 
-def _read_verified(path: Path, expected_sha256: str, what: str) -> bytes:
+def read_verified(
+    path: Path,
+    expected_sha256: str,
+    what: str,
+    notice: str = "app/providers/embedders/data/NOTICE.md",
+) -> bytes:
     """Read a file and check its sha256, so the bytes hashed are the bytes loaded."""
     try:
         data = path.read_bytes()
@@ -88,7 +93,7 @@ def _read_verified(path: Path, expected_sha256: str, what: str) -> bytes:
     if actual != expected_sha256:
         raise StartupError(
             f"the {what} at {path} has sha256 {actual}, expected {expected_sha256}; "
-            "reinstall it (see app/providers/embedders/data/NOTICE.md)"
+            f"reinstall it (see {notice})"
         )
     return data
 
@@ -149,11 +154,11 @@ class LocalEmbedder:
         """Verify and load the model and tokenizer (blocking, ~0.5 s); raise StartupError."""
         if model not in MODEL_SHA256:
             raise StartupError(f"unknown local model {model!r}; one of {sorted(MODEL_SHA256)}")
-        model_bytes = _read_verified(
+        model_bytes = read_verified(
             model_path or _default_model_path(model), MODEL_SHA256[model], "model"
         )
-        tokenizer_bytes = _read_verified(
-            tokenizer_path or _default_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
+        tokenizer_bytes = read_verified(
+            tokenizer_path or vendored_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
         )
         # from_str on the verified bytes rather than from_file: no window for the file to
         # change between the check and the load.

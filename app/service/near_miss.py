@@ -1,0 +1,420 @@
+"""Near-miss checks: deterministic vetoes for pairs that read alike but ask something else.
+
+A cosine (and often a small cross-encoder) scores "population of France in 2019" against
+"... in 2020", "is coffee good for you" against "... bad for you", or "is A faster than B"
+against "is B faster than A" as the same question. Each check here looks for one such
+difference; a hit is vetoed when a check fires. Which checks run by default, and what each one
+costs in true paraphrases it wrongly vetoes, was measured on validation pairs only
+(training/verifier/results.md).
+
+The checks are pure string functions (~20 µs a pair), so they run before the verifier and
+save its call when they veto.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import Final
+
+
+class Check(StrEnum):
+    """One kind of near miss."""
+
+    NUMBER = "number"  # a number, year or quantity differs
+    NEGATION = "negation"  # one side is negated, the other not
+    ANTONYM = "antonym"  # a word on one side meets its opposite on the other
+    SWAP = "swap"  # the same words with two roles swapped around a relation word
+
+
+_WORD: Final = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?|\w+")
+_NT: Final = re.compile(r"n[’']t\b")
+
+_NEGATIONS: Final = frozenset(
+    {"not", "no", "never", "nobody", "nothing", "none", "neither", "nor", "without", "cannot"}
+)
+
+# "one" is left out: it is a pronoun as often as a number ("should one ...", "which one").
+_NUMBER_WORDS: Final = {
+    w: str(i)
+    for i, w in enumerate(
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+            "twenty",
+        ]
+    )
+    if w != "one"
+} | {
+    "thirty": "30",
+    "forty": "40",
+    "fifty": "50",
+    "sixty": "60",
+    "seventy": "70",
+    "eighty": "80",
+    "ninety": "90",
+    "hundred": "100",
+    "thousand": "1000",
+    "million": "1000000",
+    "billion": "1000000000",
+    "dozen": "12",
+    "half": "0.5",
+    "first": "1st",
+    "second": "2nd",
+    "third": "3rd",
+    "fourth": "4th",
+    "fifth": "5th",
+}
+
+# Curated opposites, written once per pair; the lookup below makes it symmetric. Words that
+# often stand for each other in real paraphrases ("big"/"large") are deliberately absent.
+_OPPOSITES: Final = (
+    ("good", "bad"),
+    ("better", "worse"),
+    ("best", "worst"),
+    ("fast", "slow"),
+    ("faster", "slower"),
+    ("fastest", "slowest"),
+    ("more", "less"),
+    ("more", "fewer"),
+    ("most", "least"),
+    ("increase", "decrease"),
+    ("increases", "decreases"),
+    ("increased", "decreased"),
+    ("increasing", "decreasing"),
+    ("before", "after"),
+    ("cheap", "expensive"),
+    ("hot", "cold"),
+    ("high", "low"),
+    ("higher", "lower"),
+    ("highest", "lowest"),
+    ("big", "small"),
+    ("bigger", "smaller"),
+    ("biggest", "smallest"),
+    ("large", "small"),
+    ("larger", "smaller"),
+    ("largest", "smallest"),
+    ("long", "short"),
+    ("longer", "shorter"),
+    ("longest", "shortest"),
+    ("win", "lose"),
+    ("won", "lost"),
+    ("buy", "sell"),
+    ("buying", "selling"),
+    ("true", "false"),
+    ("safe", "dangerous"),
+    ("safe", "unsafe"),
+    ("healthy", "unhealthy"),
+    ("legal", "illegal"),
+    ("possible", "impossible"),
+    ("positive", "negative"),
+    ("advantage", "disadvantage"),
+    ("advantages", "disadvantages"),
+    ("pros", "cons"),
+    ("male", "female"),
+    ("men", "women"),
+    ("man", "woman"),
+    ("boy", "girl"),
+    ("boys", "girls"),
+    ("north", "south"),
+    ("east", "west"),
+    ("first", "last"),
+    ("old", "new"),
+    ("old", "young"),
+    ("older", "younger"),
+    ("oldest", "youngest"),
+    ("easy", "hard"),
+    ("easy", "difficult"),
+    ("easiest", "hardest"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("heavy", "light"),
+    ("start", "end"),
+    ("begin", "end"),
+    ("add", "remove"),
+    ("gain", "lose"),
+    ("minimum", "maximum"),
+    ("min", "max"),
+    ("above", "below"),
+    ("inside", "outside"),
+    ("import", "export"),
+    ("input", "output"),
+    ("love", "hate"),
+    ("agree", "disagree"),
+    ("happy", "sad"),
+    ("early", "late"),
+    ("earliest", "latest"),
+    ("up", "down"),
+    ("in", "out"),
+    ("on", "off"),
+    ("enable", "disable"),
+    ("open", "close"),
+    ("success", "failure"),
+    ("pass", "fail"),
+    ("accept", "reject"),
+    ("allow", "forbid"),
+    ("include", "exclude"),
+    ("maximize", "minimize"),
+    ("right", "wrong"),
+    ("right", "left"),
+    ("wet", "dry"),
+    ("dark", "light"),
+    ("thick", "thin"),
+    ("cause", "cure"),
+    ("prevent", "cause"),
+    ("born", "died"),
+    ("birth", "death"),
+)
+_OPPOSITE: Final[dict[str, frozenset[str]]] = {}
+for _a, _b in _OPPOSITES:
+    _OPPOSITE[_a] = _OPPOSITE.get(_a, frozenset()) | {_b}
+    _OPPOSITE[_b] = _OPPOSITE.get(_b, frozenset()) | {_a}
+
+# Words that carry no role: left out when comparing which content words changed sides.
+_FUNCTION: Final = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "doing",
+        "have",
+        "has",
+        "had",
+        "having",
+        "i",
+        "you",
+        "he",
+        "she",
+        "it",
+        "we",
+        "they",
+        "me",
+        "my",
+        "your",
+        "his",
+        "her",
+        "its",
+        "our",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "there",
+        "here",
+        "some",
+        "any",
+        "much",
+        "many",
+        "very",
+        "so",
+        "just",
+        "really",
+        "also",
+        "too",
+        "of",
+        "at",
+        "by",
+        "as",
+        "if",
+        "or",
+        "and",
+        "but",
+    ]
+)
+# Asymmetric relation words: A <w> B and B <w> A mean different things. ("and", "or", "vs",
+# "versus", "with", "between" are symmetric and left out on purpose.)
+_PIVOTS: Final = frozenset(
+    [
+        "than",
+        "to",
+        "from",
+        "into",
+        "in",
+        "per",
+        "over",
+        "under",
+        "on",
+        "for",
+        "cause",
+        "causes",
+        "caused",
+        "causing",
+        "affect",
+        "affects",
+        "kill",
+        "kills",
+        "beat",
+        "beats",
+        "before",
+        "after",
+        "become",
+        "becomes",
+        "convert",
+        "converted",
+    ]
+)
+
+
+# Negations and swapped roles only count between texts that share at least this share of
+# their words: a rewording of the same question, not a different question.
+_SAME_WORDS: Final = 0.5
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased tokens, with "n't" read as "not" and numbers kept whole ("1,000", "3.5")."""
+    return _WORD.findall(_NT.sub(" not", text.lower()).replace("cannot", "can not"))
+
+
+def _number(token: str) -> str | None:
+    """A canonical value for a numeric token or number word, else None."""
+    if token[0].isdigit():
+        return token.replace(",", "")
+    return _NUMBER_WORDS.get(token)
+
+
+def numbers(tokens: Iterable[str]) -> frozenset[str]:
+    """The set of numbers a text mentions."""
+    return frozenset(v for v in map(_number, tokens) if v is not None)
+
+
+def _stem(word: str) -> str:
+    """A light plural strip, so "pounds" and "pound", "inches" and "inch" compare equal."""
+    if len(word) > 3 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def _overlap(a: Sequence[str], b: Sequence[str]) -> float:
+    """Jaccard overlap of the two texts' (plural-stripped) words, negations left out."""
+    sa = {_stem(w) for w in a if w not in _NEGATIONS}
+    sb = {_stem(w) for w in b if w not in _NEGATIONS}
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def number_changed(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Each text mentions a number the other does not: a number was replaced.
+
+    A number only one side adds ("laptops under 60000" / "... under 60000 in 2016") is left
+    to the verifier: on validation pairs such additions were as often paraphrases as not.
+    """
+    na, nb = numbers(a), numbers(b)
+    return bool(na - nb) and bool(nb - na)
+
+
+def negation_differs(a: Sequence[str], b: Sequence[str]) -> bool:
+    """One text is negated and the other is not, and the rest is mostly the same words.
+
+    The overlap gate keeps long, differently worded paraphrases ("nothing helps ..." /
+    "what should I do ...") from being vetoed for a negation in their context.
+    """
+    negated = bool(_NEGATIONS.intersection(a)) != bool(_NEGATIONS.intersection(b))
+    return negated and _overlap(a, b) >= _SAME_WORDS
+
+
+def antonym_flip(a: Sequence[str], b: Sequence[str]) -> bool:
+    """A word only on one side has its curated opposite only on the other side."""
+    sa, sb = set(a), set(b)
+    only_a, only_b = sa - sb, sb - sa
+    return any(_OPPOSITE.get(w, frozenset()) & only_b for w in only_a)
+
+
+def roles_swapped(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Two content words trade sides around a relation word both texts share.
+
+    "is java faster than python" / "is python faster than java": around "than", "java" moves
+    from before to after and "python" the other way. Both moves must happen, so a clause
+    moved to the front ("to learn X, what is the best way") does not count.
+    """
+    if _overlap(a, b) < _SAME_WORDS:
+        return False
+    sa = [_stem(w) for w in a]
+    sb = [_stem(w) for w in b]
+    for pivot in _PIVOTS.intersection(sa).intersection(sb):
+        ia, ib = sa.index(pivot), sb.index(pivot)
+        left_a = {w for w in sa[:ia] if w not in _FUNCTION and w not in _PIVOTS}
+        right_a = {w for w in sa[ia + 1 :] if w not in _FUNCTION and w not in _PIVOTS}
+        left_b = {w for w in sb[:ib] if w not in _FUNCTION and w not in _PIVOTS}
+        right_b = {w for w in sb[ib + 1 :] if w not in _FUNCTION and w not in _PIVOTS}
+        moved_right = (left_a & right_b) - left_b - right_a
+        moved_left = (right_a & left_b) - right_b - left_a
+        if moved_right and moved_left:
+            return True
+    return False
+
+
+DEFAULT_CHECKS: Final = frozenset(Check)
+
+
+def near_misses(query: str, cached: str, checks: Iterable[Check] = DEFAULT_CHECKS) -> list[Check]:
+    """Every check (of those asked for) that fires on the pair, in Check order."""
+    wanted = set(checks)
+    a, b = words(query), words(cached)
+    fired = []
+    if Check.NUMBER in wanted and number_changed(a, b):
+        fired.append(Check.NUMBER)
+    if Check.NEGATION in wanted and negation_differs(a, b):
+        fired.append(Check.NEGATION)
+    if Check.ANTONYM in wanted and antonym_flip(a, b):
+        fired.append(Check.ANTONYM)
+    if Check.SWAP in wanted and roles_swapped(a, b):
+        fired.append(Check.SWAP)
+    return fired
+
+
+def veto(query: str, cached: str, checks: Iterable[Check] = DEFAULT_CHECKS) -> Check | None:
+    """The first check that vetoes serving `cached`'s answer for `query`, or None."""
+    fired = near_misses(query, cached, checks)
+    return fired[0] if fired else None

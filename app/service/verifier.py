@@ -1,0 +1,322 @@
+"""The hit verifier: a cross-encoder that reads the query and a cached prompt together.
+
+A bi-encoder cosine and the guard's lexical features see two bags of words; they cannot tell
+"A faster than B" from "B faster than A" or one year from the next. The verifier is
+all-MiniLM-L6-v2 fine-tuned as a pair classifier ("[CLS] query [SEP] cached [SEP]" -> one
+logit) on the training parts of the dev pairs, PAWS and the dev streams (training/verifier/),
+int8 weights, run by onnxruntime on a small thread pool of its own. It costs ~4 ms a pair on
+2 cores, so it runs only on candidates the cheaper stages let through.
+
+Its calibration file (data/<model>.json, next to the model) records the decision it was
+measured in: `Calibration.screen` (cosine floor, guard floor, near-miss checks) passes the
+candidate, then `Calibration.score(guard, verifier) >= threshold` serves it. Its curve maps
+a decision threshold to the wrong-hit rate measured on validation pairs, so a wrong-hit budget
+picks the threshold (`threshold_for`). Figures: training/verifier/results.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, Literal, TypedDict, Unpack
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from app.errors import StartupError, VerificationError
+from app.providers.embedders.local import (
+    TOKENIZER_SHA256,
+    read_verified,
+    vendored_tokenizer_path,
+)
+from app.service.near_miss import Check, veto
+
+DATA_DIR: Final = Path(__file__).parent / "data"
+VERIFIER_MODEL: Final = "verifier-minilm-l6-sentinel-v1-int8"
+MODEL_SHA256: Final = {
+    VERIFIER_MODEL: "c128a2c0d7b435f8413fb2c5df7713c2d8b5b667363b63c46d089f333a670613",
+}
+NOTICE: Final = "app/service/data/NOTICE.md"
+
+# The pair is truncated to this many word pieces, as in training (training/verifier/train.py):
+# two questions rarely need more, and the cost grows with the length.
+MAX_TOKENS: Final = 96
+# Pairs per ONNX run in `probabilities`: bounds memory and the wait of a concurrent call.
+MAX_BATCH: Final = 16
+INTRA_OP_THREADS: Final = 2
+WORKERS: Final = 1
+
+
+class CalibrationPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """What serving at `threshold` did on the validation candidates."""
+
+    threshold: float
+    served: int
+    wrong: int
+    # wrong / served, and the upper end of its 95% Wilson interval.
+    wrong_hit_rate: float
+    wrong_hit_upper95: float
+    # Share of the validation paraphrases (reaching the verifier or not) that were served.
+    recall: float
+    # Share of the validation PAWS different-meaning pairs that were served.
+    paws_served_negative: float
+
+
+class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The decision a verifier was calibrated in, and its threshold -> wrong-hit-rate curve."""
+
+    model: str
+    sha256: str
+    # The stages before the verifier, as calibrated: cosine floor, guard floor, checks.
+    min_cosine: float
+    min_guard: float
+    checks: list[str]
+    # Both orders averaged (True) or (query, cached) only.
+    symmetric: bool
+    # What the threshold is compared with: "verifier" (its probability alone) or "odds" (the
+    # guard's and the verifier's odds multiplied: independent evidence, both fit 50/50).
+    combine: Literal["verifier", "odds"]
+    # No budget maps below this: under it, more than 5% of the validation PAWS pairs that
+    # differ in meaning (word swaps) were served.
+    min_threshold: float
+    # The default decision threshold: threshold_for(max_wrong_hit_rate).
+    threshold: float
+    max_wrong_hit_rate: float
+    points: list[CalibrationPoint]
+    provenance: str
+
+    def threshold_for(self, max_wrong_hit_rate: float) -> float:
+        """The lowest threshold at and above which the measured wrong-hit rate stays in budget.
+
+        The curve is noisy at the top (few pairs served), so a threshold qualifies only when
+        every stricter one also keeps the budget; with none, the strictest point is returned.
+        Never below min_threshold.
+        """
+        points = sorted(self.points, key=lambda p: p.threshold)
+        chosen = points[-1].threshold
+        for point in reversed(points):
+            if point.wrong_hit_rate > max_wrong_hit_rate:
+                break
+            chosen = point.threshold
+        return max(chosen, self.min_threshold)
+
+    def score(self, guard_probability: float, verifier_probability: float) -> float:
+        """The number the threshold applies to, for a candidate the cheaper stages let through."""
+        return combined_score(guard_probability, verifier_probability, self.combine)
+
+    def screen(
+        self, query: str, cached: str, cosine: float, guard_probability: float
+    ) -> str | None:
+        """None when the verifier decides, else which cheaper stage refuses (calibrated cascade).
+
+        The refusal is "cosine", "guard" or the near-miss check's name.
+        """
+        if cosine < self.min_cosine:
+            return "cosine"
+        if guard_probability < self.min_guard:
+            return "guard"
+        vetoed = veto(query, cached, [Check(c) for c in self.checks])
+        return None if vetoed is None else vetoed.value
+
+    @classmethod
+    def for_model(cls, model: str = VERIFIER_MODEL) -> Calibration:
+        """The calibration shipped next to a verifier model."""
+        path = DATA_DIR / f"{model}.json"
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=cls)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StartupError(f"cannot load the verifier calibration {path}: {exc}") from None
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """Like the embedder's: sequential, no spinning (it would steal the other pool's core)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _sigmoid(z: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    clipped = np.clip(z.astype(np.float64), -60.0, 60.0)
+    result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-clipped))
+    return result
+
+
+class LoadOptions(TypedDict, total=False):
+    """`load_sync`'s options, for `load` to pass on."""
+
+    model: str
+    model_path: Path | None
+    tokenizer_path: Path | None
+    symmetric: bool | None
+    intra_op_threads: int
+    workers: int
+
+
+class Verifier:
+    """P(same question) for (query, cached prompt) pairs, from the shipped cross-encoder."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        *,
+        model: str = VERIFIER_MODEL,
+        symmetric: bool = True,
+        workers: int = WORKERS,
+    ) -> None:
+        self._model = model
+        self._session = session
+        self._tokenizer = tokenizer
+        self.symmetric = symmetric
+        self._workers = workers
+        # Its own pool: verification never queues behind embeddings or other to_thread work.
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
+        self._closed = False
+
+    @classmethod
+    def load_sync(
+        cls,
+        *,
+        model: str = VERIFIER_MODEL,
+        model_path: Path | None = None,
+        tokenizer_path: Path | None = None,
+        symmetric: bool | None = None,
+        intra_op_threads: int = INTRA_OP_THREADS,
+        workers: int = WORKERS,
+    ) -> Verifier:
+        """Verify the hashes and load (blocking, ~0.5 s); raise StartupError.
+
+        `symmetric` defaults to what the model's calibration was measured with.
+        """
+        if model not in MODEL_SHA256:
+            raise StartupError(f"unknown verifier model {model!r}; one of {sorted(MODEL_SHA256)}")
+        model_bytes = read_verified(
+            model_path or DATA_DIR / f"{model}.onnx", MODEL_SHA256[model], "verifier", NOTICE
+        )
+        tokenizer_bytes = read_verified(
+            tokenizer_path or vendored_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
+        )
+        tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", pad_type_id=0)  # noqa: S106
+        if symmetric is None:
+            symmetric = Calibration.for_model(model).symmetric
+        try:
+            session = ort.InferenceSession(
+                model_bytes,
+                sess_options=_session_options(intra_op_threads),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StartupError(f"onnxruntime cannot load the verifier: {first_line}") from None
+        return cls(session, tokenizer, model=model, symmetric=symmetric, workers=workers)
+
+    @classmethod
+    async def load(cls, **options: Unpack[LoadOptions]) -> Verifier:
+        """Load off the event loop; see `load_sync`."""
+        return await asyncio.to_thread(partial(cls.load_sync, **options))
+
+    @property
+    def id(self) -> str:
+        """The model's name, e.g. `verifier-minilm-l6-sentinel-v1-int8`."""
+        return self._model
+
+    def logits_sync(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]:
+        """One ONNX run over (first, second) pairs in that order: raw logits, shape (n,)."""
+        encodings = self._tokenizer.encode_batch(list(pairs))
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        outputs: list[Any] = self._session.run(["logits"], feed)
+        logits: npt.NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+        return logits
+
+    def probabilities_sync(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float64]:
+        """P(same question) per (query, cached) pair, blocking; both orders when symmetric."""
+        if not pairs:
+            return np.empty(0, dtype=np.float64)
+        if not self.symmetric:
+            return _sigmoid(self.logits_sync(pairs))
+        both = self.logits_sync([*pairs, *((b, a) for a, b in pairs)])
+        n = len(pairs)
+        return _sigmoid((both[:n] + both[n:]) / 2)
+
+    def probability_sync(self, query: str, cached: str) -> float:
+        """P(same question) for one pair, blocking."""
+        return float(self.probabilities_sync([(query, cached)])[0])
+
+    async def probability(self, query: str, cached: str) -> float:
+        """P(same question) for one normalized query and cached prompt, off the event loop."""
+        return float((await self._run([(query, cached)]))[0])
+
+    async def probabilities(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float64]:
+        """P(same question) for each (query, cached) pair, in runs of up to MAX_BATCH."""
+        result = np.empty(len(pairs), dtype=np.float64)
+        for start in range(0, len(pairs), MAX_BATCH):
+            chunk = list(pairs[start : start + MAX_BATCH])
+            result[start : start + len(chunk)] = await self._run(chunk)
+        if not pairs:
+            self._check_open()
+        return result
+
+    async def aclose(self) -> None:
+        """Stop the thread pool, waiting for a running batch to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VerificationError("the verifier is closed")
+
+    async def _run(self, pairs: list[tuple[str, str]]) -> npt.NDArray[np.float64]:
+        """One batch on the pool, turning onnxruntime failures into VerificationError."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.probabilities_sync, pairs)
+        except Exception as exc:
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise VerificationError(
+                f"verification failed: {type(exc).__name__} {detail}".rstrip()
+            ) from exc
+
+
+def combined_score(
+    guard_probability: float, verifier_probability: float, combine: str = "odds"
+) -> float:
+    """The verifier's probability, or with "odds" sigmoid(logit(guard) + logit(verifier))."""
+    if combine == "verifier":
+        return verifier_probability
+    eps = 1e-7
+    g = min(max(guard_probability, eps), 1 - eps)
+    v = min(max(verifier_probability, eps), 1 - eps)
+    z = math.log(g / (1 - g)) + math.log(v / (1 - v))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def wilson_upper(wrong: int, served: int, z: float = 1.96) -> float:
+    """Upper end of the Wilson score interval for a wrong-hit rate of wrong / served."""
+    if served == 0:
+        return 1.0
+    p = wrong / served
+    centre = p + z * z / (2 * served)
+    margin = z * math.sqrt(p * (1 - p) / served + z * z / (4 * served * served))
+    return min(1.0, (centre + margin) / (1 + z * z / served))

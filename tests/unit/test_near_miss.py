@@ -1,0 +1,74 @@
+"""Near-miss checks: each fires on its own kind of difference and stays quiet on paraphrases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.service.near_miss import Check, near_misses, numbers, veto, words
+
+PROBES = Path(__file__).parents[1] / "data" / "near_miss_probes.jsonl"
+
+
+def test_words_read_contractions_and_keep_numbers_whole() -> None:
+    assert words("Why doesn't it cost $1,000.50?") == [
+        "why",
+        "does",
+        "not",
+        "it",
+        "cost",
+        "1,000.50",
+    ]
+    assert words("I cannot go") == ["i", "can", "not", "go"]
+    assert numbers(words("the 2nd of two, in 1990s")) == {"2nd", "2", "1990s"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "check"),
+    [
+        ("What was the GDP of Spain in 2015?", "What was the GDP of Spain in 2016?", Check.NUMBER),
+        ("Is a 3 day fast healthy?", "Is a three day fast healthy?", None),
+        ("How much is 1,000 yen?", "How much is 1000 yen?", None),
+        ("Why doesn't my dog bark?", "Why does my dog bark?", Check.NEGATION),
+        ("Why can't I log in?", "Why am I not able to log in?", None),
+        (
+            "Is it safe to swim after eating?",
+            "Is it dangerous to swim after eating?",
+            Check.ANTONYM,
+        ),
+        ("Is wine good for the brain?", "Is wine good for the heart?", None),
+        ("Is tea healthier than coffee?", "Is coffee healthier than tea?", Check.SWAP),
+        (
+            "How do I convert Celsius to Fahrenheit?",
+            "How do I convert Fahrenheit to Celsius?",
+            Check.SWAP,
+        ),
+        ("How many grams are in a kilogram?", "How many kilograms are in a gram?", Check.SWAP),
+        ("Python vs Java: which is better?", "Java vs Python: which is better?", None),
+        (
+            "What is the difference between a frog and a toad?",
+            "What is the difference between a toad and a frog?",
+            None,
+        ),
+        ("How can I learn to swim as an adult?", "As an adult, how can I learn to swim?", None),
+    ],
+)
+def test_each_check_fires_on_its_own_difference(a: str, b: str, check: Check | None) -> None:
+    assert veto(a, b) == check
+    assert veto(b, a) == check  # the checks do not care which side is cached
+
+
+def test_only_the_checks_asked_for_run() -> None:
+    a, b = "Is tea healthier than coffee in 2020?", "Is coffee healthier than tea in 2021?"
+    assert near_misses(a, b) == [Check.NUMBER, Check.SWAP]
+    assert near_misses(a, b, checks={Check.SWAP}) == [Check.SWAP]
+    assert near_misses(a, b, checks=()) == []
+
+
+def test_the_hand_written_probes_are_well_formed() -> None:
+    rows = [json.loads(line) for line in PROBES.read_text().splitlines() if line.strip()]
+    assert sum(r["label"] == 0 for r in rows) == 48
+    assert sum(r["label"] == 1 for r in rows) == 32
+    assert len({r["id"] for r in rows}) == len(rows)
