@@ -31,6 +31,7 @@ from app.service.access import AccessControl
 from app.service.admin import Admin
 from app.service.guard import Guard, configured_decision
 from app.service.query import QueryService
+from app.service.verifier import Calibration, Verifier
 from app.settings import Settings
 
 log = logging.getLogger("sentinel.lifespan")
@@ -74,6 +75,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             stack.push_async_callback(embedder.aclose)
 
             guard, threshold = configured_decision(settings, embedder.id)
+            verifier, calibration = await _verifier(settings, guard, stack)
             router = _router(settings, session)
             flight = SingleFlight(redis)
             await flight.start()
@@ -110,6 +112,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 providers=router,
                 similarity_threshold=threshold,
                 guard=guard,
+                verifier=verifier,
+                calibration=calibration,
+                max_wrong_hit_rate=settings.max_wrong_hit_rate,
                 negative=NegativeCache(redis, ttl=settings.negative_ttl),
                 flight=flight,
                 # A waiter gives up once the leader's provider call must have ended.
@@ -149,6 +154,18 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 "SENTINEL_ADMIN_KEY and create keys with POST /v1/admin/keys"
             )
         yield
+
+
+async def _verifier(
+    settings: Settings, guard: Guard | None, stack: AsyncExitStack
+) -> tuple[Verifier | None, Calibration | None]:
+    """The hit verifier and its calibration, when VERIFIER=on and a guard runs before it."""
+    if settings.verifier == "off" or guard is None:
+        return None, None
+    calibration = Calibration.for_model()
+    verifier = await Verifier.load()
+    stack.push_async_callback(verifier.aclose)
+    return verifier, calibration
 
 
 async def connect_redis(

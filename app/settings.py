@@ -167,6 +167,15 @@ class Settings(
     guard: Literal["on", "off"] = "on"
     # Unset: the probability the shipped guard was tuned for (bench/quality.md).
     guard_threshold: Threshold | None = None
+    # The hit verifier (a cross-encoder reading both questions, behind near-miss checks for
+    # changed numbers, negation, antonyms and swapped roles); it needs the guard, which it is
+    # calibrated behind. With it on, GUARD_THRESHOLD gives way to the calibrated cascade.
+    verifier: Literal["on", "off"] = "on"
+    # The wrong-hit rate semantic hits may have, mapped to the verifier's threshold by its
+    # calibration curve (measured on validation pairs, half of them near misses: a harder mix
+    # than live traffic). Unset: the calibration's default (0.10). Per request:
+    # X-Sentinel-Max-Wrong-Hit-Rate.
+    max_wrong_hit_rate: Threshold | None = None
     # Live verification: the share of semantic hits asked again of the provider in the
     # background (after the client has its answer), to estimate the wrong-hit rate per tenant
     # and model (/v1/metrics) and to stop a hit found wrong; 0 turns it off. 1% of semantic

@@ -36,6 +36,8 @@ def from_headers(headers: Mapping[str, str]) -> dict[str, Any]:
         controls["similarity_threshold"] = parse_threshold(threshold, "X-Sentinel-Threshold")
     if (namespace := headers.get("x-sentinel-namespace")) is not None:
         controls["namespace"] = parse_namespace(namespace, "X-Sentinel-Namespace")
+    if (budget := headers.get("x-sentinel-max-wrong-hit-rate")) is not None:
+        controls["max_wrong_hit_rate"] = parse_threshold(budget, "X-Sentinel-Max-Wrong-Hit-Rate")
     return controls
 
 
@@ -51,7 +53,7 @@ def parse_ttl(value: str, name: str) -> int:
 
 
 def parse_threshold(value: str, name: str) -> float:
-    """A cosine floor in [0, 1]."""
+    """A cosine floor (or a rate) in [0, 1]."""
     try:
         threshold = float(value.strip())
     except ValueError:

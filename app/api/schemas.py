@@ -32,6 +32,8 @@ class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     prompt: Annotated[str, msgspec.Meta(min_length=1)]
     similarity_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    # The wrong-hit rate this request accepts (X-Sentinel-Max-Wrong-Hit-Rate's body form).
+    max_wrong_hit_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     ttl: Annotated[int, msgspec.Meta(gt=0, le=ONE_YEAR)] | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
@@ -55,6 +57,8 @@ class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             controls["ttl"] = self.ttl
         if self.similarity_threshold is not None:
             controls["similarity_threshold"] = self.similarity_threshold
+        if self.max_wrong_hit_rate is not None:
+            controls["max_wrong_hit_rate"] = self.max_wrong_hit_rate
         return Ask.of_prompt(
             self.prompt,
             model=self.model,

@@ -10,11 +10,13 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from app.eval import pairs, workload
 from app.providers.embedders import build_embedder
-from app.service.guard import configured_decision
-from app.settings import SettingsError, load_settings
+from app.service.guard import Guard, configured_decision
+from app.service.verifier import Calibration, Verifier
+from app.settings import Settings, SettingsError, load_settings
 
 COSINE_SWEEP = [round(0.70 + 0.01 * i, 2) for i in range(30)]
 GUARD_SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -40,6 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-guard", action="store_true", help="decide by the cosine alone (like GUARD=off)"
     )
     parser.add_argument(
+        "--no-verifier", action="store_true", help="decide without the verifier (VERIFIER=off)"
+    )
+    parser.add_argument(
+        "--max-wrong-hit-rate",
+        type=float,
+        help="the verifier's budget (default: MAX_WRONG_HIT_RATE or the calibration's)",
+    )
+    parser.add_argument(
         "--sweep",
         action="store_true",
         help="also score other thresholds (the guard's probability, or the cosine without one)",
@@ -60,14 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> str:
     """Evaluate with the service's embedder, guard and settings; return the printed report."""
-    overrides: dict[str, object] = {}
-    if args.threshold is not None:
-        overrides["similarity_threshold"] = args.threshold
-    if args.guard_threshold is not None:
-        overrides["guard_threshold"] = args.guard_threshold
-    if args.no_guard:
-        overrides["guard"] = "off"
-    settings = load_settings(None, **overrides)
+    settings = _settings(args)
     async with aiohttp.ClientSession() as session:
         embedder = await build_embedder(settings, session)
         try:
@@ -79,9 +82,9 @@ async def run(args: argparse.Namespace) -> str:
             if args.mode == "pairs":
                 data = pairs.load_pairs(args.file)
                 cosines = await pairs.pair_scores(data, embedder)
-                scores = pairs.decision_scores(data, cosines, guard, floor)
+                scores, verify_at = await _decision(settings, data, cosines, guard, floor)
                 pairs_result = pairs.evaluate(
-                    data, scores, floor, None if guard is None else guard.threshold
+                    data, scores, floor, None if guard is None else guard.threshold, verify_at
                 )
                 result: msgspec.Struct = pairs_result
                 text = pairs.table(pairs_result)
@@ -137,6 +140,40 @@ async def run(args: argparse.Namespace) -> str:
     if args.plot:
         text += f"\n\nplot: {args.plot}"
     return text
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The service's settings from the environment, with the command line's overrides."""
+    overrides: dict[str, object] = {
+        "similarity_threshold": args.threshold,
+        "guard_threshold": args.guard_threshold,
+        "max_wrong_hit_rate": args.max_wrong_hit_rate,
+    }
+    if args.no_guard:
+        overrides["guard"] = "off"
+    if args.no_verifier:
+        overrides["verifier"] = "off"
+    return load_settings(None, **{k: v for k, v in overrides.items() if v is not None})
+
+
+async def _decision(
+    settings: Settings,
+    data: list[pairs.Pair],
+    cosines: npt.NDArray[np.float64],
+    guard: Guard | None,
+    floor: float,
+) -> tuple[npt.NDArray[np.float64], float | None]:
+    """The scores the service thresholds, and the verifier's threshold when it decides."""
+    if settings.verifier == "off" or guard is None:
+        return pairs.decision_scores(data, cosines, guard, floor), None
+    calibration = Calibration.for_model()
+    verifier = await Verifier.load()
+    try:
+        scores = await pairs.verified_scores(data, cosines, guard, verifier, calibration)
+    finally:
+        await verifier.aclose()
+    budget = settings.max_wrong_hit_rate
+    return scores, (calibration.threshold if budget is None else calibration.threshold_for(budget))
 
 
 def _what(guarded: bool, embedder: str) -> str:

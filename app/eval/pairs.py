@@ -13,6 +13,7 @@ from app.eval.scoring import PRECISIONS, at_threshold, recall_at_precision, roc_
 from app.providers.embedders.base import Embedder
 from app.service.guard import Guard
 from app.service.prompt import normalize_prompt
+from app.service.verifier import Calibration, Verifier
 
 
 class Pair(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +42,8 @@ class PairsResult(PairReport, kw_only=True):
     threshold: float
     # The guard's probability threshold when a guard decides (threshold is then the floor).
     guard_threshold: float | None = None
+    # With the verifier: the combined score's threshold (it decides, not guard_threshold).
+    verifier_threshold: float | None = None
     by_source: dict[str, PairReport]
 
 
@@ -79,6 +82,28 @@ def decision_scores(
     return scores
 
 
+async def verified_scores(
+    pairs: Sequence[Pair],
+    cosines: npt.NDArray[np.float64],
+    guard: Guard,
+    verifier: Verifier,
+    calibration: Calibration,
+) -> npt.NDArray[np.float64]:
+    """What the service thresholds with the verifier on: the combined score of the pairs the
+    screens (cosine and guard floors, near-miss checks) let through, 0 for the rest."""
+    scores = np.zeros(len(pairs))
+    through: list[tuple[int, str, str, float]] = []
+    for i, (pair, cosine) in enumerate(zip(pairs, cosines, strict=True)):
+        query, cached = normalize_prompt(pair.question2), normalize_prompt(pair.question1)
+        probability = guard.probability(query, cached, float(cosine))
+        if calibration.screen(query, cached, float(cosine), probability) is None:
+            through.append((i, query, cached, probability))
+    verified = await verifier.probabilities([(query, cached) for _, query, cached, _ in through])
+    for (i, _, _, probability), checked in zip(through, verified, strict=True):
+        scores[i] = calibration.score(probability, float(checked))
+    return scores
+
+
 def report(scores: npt.NDArray[np.float64], labels: Sequence[int], threshold: float) -> PairReport:
     """AUC, recall at each target precision, and at the threshold: precision, recall and the
     share of negative pairs served (PAWS and near-miss sets read directly from it)."""
@@ -105,10 +130,14 @@ def evaluate(
     scores: npt.NDArray[np.float64],
     threshold: float,
     guard_threshold: float | None = None,
+    verifier_threshold: float | None = None,
 ) -> PairsResult:
-    """Overall and per-source reports; decisions at guard_threshold when a guard scored."""
+    """Overall and per-source reports; decisions at guard_threshold when a guard scored, at
+    verifier_threshold when the verifier did."""
     labels = [p.label for p in pairs]
     decide = threshold if guard_threshold is None else guard_threshold
+    if verifier_threshold is not None:
+        decide = verifier_threshold
     overall = report(scores, labels, decide)
     by_source = {}
     for source in sorted({p.source for p in pairs}):
@@ -118,6 +147,7 @@ def evaluate(
         **msgspec.structs.asdict(overall),
         threshold=threshold,
         guard_threshold=guard_threshold,
+        verifier_threshold=verifier_threshold,
         by_source=by_source,
     )
 
@@ -126,7 +156,12 @@ def table(result: PairsResult) -> str:
     """The result as a Markdown table, one row per source and one overall."""
     head = "| set | n | AUC | R@P0.90 | R@P0.95 | R@P0.99 | P at t | R at t | neg. served at t |"
     decision = f"cosine >= {result.threshold}"
-    if result.guard_threshold is not None:
+    if result.verifier_threshold is not None:
+        decision += (
+            ", the calibrated screens (guard floor, near-miss checks) and guard x verifier "
+            f">= {result.verifier_threshold} (scores: the combined one)"
+        )
+    elif result.guard_threshold is not None:
         decision += f" and guard probability >= {result.guard_threshold} (scores: the guard's)"
     lines = [
         f"Decision: {decision}",

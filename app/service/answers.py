@@ -30,6 +30,9 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     similarity: float | None
     # The guard's P(same question) for a semantic hit; None for exact hits and misses.
     guard_score: float | None = None
+    # With the verifier on: the guard's and the verifier's evidence combined, which the
+    # wrong-hit budget's threshold applied to.
+    verifier_score: float | None = None
     # True when an identical request was in flight and this one was answered from its result.
     waited: bool = False
     # True when the cache was bypassed for this answer (Redis down, slow, or its circuit
@@ -63,6 +66,7 @@ def answer_from(
     cost: float,
     saved: float,
     guard_score: float | None = None,
+    verifier_score: float | None = None,
     bypass: bool = False,
 ) -> Answer:
     return Answer(
@@ -72,6 +76,7 @@ def answer_from(
         bypass=bypass,
         similarity=None if similarity is None else round(similarity, 6),
         guard_score=None if guard_score is None else round(guard_score, 4),
+        verifier_score=None if verifier_score is None else round(verifier_score, 4),
         matched_prompt=None if match == "miss" else entry.prompt,
         entry_id=entry.id,
         model=entry.model,

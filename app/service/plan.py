@@ -23,6 +23,7 @@ from app.providers.upstreams.base import (
 )
 from app.providers.upstreams.router import ProviderRouter
 from app.service.prompt import ContextMessage, Scope, normalize_prompt, normalize_text
+from app.service.verifier import Calibration
 
 
 class Ask(Sampling, frozen=True, kw_only=True):
@@ -37,6 +38,8 @@ class Ask(Sampling, frozen=True, kw_only=True):
     # no-cache) skips the lookup and refreshes the entry; write_cache=False (no-store) keeps
     # the answer out of the cache.
     similarity_threshold: float | None = None
+    # The wrong-hit rate this request accepts (None: MAX_WRONG_HIT_RATE).
+    max_wrong_hit_rate: float | None = None
     ttl: int | None = None
     read_cache: bool = True
     write_cache: bool = True
@@ -62,6 +65,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     question_digest: str
     entry_id: str
     threshold: float
+    # With the verifier on: the decision threshold the request's wrong-hit budget maps to.
+    verify_threshold: float | None
     ttl: int
     read_cache: bool
     write_cache: bool
@@ -75,6 +80,25 @@ class Planner:
     similarity_threshold: float
     ttl: int
     max_prompt_chars: int
+    # The verifier's threshold <-> wrong-hit-rate curve, and the budget when a request sets
+    # none (None: the calibration's own default).
+    calibration: Calibration | None = None
+    max_wrong_hit_rate: float | None = None
+
+    def default_verify_threshold(self) -> float | None:
+        """The verifier's threshold for requests that set no budget (None without one)."""
+        return self._verify_threshold(None)
+
+    def _verify_threshold(self, max_wrong_hit_rate: float | None) -> float | None:
+        """The verifier's threshold for a budget (None without a verifier)."""
+        if self.calibration is None:
+            return None
+        budget = max_wrong_hit_rate
+        if budget is None:
+            budget = self.max_wrong_hit_rate
+        if budget is None:
+            return self.calibration.threshold
+        return self.calibration.threshold_for(budget)
 
     def plan(self, ask: Ask) -> Plan:
         """Route the model and compute scope, question and entry id; 4xx errors for bad input."""
@@ -121,6 +145,7 @@ class Planner:
                 if ask.similarity_threshold is None
                 else ask.similarity_threshold
             ),
+            verify_threshold=self._verify_threshold(ask.max_wrong_hit_rate),
             ttl=ask.ttl or self.ttl,
             read_cache=ask.read_cache,
             write_cache=ask.write_cache,

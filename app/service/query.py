@@ -31,10 +31,12 @@ from app.providers.upstreams.router import ProviderRouter, is_transient
 from app.service.answers import Answer, Match, StreamedAnswer, Usage, answer_from, elapsed_ms
 from app.service.audit import HitAudit
 from app.service.guard import Guard
+from app.service.judge import Judge, Verdict
 from app.service.plan import Ask, Plan, Planner, entry_for
 from app.service.pricing import cost_usd
 from app.service.request_cache import RequestCache
 from app.service.streaming import Assembler, replay
+from app.service.verifier import Calibration, Verifier
 from app.settings import DEFAULT_LOOKUP_TIMEOUT_MS, DEFAULT_WRITE_TIMEOUT_MS
 
 log = logging.getLogger("sentinel.service")
@@ -72,6 +74,9 @@ class QueryService:
         providers: ProviderRouter,
         similarity_threshold: float,
         guard: Guard | None = None,
+        verifier: Verifier | None = None,
+        calibration: Calibration | None = None,
+        max_wrong_hit_rate: float | None = None,
         negative: NegativeCache | None = None,
         flight: SingleFlight | None = None,
         wait_timeout: float = 30.0,
@@ -99,7 +104,10 @@ class QueryService:
             similarity_threshold=similarity_threshold,
             ttl=ttl,
             max_prompt_chars=max_prompt_chars,
+            calibration=calibration,
+            max_wrong_hit_rate=max_wrong_hit_rate,
         )
+        self.judge = Judge(guard, verifier, calibration)
         self.embedder = embedder
         self.providers = providers
         self.guard = guard
@@ -313,11 +321,11 @@ class QueryService:
             for candidate in candidates:
                 if candidate.similarity < plan.threshold:
                     break
-                score = None
-                if self.guard is not None:
-                    score = self.guard.probability(question, candidate.prompt, candidate.similarity)
-                    if score < self.guard.threshold:
-                        continue  # a near miss; a lower neighbour may still be the same question
+                verdict = await self.judge(
+                    question, candidate.prompt, candidate.similarity, plan.verify_threshold
+                )
+                if not verdict.serve:
+                    continue  # a near miss; a lower neighbour may still be the same question
                 # What verification and feedback taught this entry: a floor of its own, and
                 # questions it must never answer.
                 similarity = candidate.similarity
@@ -328,7 +336,7 @@ class QueryService:
                 )
                 if entry is not None:  # None: expired since the KNN, or refused
                     hit = await self._hit(
-                        entry, "semantic", candidate.similarity, started, guard_score=score
+                        entry, "semantic", candidate.similarity, started, verdict=verdict
                     )
                     return _Found(hit=hit, vector=vector)
         except CacheBypassed as exc:
@@ -409,7 +417,7 @@ class QueryService:
         similarity: float,
         started: float,
         *,
-        guard_score: float | None = None,
+        verdict: Verdict | None = None,
     ) -> Answer:
         saved = cost_usd(entry.model, entry.prompt_tokens, entry.completion_tokens)
         latency_ms = elapsed_ms(started)
@@ -420,7 +428,14 @@ class QueryService:
             usd_saved=saved,
         )
         return answer_from(
-            entry, match, similarity, latency_ms, cost=0.0, saved=saved, guard_score=guard_score
+            entry,
+            match,
+            similarity,
+            latency_ms,
+            cost=0.0,
+            saved=saved,
+            guard_score=None if verdict is None else verdict.guard_score,
+            verifier_score=None if verdict is None else verdict.verifier_score,
         )
 
     async def _record(self, outcome: Outcome, started: float, **counts: Unpack[Counts]) -> None:

@@ -58,6 +58,10 @@ class Health(msgspec.Struct, kw_only=True):
     similarity_threshold: float
     guard: Literal["on", "off"]
     guard_threshold: float | None
+    # "on": candidates the guard lets through are screened for near misses and read by the
+    # verifier, served when the combined score reaches verify_threshold (MAX_WRONG_HIT_RATE's).
+    verifier: Literal["on", "off"]
+    verify_threshold: float | None
     # The default provider (model names without a `provider/` prefix go there)...
     upstream: str
     upstream_status: Literal["configured", "not_configured"]
@@ -171,6 +175,8 @@ async def health(
         similarity_threshold=service.similarity_threshold,
         guard="off" if service.guard is None else "on",
         guard_threshold=None if service.guard is None else service.guard.threshold,
+        verifier="off" if service.judge.verifier is None else "on",
+        verify_threshold=service.planner.default_verify_threshold(),
         upstream=default.name,
         upstream_status="configured" if default.configured else "not_configured",
         upstream_model=default.default_model,

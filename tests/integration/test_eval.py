@@ -14,6 +14,7 @@ import pytest
 from app.providers.embedders.local import DEFAULT_MODEL, LocalEmbedder
 from app.service.guard import Guard
 from app.service.prompt import normalize_prompt
+from app.service.verifier import Calibration
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,8 @@ async def test_pairs_mode_matches_an_independent_computation(tmp_path: Path) -> 
 
 
 async def test_pairs_mode_scores_with_the_guard_by_default(tmp_path: Path) -> None:
-    result = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "pairs.json"))
+    result = run_eval("pairs", str(PAIRS), "--no-verifier", "--json", str(tmp_path / "pairs.json"))
+    assert result["verifier_threshold"] is None
     guard = Guard.for_embedder(DEFAULT_MODEL)
     assert guard is not None
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines()]
@@ -181,3 +183,19 @@ def test_workload_verify_estimates_the_true_wrong_hit_rate(tmp_path: Path) -> No
     assert isinstance(sampled, dict)
     assert 0 < sampled["checked"] < sampled["semantic_hits"]
     assert sampled["low"] <= sampled["estimate"] <= sampled["high"]
+
+
+def test_pairs_mode_decides_with_the_verifier_cascade_by_default(tmp_path: Path) -> None:
+    calibration = Calibration.for_model()
+    cascade = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "cascade.json"))
+    assert cascade["verifier_threshold"] == calibration.threshold
+    guarded = run_eval("pairs", str(PAIRS), "--no-verifier", "--json", str(tmp_path / "g.json"))
+    at_cascade, at_guard = cascade["at_default"], guarded["at_default"]
+    assert isinstance(at_cascade, dict)
+    assert isinstance(at_guard, dict)
+    # On this sample the cascade serves no more negative pairs than the guard alone.
+    assert at_cascade["negatives_served"] <= at_guard["negatives_served"]
+    budget = run_eval(
+        "pairs", str(PAIRS), "--max-wrong-hit-rate", "0", "--json", str(tmp_path / "b.json")
+    )
+    assert budget["verifier_threshold"] == calibration.threshold_for(0.0)

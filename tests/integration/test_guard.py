@@ -26,7 +26,8 @@ def empty_cache(redis_url: str) -> None:
 async def test_guard_rejects_a_near_miss_and_keeps_a_paraphrase(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
 ) -> None:
-    async with app_client(make_settings()) as http:
+    # The guard deciding alone (the verifier's cascade has its own test below).
+    async with app_client(make_settings(verifier="off")) as http:
         health = (await http.get("/health")).json()
         assert health["guard"] == "on"
         assert health["similarity_threshold"] == 0.7
@@ -57,3 +58,38 @@ async def test_without_the_guard_the_cosine_alone_serves_the_near_miss(
         assert near["similarity"] >= 0.8
         assert near["guard_score"] is None
     assert fake_llm.call_count == 1
+
+
+async def test_the_verifier_cascade_refuses_changed_numbers_and_order_and_serves_a_paraphrase(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    async with app_client(make_settings()) as http:
+        health = (await http.get("/health")).json()
+        assert health["verifier"] == "on"
+        assert health["verify_threshold"] is not None
+        stored = "What was the population of Canada in 2015?"
+        assert (await http.post("/v1/query", json={"prompt": stored})).json()["match"] == "miss"
+        changed = await http.post(
+            "/v1/query", json={"prompt": "What was the population of Canada in 2016?"}
+        )
+        assert changed.json()["match"] == "miss"  # another year, another answer
+        swapped_first = "Is Rust faster than Go?"
+        await http.post("/v1/query", json={"prompt": swapped_first})
+        swapped = await http.post("/v1/query", json={"prompt": "Is Go faster than Rust?"})
+        assert swapped.json()["match"] == "miss"
+        asked, paraphrase = (
+            "How can I stop being so hard on myself?",
+            "How do I stop being so hard on myself?",
+        )
+        await http.post("/v1/query", json={"prompt": asked})
+        # A request's own budget: 0 maps to the strictest threshold the calibration knows.
+        strict = await http.post(
+            "/v1/query",
+            json={"prompt": paraphrase, "max_wrong_hit_rate": 0.0},
+            headers={"Cache-Control": "no-store"},
+        )
+        assert strict.json()["match"] == "miss"
+        hit = (await http.post("/v1/query", json={"prompt": paraphrase})).json()
+        assert hit["match"] == "semantic", hit
+        assert hit["matched_prompt"] == asked
+        assert hit["verifier_score"] >= health["verify_threshold"]

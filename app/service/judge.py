@@ -1,0 +1,80 @@
+"""Is a KNN candidate above the cosine floor the same question? The guard, then the verifier.
+
+Without a verifier the guard decides alone (its probability >= GUARD_THRESHOLD). With one,
+the cascade its calibration was measured in decides: cheap screens first (the cosine and
+guard floors, the near-miss checks for changed numbers, negation, antonyms and swapped
+roles), then the cross-encoder reads the pair, and the guard's and the verifier's evidence
+combined must reach the threshold a wrong-hit budget maps to (see service/verifier.py).
+The verifier runs only on candidates the screens let through: the only ones where it can
+change the decision.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from app.errors import SentinelError
+from app.service.guard import Guard
+from app.service.verifier import Calibration, Verifier
+
+log = logging.getLogger("sentinel.service")
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether to serve a candidate, with the scores that decided it."""
+
+    serve: bool
+    guard_score: float | None = None
+    # The combined score the budget's threshold applies to (None: no verifier ran).
+    verifier_score: float | None = None
+    # Which stage refused: "guard", "cosine", a near-miss check's name, "verifier".
+    refused_by: str | None = None
+
+
+class Judge:
+    """The guard alone, or the guard and the verifier as calibrated."""
+
+    def __init__(
+        self,
+        guard: Guard | None,
+        verifier: Verifier | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        if (verifier is None) != (calibration is None):
+            raise ValueError("a verifier needs its calibration, and a calibration its verifier")
+        if verifier is not None and guard is None:
+            raise ValueError("the verifier is calibrated behind the guard: it needs one")
+        self.guard = guard
+        self.verifier = verifier
+        self.calibration = calibration
+
+    async def __call__(
+        self, question: str, cached: str, similarity: float, threshold: float | None
+    ) -> Verdict:
+        """The verdict on serving `cached`'s answer for `question` (`threshold`: the budget's)."""
+        guard = self.guard
+        if guard is None:
+            return Verdict(serve=True)
+        score = guard.probability(question, cached, similarity)
+        if self.verifier is None or self.calibration is None or threshold is None:
+            if score < guard.threshold:
+                return Verdict(serve=False, guard_score=score, refused_by="guard")
+            return Verdict(serve=True, guard_score=score)
+        refused = self.calibration.screen(question, cached, similarity, score)
+        if refused is not None:
+            return Verdict(serve=False, guard_score=score, refused_by=refused)
+        try:
+            probability = await self.verifier.probability(question, cached)
+        except SentinelError as exc:
+            # Unverified is not served: a miss costs a provider call, a wrong hit trust.
+            log.warning("candidate not verified, not served: %s", exc.message)
+            return Verdict(serve=False, guard_score=score, refused_by="verifier")
+        combined = self.calibration.score(score, probability)
+        return Verdict(
+            serve=combined >= threshold,
+            guard_score=score,
+            verifier_score=combined,
+            refused_by=None if combined >= threshold else "verifier",
+        )
