@@ -115,6 +115,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 verifier=verifier,
                 calibration=calibration,
                 max_wrong_hit_rate=settings.max_wrong_hit_rate,
+                near_miss_checks=settings.verifier == "checks",
                 negative=NegativeCache(redis, ttl=settings.negative_ttl),
                 flight=flight,
                 # A waiter gives up once the leader's provider call must have ended.
@@ -160,7 +161,7 @@ async def _verifier(
     settings: Settings, guard: Guard | None, stack: AsyncExitStack
 ) -> tuple[Verifier | None, Calibration | None]:
     """The hit verifier and its calibration, when VERIFIER=on and a guard runs before it."""
-    if settings.verifier == "off" or guard is None:
+    if settings.verifier != "on" or guard is None:
         return None, None
     calibration = Calibration.for_model()
     verifier = await Verifier.load()

@@ -167,10 +167,13 @@ class Settings(
     guard: Literal["on", "off"] = "on"
     # Unset: the probability the shipped guard was tuned for (bench/quality.md).
     guard_threshold: Threshold | None = None
-    # The hit verifier (a cross-encoder reading both questions, behind near-miss checks for
-    # changed numbers, negation, antonyms and swapped roles); it needs the guard, which it is
-    # calibrated behind. With it on, GUARD_THRESHOLD gives way to the calibrated cascade.
-    verifier: Literal["on", "off"] = "on"
+    # After the guard: "checks", deterministic near-miss checks (a changed number, negation,
+    # an antonym, swapped roles; 18 µs a candidate); "on", those and the cross-encoder that
+    # reads both questions (~4.4 ms a candidate; GUARD_THRESHOLD then gives way to the
+    # calibrated cascade and MAX_WRONG_HIT_RATE applies); "off", the guard alone. "checks" by
+    # default: "on" refuses far more near misses but slowed semantic hits ~1.8x here
+    # (bench/quality.md). All of them need the guard.
+    verifier: Literal["on", "checks", "off"] = "checks"
     # The wrong-hit rate semantic hits may have, mapped to the verifier's threshold by its
     # calibration curve (measured on validation pairs, half of them near misses: a harder mix
     # than live traffic). Unset: the calibration's default (0.10). Per request:

@@ -42,7 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-guard", action="store_true", help="decide by the cosine alone (like GUARD=off)"
     )
     parser.add_argument(
-        "--no-verifier", action="store_true", help="decide without the verifier (VERIFIER=off)"
+        "--verifier",
+        choices=["on", "checks", "off"],
+        help="after the guard: the cross-encoder cascade, the near-miss checks, or nothing "
+        "(default: VERIFIER)",
     )
     parser.add_argument(
         "--max-wrong-hit-rate",
@@ -148,11 +151,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         "similarity_threshold": args.threshold,
         "guard_threshold": args.guard_threshold,
         "max_wrong_hit_rate": args.max_wrong_hit_rate,
+        "verifier": args.verifier,
     }
     if args.no_guard:
         overrides["guard"] = "off"
-    if args.no_verifier:
-        overrides["verifier"] = "off"
     return load_settings(None, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -164,8 +166,11 @@ async def _decision(
     floor: float,
 ) -> tuple[npt.NDArray[np.float64], float | None]:
     """The scores the service thresholds, and the verifier's threshold when it decides."""
-    if settings.verifier == "off" or guard is None:
-        return pairs.decision_scores(data, cosines, guard, floor), None
+    if settings.verifier != "on" or guard is None:
+        scores = pairs.decision_scores(
+            data, cosines, guard, floor, checks=settings.verifier == "checks"
+        )
+        return scores, None
     calibration = Calibration.for_model()
     verifier = await Verifier.load()
     try:

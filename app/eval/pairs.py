@@ -12,6 +12,7 @@ import numpy.typing as npt
 from app.eval.scoring import PRECISIONS, at_threshold, recall_at_precision, roc_auc
 from app.providers.embedders.base import Embedder
 from app.service.guard import Guard
+from app.service.near_miss import veto
 from app.service.prompt import normalize_prompt
 from app.service.verifier import Calibration, Verifier
 
@@ -69,16 +70,18 @@ def decision_scores(
     cosines: npt.NDArray[np.float64],
     guard: Guard | None,
     floor: float,
+    *,
+    checks: bool = False,
 ) -> npt.NDArray[np.float64]:
-    """What the service thresholds: the cosine, or with a guard its probability (0 below floor)."""
+    """What the service thresholds: the cosine, or with a guard its probability (0 below floor,
+    and with `checks` 0 where a near-miss check vetoes)."""
     if guard is None:
         return cosines
     scores = np.zeros(len(pairs))
     for i, (pair, cosine) in enumerate(zip(pairs, cosines, strict=True)):
-        if cosine >= floor:
-            scores[i] = guard.probability(
-                normalize_prompt(pair.question2), normalize_prompt(pair.question1), float(cosine)
-            )
+        query, cached = normalize_prompt(pair.question2), normalize_prompt(pair.question1)
+        if cosine >= floor and not (checks and veto(query, cached) is not None):
+            scores[i] = guard.probability(query, cached, float(cosine))
     return scores
 
 

@@ -1,6 +1,7 @@
 """Is a KNN candidate above the cosine floor the same question? The guard, then the verifier.
 
-Without a verifier the guard decides alone (its probability >= GUARD_THRESHOLD). With one,
+Without a verifier the guard decides (its probability >= GUARD_THRESHOLD), and with
+`checks` the near-miss checks veto what it would serve. With one,
 the cascade its calibration was measured in decides: cheap screens first (the cosine and
 guard floors, the near-miss checks for changed numbers, negation, antonyms and swapped
 roles), then the cross-encoder reads the pair, and the guard's and the verifier's evidence
@@ -17,6 +18,7 @@ import msgspec
 
 from app.errors import SentinelError
 from app.service.guard import Guard
+from app.service.near_miss import veto
 from app.service.verifier import Calibration, Verifier
 
 log = logging.getLogger("sentinel.service")
@@ -41,6 +43,8 @@ class Judge:
         guard: Guard | None,
         verifier: Verifier | None = None,
         calibration: Calibration | None = None,
+        *,
+        checks: bool = False,
     ) -> None:
         if (verifier is None) != (calibration is None):
             raise ValueError("a verifier needs its calibration, and a calibration its verifier")
@@ -49,6 +53,8 @@ class Judge:
         self.guard = guard
         self.verifier = verifier
         self.calibration = calibration
+        # Without the verifier: veto the guard's hits that a near-miss check fires on.
+        self.checks = checks
 
     async def __call__(
         self, question: str, cached: str, similarity: float, threshold: float | None
@@ -61,6 +67,9 @@ class Judge:
         if self.verifier is None or self.calibration is None or threshold is None:
             if score < guard.threshold:
                 return Verdict(serve=False, guard_score=score, refused_by="guard")
+            vetoed = veto(question, cached) if self.checks else None
+            if vetoed is not None:
+                return Verdict(serve=False, guard_score=score, refused_by=vetoed.value)
             return Verdict(serve=True, guard_score=score)
         refused = self.calibration.screen(question, cached, similarity, score)
         if refused is not None:

@@ -77,6 +77,7 @@ class QueryService:
         verifier: Verifier | None = None,
         calibration: Calibration | None = None,
         max_wrong_hit_rate: float | None = None,
+        near_miss_checks: bool = False,
         negative: NegativeCache | None = None,
         flight: SingleFlight | None = None,
         wait_timeout: float = 30.0,
@@ -107,7 +108,7 @@ class QueryService:
             calibration=calibration,
             max_wrong_hit_rate=max_wrong_hit_rate,
         )
-        self.judge = Judge(guard, verifier, calibration)
+        self.judge = Judge(guard, verifier, calibration, checks=near_miss_checks)
         self.embedder = embedder
         self.providers = providers
         self.guard = guard

@@ -59,8 +59,9 @@ class Health(msgspec.Struct, kw_only=True):
     guard: Literal["on", "off"]
     guard_threshold: float | None
     # "on": candidates the guard lets through are screened for near misses and read by the
-    # verifier, served when the combined score reaches verify_threshold (MAX_WRONG_HIT_RATE's).
-    verifier: Literal["on", "off"]
+    # verifier, served when the combined score reaches verify_threshold (MAX_WRONG_HIT_RATE's);
+    # "checks": the near-miss checks veto what the guard serves; "off": the guard alone.
+    verifier: Literal["on", "checks", "off"]
     verify_threshold: float | None
     # The default provider (model names without a `provider/` prefix go there)...
     upstream: str
@@ -175,7 +176,13 @@ async def health(
         similarity_threshold=service.similarity_threshold,
         guard="off" if service.guard is None else "on",
         guard_threshold=None if service.guard is None else service.guard.threshold,
-        verifier="off" if service.judge.verifier is None else "on",
+        verifier=(
+            "on"
+            if service.judge.verifier is not None
+            else "checks"
+            if service.judge.checks
+            else "off"
+        ),
         verify_threshold=service.planner.default_verify_threshold(),
         upstream=default.name,
         upstream_status="configured" if default.configured else "not_configured",

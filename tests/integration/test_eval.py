@@ -75,7 +75,8 @@ async def test_pairs_mode_matches_an_independent_computation(tmp_path: Path) -> 
 
 
 async def test_pairs_mode_scores_with_the_guard_by_default(tmp_path: Path) -> None:
-    result = run_eval("pairs", str(PAIRS), "--no-verifier", "--json", str(tmp_path / "pairs.json"))
+    off = ["--verifier", "off"]
+    result = run_eval("pairs", str(PAIRS), *off, "--json", str(tmp_path / "pairs.json"))
     assert result["verifier_threshold"] is None
     guard = Guard.for_embedder(DEFAULT_MODEL)
     assert guard is not None
@@ -185,17 +186,25 @@ def test_workload_verify_estimates_the_true_wrong_hit_rate(tmp_path: Path) -> No
     assert sampled["low"] <= sampled["estimate"] <= sampled["high"]
 
 
-def test_pairs_mode_decides_with_the_verifier_cascade_by_default(tmp_path: Path) -> None:
+def test_pairs_mode_decides_like_the_service_checks_or_cascade(tmp_path: Path) -> None:
     calibration = Calibration.for_model()
-    cascade = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "cascade.json"))
+    on = ["--verifier", "on"]
+    cascade = run_eval("pairs", str(PAIRS), *on, "--json", str(tmp_path / "cascade.json"))
     assert cascade["verifier_threshold"] == calibration.threshold
-    guarded = run_eval("pairs", str(PAIRS), "--no-verifier", "--json", str(tmp_path / "g.json"))
+    off = ["--verifier", "off"]
+    guarded = run_eval("pairs", str(PAIRS), *off, "--json", str(tmp_path / "g.json"))
+    checked = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "c.json"))  # the default
+    assert checked["verifier_threshold"] is None
     at_cascade, at_guard = cascade["at_default"], guarded["at_default"]
+    at_checks = checked["at_default"]
     assert isinstance(at_cascade, dict)
     assert isinstance(at_guard, dict)
-    # On this sample the cascade serves no more negative pairs than the guard alone.
+    assert isinstance(at_checks, dict)
+    # Checks only veto what the guard serves; on this sample the cascade serves no more
+    # negative pairs than the guard alone either.
+    assert at_checks["negatives_served"] <= at_guard["negatives_served"]
     assert at_cascade["negatives_served"] <= at_guard["negatives_served"]
     budget = run_eval(
-        "pairs", str(PAIRS), "--max-wrong-hit-rate", "0", "--json", str(tmp_path / "b.json")
+        "pairs", str(PAIRS), *on, "--max-wrong-hit-rate", "0", "--json", str(tmp_path / "b.json")
     )
     assert budget["verifier_threshold"] == calibration.threshold_for(0.0)

@@ -60,13 +60,13 @@ async def test_without_the_guard_the_cosine_alone_serves_the_near_miss(
     assert fake_llm.call_count == 1
 
 
-async def test_the_verifier_cascade_refuses_changed_numbers_and_order_and_serves_a_paraphrase(
-    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+@pytest.mark.parametrize("verifier", ["checks", "on"])
+async def test_near_misses_with_changed_numbers_or_order_are_refused_and_a_paraphrase_served(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI, verifier: str
 ) -> None:
-    async with app_client(make_settings()) as http:
+    async with app_client(make_settings(verifier=verifier)) as http:
         health = (await http.get("/health")).json()
-        assert health["verifier"] == "on"
-        assert health["verify_threshold"] is not None
+        assert health["verifier"] == verifier
         stored = "What was the population of Canada in 2015?"
         assert (await http.post("/v1/query", json={"prompt": stored})).json()["match"] == "miss"
         changed = await http.post(
@@ -82,14 +82,19 @@ async def test_the_verifier_cascade_refuses_changed_numbers_and_order_and_serves
             "How do I stop being so hard on myself?",
         )
         await http.post("/v1/query", json={"prompt": asked})
-        # A request's own budget: 0 maps to the strictest threshold the calibration knows.
-        strict = await http.post(
-            "/v1/query",
-            json={"prompt": paraphrase, "max_wrong_hit_rate": 0.0},
-            headers={"Cache-Control": "no-store"},
-        )
-        assert strict.json()["match"] == "miss"
+        if verifier == "on":
+            # A request's own budget: 0 maps to the strictest threshold the calibration knows.
+            strict = await http.post(
+                "/v1/query",
+                json={"prompt": paraphrase, "max_wrong_hit_rate": 0.0},
+                headers={"Cache-Control": "no-store"},
+            )
+            assert strict.json()["match"] == "miss"
         hit = (await http.post("/v1/query", json={"prompt": paraphrase})).json()
         assert hit["match"] == "semantic", hit
         assert hit["matched_prompt"] == asked
-        assert hit["verifier_score"] >= health["verify_threshold"]
+        if verifier == "on":
+            assert hit["verifier_score"] >= health["verify_threshold"]
+        else:
+            assert hit["verifier_score"] is None
+            assert health["verify_threshold"] is None
