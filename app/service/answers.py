@@ -92,3 +92,40 @@ def answer_from(
 
 def elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def streamed_miss(
+    entry_id: str, *, model: str, provider: str, latency_ms: float, bypass: bool
+) -> Answer:
+    """What is known of a streamed miss before its first piece: no text, no usage yet."""
+    return Answer(
+        response="",
+        cache_hit=False,
+        match="miss",
+        bypass=bypass,
+        similarity=None,
+        matched_prompt=None,
+        entry_id=entry_id,
+        model=model,
+        provider=provider,
+        latency_ms=latency_ms,
+        usage=Usage(prompt_tokens=0, completion_tokens=0),
+        cost_usd=0.0,
+        saved_usd=0.0,
+    )
+
+
+def shared_hit(leader: Answer, question: str | None, *, latency_ms: float, saved: float) -> Answer:
+    """A leader's answer as an exact hit for a caller that waited for it."""
+    return msgspec.structs.replace(
+        leader,
+        cache_hit=True,
+        match="exact",
+        similarity=1.0,
+        matched_prompt=question,
+        waited=True,
+        bypass=False,  # answered from the request in flight, whatever became of its store
+        latency_ms=round(latency_ms, 3),
+        cost_usd=0.0,
+        saved_usd=round(saved, 10),
+    )

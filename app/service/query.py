@@ -28,7 +28,15 @@ from app.providers.embedders.base import Embedder, Vector
 from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.base import ChatDelta, ChatResult
 from app.providers.upstreams.router import ProviderRouter, is_transient
-from app.service.answers import Answer, Match, StreamedAnswer, Usage, answer_from, elapsed_ms
+from app.service.answers import (
+    Answer,
+    Match,
+    StreamedAnswer,
+    answer_from,
+    elapsed_ms,
+    shared_hit,
+    streamed_miss,
+)
 from app.service.audit import HitAudit
 from app.service.guard import Guard
 from app.service.judge import Judge, Verdict
@@ -243,20 +251,12 @@ class QueryService:
         # Known now only if the lookup failed or the breaker is open; a store failing at the
         # end of the stream comes after the headers.
         bypass = found.bypass or (plan.write_cache and self.breaker.is_open)
-        head = Answer(
-            response="",
-            cache_hit=False,
-            match="miss",
-            bypass=bypass,
-            similarity=None,
-            matched_prompt=None,
-            entry_id=plan.entry_id,
+        head = streamed_miss(
+            plan.entry_id,
             model=first.model or plan.request.model,
             provider=first.provider or "",
             latency_ms=elapsed_ms(started),
-            usage=Usage(prompt_tokens=0, completion_tokens=0),
-            cost_usd=0.0,
-            saved_usd=0.0,
+            bypass=bypass,
         )
         relay = self._relay(plan, first, deltas, found, started)
         return StreamedAnswer(head=head, deltas=relay)
@@ -398,18 +398,7 @@ class QueryService:
         saved = cost_usd(leader.model, usage.prompt_tokens, usage.completion_tokens)
         tokens = usage.prompt_tokens + usage.completion_tokens
         await self._record("exact", started, tokens_saved=tokens, usd_saved=saved)
-        return msgspec.structs.replace(
-            leader,
-            cache_hit=True,
-            match="exact",
-            similarity=1.0,
-            matched_prompt=plan.question,
-            waited=True,
-            bypass=False,  # answered from the request in flight, whatever became of its store
-            latency_ms=round(elapsed_ms(started), 3),
-            cost_usd=0.0,
-            saved_usd=round(saved, 10),
-        )
+        return shared_hit(leader, plan.question, latency_ms=elapsed_ms(started), saved=saved)
 
     async def _hit(
         self,
