@@ -20,8 +20,9 @@ from app.lifespan import connect_redis
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
 from app.providers.upstreams.router import ProviderRouter
-from app.service.audit import HitAudit, wilson
+from app.service.audit import HitAudit
 from app.service.guard import Guard
+from app.service.interval import wilson
 from app.service.plan import Ask, Plan
 from app.service.query import QueryService
 from app.settings import Settings

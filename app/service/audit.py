@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -32,15 +31,13 @@ from app.errors import EmbeddingError, EntryNotFound, UpstreamError
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.router import ProviderRouter
 from app.service.answers import Answer
+from app.service.interval import wilson
 from app.service.plan import Plan, entry_for
 from app.service.pricing import cost_usd
 from app.service.prompt import normalize_prompt, normalize_text
 from app.service.request_cache import RequestCache
 
 log = logging.getLogger("sentinel.audit")
-
-# z for a two-sided 95% interval.
-_Z95 = 1.959964
 
 
 class WrongHitEstimate(msgspec.Struct, kw_only=True):
@@ -68,17 +65,6 @@ class FeedbackResult(msgspec.Struct, kw_only=True):
     # "recorded": a good answer counted; "disputed": the entry no longer answers that
     # question (nor anything as far from it); "deleted": the entry's own answer was wrong.
     action: str
-
-
-def wilson(successes: int, trials: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion (stays inside [0, 1] for small counts)."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + _Z95**2 / trials
-    centre = (p + _Z95**2 / (2 * trials)) / denominator
-    half = _Z95 * math.sqrt(p * (1 - p) / trials + _Z95**2 / (4 * trials**2)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class HitAudit:

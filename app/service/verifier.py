@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal, TypedDict, Unpack
@@ -32,9 +31,10 @@ from tokenizers import Tokenizer
 
 from app.errors import StartupError, VerificationError
 from app.providers.embedders.local import (
-    TOKENIZER_SHA256,
+    InferencePool,
+    load_tokenizer,
+    onnx_session,
     read_verified,
-    vendored_tokenizer_path,
 )
 from app.service.near_miss import Check, veto
 
@@ -135,18 +135,6 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise StartupError(f"cannot load the verifier calibration {path}: {exc}") from None
 
 
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
-    """Like the embedder's: sequential, no spinning (it would steal the other pool's core)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 def _sigmoid(z: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
     clipped = np.clip(z.astype(np.float64), -60.0, 60.0)
     result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-clipped))
@@ -180,10 +168,10 @@ class Verifier:
         self._session = session
         self._tokenizer = tokenizer
         self.symmetric = symmetric
-        self._workers = workers
         # Its own pool: verification never queues behind embeddings or other to_thread work.
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
-        self._closed = False
+        self._pool = InferencePool(
+            workers=workers, name="verify", error=VerificationError, what="verifier"
+        )
 
     @classmethod
     def load_sync(
@@ -205,24 +193,10 @@ class Verifier:
         model_bytes = read_verified(
             model_path or DATA_DIR / f"{model}.onnx", MODEL_SHA256[model], "verifier", NOTICE
         )
-        tokenizer_bytes = read_verified(
-            tokenizer_path or vendored_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
-        )
-        tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", pad_type_id=0)  # noqa: S106
+        tokenizer = load_tokenizer(tokenizer_path, MAX_TOKENS)
         if symmetric is None:
             symmetric = Calibration.for_model(model).symmetric
-        try:
-            session = ort.InferenceSession(
-                model_bytes,
-                sess_options=_session_options(intra_op_threads),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StartupError(f"onnxruntime cannot load the verifier: {first_line}") from None
+        session = onnx_session(model_bytes, intra_op_threads, "the verifier")
         return cls(session, tokenizer, model=model, symmetric=symmetric, workers=workers)
 
     @classmethod
@@ -257,10 +231,6 @@ class Verifier:
         n = len(pairs)
         return _sigmoid((both[:n] + both[n:]) / 2)
 
-    def probability_sync(self, query: str, cached: str) -> float:
-        """P(same question) for one pair, blocking."""
-        return float(self.probabilities_sync([(query, cached)])[0])
-
     async def probability(self, query: str, cached: str) -> float:
         """P(same question) for one normalized query and cached prompt, off the event loop."""
         return float((await self._run([(query, cached)]))[0])
@@ -272,31 +242,16 @@ class Verifier:
             chunk = list(pairs[start : start + MAX_BATCH])
             result[start : start + len(chunk)] = await self._run(chunk)
         if not pairs:
-            self._check_open()
+            self._pool.check_open()
         return result
 
     async def aclose(self) -> None:
         """Stop the thread pool, waiting for a running batch to finish."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise VerificationError("the verifier is closed")
+        await self._pool.aclose()
 
     async def _run(self, pairs: list[tuple[str, str]]) -> npt.NDArray[np.float64]:
-        """One batch on the pool, turning onnxruntime failures into VerificationError."""
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self.probabilities_sync, pairs)
-        except Exception as exc:
-            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise VerificationError(
-                f"verification failed: {type(exc).__name__} {detail}".rstrip()
-            ) from exc
+        """One batch on the pool (VerificationError if it fails or the verifier is closed)."""
+        return await self._pool.run(self.probabilities_sync, pairs)
 
 
 def combined_score(
@@ -310,13 +265,3 @@ def combined_score(
     v = min(max(verifier_probability, eps), 1 - eps)
     z = math.log(g / (1 - g)) + math.log(v / (1 - v))
     return 1.0 / (1.0 + math.exp(-z))
-
-
-def wilson_upper(wrong: int, served: int, z: float = 1.96) -> float:
-    """Upper end of the Wilson score interval for a wrong-hit rate of wrong / served."""
-    if served == 0:
-        return 1.0
-    p = wrong / served
-    centre = p + z * z / (2 * served)
-    margin = z * math.sqrt(p * (1 - p) / served + z * z / (4 * served * served))
-    return min(1.0, (centre + margin) / (1 + z * z / served))

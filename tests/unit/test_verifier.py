@@ -16,6 +16,7 @@ from app.errors import StartupError, VerificationError
 from app.eval.scoring import roc_auc
 from app.providers.embedders.local import DEFAULT_MODEL, LocalEmbedder
 from app.service.guard import Guard
+from app.service.interval import wilson
 from app.service.near_miss import Check
 from app.service.prompt import normalize_prompt
 from app.service.verifier import (
@@ -25,7 +26,6 @@ from app.service.verifier import (
     Calibration,
     Verifier,
     combined_score,
-    wilson_upper,
 )
 
 PROBES = Path(__file__).parents[1] / "data" / "near_miss_probes.jsonl"
@@ -125,9 +125,9 @@ def test_calibration_maps_a_budget_to_a_threshold() -> None:
 
 
 def test_wilson_upper_bound() -> None:
-    assert wilson_upper(0, 0) == 1.0
-    assert 0.0 < wilson_upper(0, 100) < 0.04
-    assert wilson_upper(5, 100) > 0.05
+    assert wilson(0, 0)[1] == 1.0
+    assert 0.0 < wilson(0, 100)[1] < 0.04
+    assert wilson(5, 100)[1] > 0.05
 
 
 def test_screen_applies_the_cheaper_stages_of_the_calibrated_cascade() -> None:

@@ -27,6 +27,7 @@ from app.eval.scoring import at_threshold, recall_at_precision, roc_auc
 from app.providers.embedders.local import TUNED_MODEL, LocalEmbedder
 from app.service import near_miss
 from app.service.guard import Guard
+from app.service.interval import wilson
 from app.service.near_miss import Check
 from app.service.prompt import normalize_prompt
 from app.service.verifier import (
@@ -37,7 +38,6 @@ from app.service.verifier import (
     CalibrationPoint,
     Verifier,
     combined_score,
-    wilson_upper,
 )
 from training.verifier.data import OUT, ROOT, Row, load, pairs_parts, paws_parts
 
@@ -317,7 +317,7 @@ def _curve(
                 served=n,
                 wrong=wrong,
                 wrong_hit_rate=round(wrong / n, 4) if n else 0.0,
-                wrong_hit_upper95=round(wilson_upper(wrong, n), 4),
+                wrong_hit_upper95=round(wilson(wrong, n)[1], 4),
                 recall=round(float((served & (y == 1)).sum() / (y == 1).sum()), 4),
                 paws_served_negative=round(
                     float(((paws >= t) & (yw == 0)).sum() / (yw == 0).sum()), 4

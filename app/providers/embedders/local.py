@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypedDict, Unpack
+from typing import Any, Final, TypedDict, TypeVar, Unpack
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from app.errors import EmbeddingError, StartupError
+from app.errors import EmbeddingError, SentinelError, StartupError
 from app.providers.embedders.base import Vector
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 DIMENSION: Final = 384
 
@@ -111,6 +114,71 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
+def load_tokenizer(path: Path | None, max_tokens: int) -> Tokenizer:
+    """The vendored tokenizer (or the one at `path`), hash-checked, truncating at `max_tokens`
+    word pieces and padding each batch to its longest text; StartupError if it is not ours."""
+    tokenizer_bytes = read_verified(
+        path or vendored_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
+    )
+    # from_str on the verified bytes rather than from_file: no window for the file to
+    # change between the check and the load.
+    tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+    tokenizer.enable_truncation(max_length=max_tokens)
+    # No `length`: pad to the longest text of each batch, not to a fixed 128.
+    tokenizer.no_padding()
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", pad_type_id=0)  # noqa: S106
+    return tokenizer
+
+
+def onnx_session(model_bytes: bytes, intra_op_threads: int, what: str) -> ort.InferenceSession:
+    """An onnxruntime CPU session with the options above; StartupError naming `what`."""
+    try:
+        return ort.InferenceSession(
+            model_bytes,
+            sess_options=_session_options(intra_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"onnxruntime cannot load {what}: {first_line}") from None
+
+
+class InferencePool:
+    """A model's own small thread pool: its work runs off the event loop and never queues
+    behind other to_thread work; failures (and work after aclose) raise `error`."""
+
+    def __init__(self, *, workers: int, name: str, error: type[SentinelError], what: str) -> None:
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._error = error
+        self._what = what
+        self._closed = False
+
+    def check_open(self) -> None:
+        """Refuse work after aclose with our error instead of the executor's RuntimeError."""
+        if self._closed:
+            raise self._error(f"the {self._what} is closed")
+
+    async def run(self, work: Callable[[A], R], argument: A) -> R:
+        """`work(argument)` on the pool, onnxruntime's untyped failures as `error`."""
+        self.check_open()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, work, argument)
+        except Exception as exc:
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise self._error(
+                f"the {self._what} failed: {type(exc).__name__} {detail}".rstrip()
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Stop the pool, waiting for a running batch to finish (queued ones are dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
 class LoadOptions(TypedDict, total=False):
     """`load_sync`'s options, for `load` to pass on."""
 
@@ -135,11 +203,10 @@ class LocalEmbedder:
         self._model = model
         self._session = session
         self._tokenizer = tokenizer
-        self._workers = workers
-        # Its own pool, not the loop's default one: embeddings never queue behind other
-        # to_thread work, and two requests embed in parallel.
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed")
-        self._closed = False
+        # Two workers: two requests embed in parallel.
+        self._pool = InferencePool(
+            workers=workers, name="embed", error=EmbeddingError, what="local embedder"
+        )
 
     @classmethod
     def load_sync(
@@ -157,25 +224,8 @@ class LocalEmbedder:
         model_bytes = read_verified(
             model_path or _default_model_path(model), MODEL_SHA256[model], "model"
         )
-        tokenizer_bytes = read_verified(
-            tokenizer_path or vendored_tokenizer_path(), TOKENIZER_SHA256, "tokenizer"
-        )
-        # from_str on the verified bytes rather than from_file: no window for the file to
-        # change between the check and the load.
-        tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-        tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        # No `length`: pad to the longest text of each batch, not to a fixed 128.
-        tokenizer.no_padding()
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", pad_type_id=0)  # noqa: S106
-        try:
-            session = ort.InferenceSession(
-                model_bytes,
-                sess_options=_session_options(intra_op_threads),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StartupError(f"onnxruntime cannot load the model: {first_line}") from None
+        tokenizer = load_tokenizer(tokenizer_path, MAX_TOKENS)
+        session = onnx_session(model_bytes, intra_op_threads, "the model")
         return cls(session, tokenizer, model=model, workers=workers)
 
     @classmethod
@@ -203,13 +253,13 @@ class LocalEmbedder:
         """Embed several texts in batches of up to 32; shape (len(texts), 384), unit rows."""
         result = np.empty((len(texts), DIMENSION), dtype=np.float32)
         if not texts:
-            self._check_open()
+            self._pool.check_open()
             return result
         # Similar lengths in one batch means little padding; order is restored below.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[i : i + MAX_BATCH] for i in range(0, len(order), MAX_BATCH)]
         # One chunk per worker at a time, so concurrent `embed` calls interleave.
-        gate = asyncio.Semaphore(self._workers)
+        gate = asyncio.Semaphore(self._pool.workers)
 
         async def run_chunk(indices: list[int]) -> None:
             async with gate:
@@ -220,27 +270,11 @@ class LocalEmbedder:
 
     async def aclose(self) -> None:
         """Stop the thread pool, waiting for a running batch to finish."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-
-    def _check_open(self) -> None:
-        """Refuse work after aclose with our error instead of the executor's RuntimeError."""
-        if self._closed:
-            raise EmbeddingError("the local embedder is closed")
+        await self._pool.aclose()
 
     async def _run(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """Run one batch on the pool, turning onnxruntime failures into EmbeddingError."""
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self._embed_batch, texts)
-        except Exception as exc:
-            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise EmbeddingError(
-                f"local embedding failed: {type(exc).__name__} {detail}".rstrip()
-            ) from exc
+        """Run one batch on the pool (EmbeddingError if it fails or the embedder is closed)."""
+        return await self._pool.run(self._embed_batch, texts)
 
     def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """One ONNX run (in a pool thread); mean-pool over the mask, L2-normalise."""
