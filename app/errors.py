@@ -44,6 +44,9 @@ class UpstreamError(SentinelError):
 
     status_code = 502
     code = "UPSTREAM_ERROR"
+    # What the provider answered, for the metrics' `status` label: its HTTP status when one
+    # came back ("503"), else what went wrong ("timeout", "connection", "bad_response").
+    upstream_status = "error"
 
 
 class UpstreamRejected(UpstreamError):
@@ -51,24 +54,28 @@ class UpstreamRejected(UpstreamError):
 
     status_code = 400
     code = "UPSTREAM_REJECTED"
+    upstream_status = "4xx"
 
 
 class UpstreamRateLimited(UpstreamError):
     """The provider kept answering 429 after our retries."""
 
     code = "UPSTREAM_RATE_LIMITED"
+    upstream_status = "429"
 
 
 class UpstreamUnavailable(UpstreamError):
     """The provider could not be reached (connection refused, reset, DNS)."""
 
     code = "UPSTREAM_UNAVAILABLE"
+    upstream_status = "connection"
 
 
 class UpstreamBadResponse(UpstreamError):
     """The provider answered 2xx with a body we cannot read, or an empty answer."""
 
     code = "UPSTREAM_BAD_RESPONSE"
+    upstream_status = "bad_response"
 
 
 class UpstreamTimeout(UpstreamError):
@@ -76,6 +83,7 @@ class UpstreamTimeout(UpstreamError):
 
     status_code = 504
     code = "UPSTREAM_TIMEOUT"
+    upstream_status = "timeout"
 
 
 class UpstreamNotConfigured(UpstreamError):
@@ -83,6 +91,7 @@ class UpstreamNotConfigured(UpstreamError):
 
     status_code = 503
     code = "UPSTREAM_NOT_CONFIGURED"
+    upstream_status = "not_configured"
 
 
 class EmbeddingError(SentinelError):

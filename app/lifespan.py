@@ -24,6 +24,7 @@ from app.cache.ratelimit import RateLimiter
 from app.cache.store import CacheStore
 from app.embedded_redis import EmbeddedRedis
 from app.errors import StartupError
+from app.observability.recorder import Recorder
 from app.providers.embedders import build_embedder
 from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.router import ProviderRouter, build_router
@@ -98,6 +99,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             stack.push_async_callback(breaker.aclose)
             store.hits.start(paused=lambda: breaker.is_open)
             stack.push_async_callback(store.hits.aclose)
+            metrics = _recorder(settings, redis, breaker, router)
+            stack.push_async_callback(metrics.aclose)
             embed_breaker = EmbedderBreaker(
                 embedder,
                 budget=settings.embed_timeout,
@@ -107,7 +110,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             stack.push_async_callback(embed_breaker.aclose)
             app.state.service = QueryService(
                 store=store,
-                metrics=MetricsStore(redis),
+                metrics=metrics,
                 embedder=embedder,
                 providers=router,
                 similarity_threshold=threshold,
@@ -329,3 +332,17 @@ def _warn_about(
             }
         },
     )
+
+
+def _recorder(
+    settings: Settings, redis: Redis, breaker: CacheBreaker, router: ProviderRouter
+) -> Recorder:
+    """Metrics counted in process, flushed to Redis while it answers; told of provider calls."""
+    metrics = Recorder(
+        MetricsStore(redis),
+        interval=settings.metrics_flush_interval_ms / 1000,
+        max_tenants=settings.metrics_max_tenants,
+    )
+    metrics.start(paused=lambda: breaker.is_open)
+    router.observe = metrics.upstream
+    return metrics

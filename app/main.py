@@ -13,12 +13,14 @@ from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
 from app.api.errors import EXCEPTION_HANDLERS, MAX_BODY_BYTES
 from app.api.feedback import feedback
+from app.api.metrics import METRICS_ROUTES
 from app.api.middleware import json_body_middleware, request_log_middleware
 from app.api.query import query
-from app.api.status import health, metrics
+from app.api.status import health
 from app.lifespan import lifespan
 from app.service.query import QueryService
 from app.settings import Settings, load_settings
+from app.version import VERSION
 
 
 def provide_service(state: State) -> QueryService:
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             cache_store,
             feedback,
             health,
-            metrics,
+            *METRICS_ROUTES,
             *ADMIN_ROUTES,
         ],
         dependencies={
@@ -53,7 +55,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[request_log_middleware, json_body_middleware],
         lifespan=[lifespan],
         state=State({"settings": settings}),
-        openapi_config=OpenAPIConfig(title="Sentinel", version="0.1.0"),
+        openapi_config=OpenAPIConfig(title="Sentinel", version=VERSION),
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # app/logging.py configures JSON lines; Litestar must not override
         debug=False,

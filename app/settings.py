@@ -208,6 +208,12 @@ class Settings(
     # created with its own `rate_limit_per_minute` uses that instead.
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 600
 
+    # Metrics are counted in process and written to Redis (totals, history) this often; a
+    # crash loses at most this much. Past METRICS_MAX_TENANTS distinct tenants a process counts
+    # the rest as "other" (Prometheus label cardinality).
+    metrics_flush_interval_ms: Annotated[int, msgspec.Meta(ge=50, le=60_000)] = 1000
+    metrics_max_tenants: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     host: str = "127.0.0.1"
     port: Port = 8000

@@ -22,6 +22,9 @@ from app.service.admin import Admin
 # Where the guard leaves the tenant for the handler (the request's own state).
 TENANT_STATE = "sentinel_tenant"
 PROTECTED_PREFIX = "/v1/"
+# Metrics routes also take the admin key, which sees every tenant (the dashboard's key).
+METRICS_PREFIX = "/v1/metrics"
+ADMIN_STATE = "sentinel_admin"
 
 
 def credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -43,7 +46,12 @@ async def authenticate(
     if require_admin_key in (route_handler.guards or ()):
         return  # the admin key decides, not a tenant's
     access: AccessControl = connection.app.state.access
-    connection.state[TENANT_STATE] = await access.admit(credential(connection))
+    presented = credential(connection)
+    if route.startswith(METRICS_PREFIX) and access.is_admin(presented):
+        connection.state[ADMIN_STATE] = True
+        connection.state[TENANT_STATE] = ""
+        return
+    connection.state[TENANT_STATE] = await access.admit(presented)
 
 
 async def require_admin_key(
@@ -63,6 +71,24 @@ def provide_tenant(request: Request[Any, Any, Any]) -> str:
     return tenant
 
 
+async def require_metrics_access(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """GET /metrics (outside /v1): anyone while Sentinel runs open, else the admin key."""
+    access: AccessControl = connection.app.state.access
+    if access.mode != "open":
+        access.admit_admin(credential(connection))
+
+
+def provide_viewer(request: Request[Any, Any, Any]) -> str | None:
+    """Whose metrics a caller may read: None for all tenants (open mode, the admin key), else
+    its own tenant's."""
+    access: AccessControl = request.app.state.access
+    if access.mode == "open" or request.state.get(ADMIN_STATE):
+        return None
+    return provide_tenant(request)
+
+
 def provide_access(state: State) -> AccessControl:
     """The AccessControl the lifespan built."""
     access: AccessControl = state.access
@@ -79,6 +105,7 @@ def provide_admin(state: State) -> Admin:
 # dependency as a server error (500) instead of a 400, and `tenant` is a field of admin bodies.
 DEPENDENCIES = {
     "caller_tenant": Provide(provide_tenant, sync_to_thread=False),
+    "viewer": Provide(provide_viewer, sync_to_thread=False),
     "access": Provide(provide_access, sync_to_thread=False),
     "admin": Provide(provide_admin, sync_to_thread=False),
 }

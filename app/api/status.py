@@ -1,4 +1,4 @@
-"""GET /health and GET /v1/metrics."""
+"""GET /health (the metrics routes are in api/metrics.py)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,3 @@ async def health(
     """
     report = await status.health(service, redis_mode=state.redis_mode, access=access)
     return Response(report, status_code=200 if report.serving else 503)
-
-
-@get("/v1/metrics", cache=False, responses=ERROR_RESPONSES)
-async def metrics(
-    service: NamedDependency[QueryService],
-    access: NamedDependency[AccessControl],
-    caller_tenant: NamedDependency[str],
-) -> status.Metrics:
-    """Request counters, hit rate, latency percentiles, savings, the index size and the
-    estimated wrong-hit rates (a tenant's key sees its own)."""
-    tenant = None if access.mode == "open" else caller_tenant
-    return await status.metrics(service, tenant=tenant)

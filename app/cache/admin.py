@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.search.query import Query as SearchQuery
@@ -9,6 +11,7 @@ from redis.commands.search.query import Query as SearchQuery
 from app.cache import keys
 from app.cache.entry import ENTRY_FIELDS, Entry, from_hash, from_values
 from app.cache.errors import redis_errors_as_unavailable
+from app.cache.hits import TOP_KEPT, TOP_KEY
 from app.cache.index import tag_query
 
 
@@ -84,6 +87,36 @@ class EntryAdmin:
             if entry is not None and ttl != -2:  # -2: expired since the search
                 entries.append(ListedEntry(entry=entry, ttl=int(ttl)))
         return EntryPage(total=int(result.total), entries=entries)
+
+    @redis_errors_as_unavailable
+    async def top(self, *, tenant: str | None = None, limit: int = 20) -> list[ListedEntry]:
+        """The most-hit entries still alive (of `tenant` only, unless None), most hits first.
+
+        Read from the ranking HitCounter keeps; members that expired are dropped from it.
+        """
+        found: list[ListedEntry] = []
+        members = await self._redis.zrevrange(TOP_KEY, 0, TOP_KEPT - 1)
+        ranked = [keys.text(cast(bytes, member)) for member in members]
+        ours = [key for key in ranked if key.startswith(self._prefix)]
+        for start in range(0, len(ours), 100):
+            page = ours[start : start + 100]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in page:
+                    pipe.hmget(key, list(ENTRY_FIELDS))
+                    pipe.ttl(key)
+                replies = await pipe.execute()
+            gone: list[str] = []
+            for key, values, ttl in zip(page, replies[::2], replies[1::2], strict=True):
+                entry = from_values(keys.entry_id_of(self._prefix, key), values)
+                if entry is None:
+                    gone.append(key)
+                elif tenant is None or entry.tenant == tenant:
+                    found.append(ListedEntry(entry=entry, ttl=int(ttl)))
+            if gone:
+                await self._redis.zrem(TOP_KEY, *gone)
+            if len(found) >= limit:
+                break
+        return found[:limit]
 
     @redis_errors_as_unavailable
     async def delete_matching(

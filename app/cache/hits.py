@@ -18,18 +18,28 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.cache.keys import ROOT
+
 log = logging.getLogger("sentinel.cache")
 
 # HINCRBY only keys that still exist: an entry that expired since its hit must not come back
-# as a half entry holding nothing but `hits` and no TTL.
+# as a half entry holding nothing but `hits` and no TTL. KEYS[1] is the most-hit ranking
+# (a sorted set of entry keys, trimmed to its top TOP_KEPT; expired members are dropped when
+# read).
 _ADD_HITS = """
-for i, key in ipairs(KEYS) do
+local top = KEYS[1]
+for i = 2, #KEYS do
+  local key = KEYS[i]
   if redis.call('EXISTS', key) == 1 then
-    redis.call('HINCRBY', key, 'hits', ARGV[i])
+    redis.call('HINCRBY', key, 'hits', ARGV[i - 1])
+    redis.call('ZINCRBY', top, ARGV[i - 1], key)
   end
 end
-return #KEYS
+redis.call('ZREMRANGEBYRANK', top, 0, -tonumber(ARGV[#ARGV]) - 1)
+return #KEYS - 1
 """
+TOP_KEY = f"{ROOT}:top_entries"
+TOP_KEPT = 1000
 
 
 class HitCounter:
@@ -54,7 +64,9 @@ class HitCounter:
         batch, self._pending = self._pending, Counter()
         keys = list(batch)
         try:
-            await self._add_hits(keys=keys, args=[batch[key] for key in keys])
+            await self._add_hits(
+                keys=[TOP_KEY, *keys], args=[*(batch[key] for key in keys), TOP_KEPT]
+            )
         except RedisError:
             self._pending.update(batch)
             raise

@@ -1,9 +1,12 @@
-"""Counters and latency histograms kept in Redis, so every instance reports one truth."""
+"""Counters, latency histograms and their history kept in Redis, so every instance reports one
+truth. Written in batches by observability.Recorder, off the request path."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal, TypedDict
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
 
 import msgspec
 from redis.asyncio import Redis
@@ -15,13 +18,17 @@ Outcome = Literal["exact", "semantic", "miss", "error"]
 
 
 class Counts(TypedDict, total=False):
-    """What one request adds besides its outcome and latency (MetricsStore.record's rest)."""
+    """What one request adds besides its outcome and latency (Recorder.record's rest)."""
 
     upstream_called: bool
     upstream_failed: bool
     tokens_saved: int
+    tokens_spent: int
     usd_saved: float
     usd_spent: float
+    # A miss the provider answered while the cache was bypassed; a remembered failure served.
+    bypass: bool
+    negative_hit: bool
 
 
 # Latency buckets grow by 10% from 0.05 ms, so a percentile read from the histogram is
@@ -74,7 +81,7 @@ class Counters(msgspec.Struct, kw_only=True):
     usd_spent: float = 0.0
 
 
-_COUNTER_OF: dict[Outcome, str] = {
+COUNTER_OF: dict[Outcome, str] = {
     "exact": "exact_hits",
     "semantic": "semantic_hits",
     "miss": "misses",
@@ -86,40 +93,94 @@ def _latency_key(outcome: Outcome) -> str:
     return f"{METRICS_KEY}:latency:{outcome}"
 
 
+# History: one hash per hour and per day, fields "<tenant>\t<model>\t<name>", kept this long.
+HISTORY_RETENTION = {"hour": 14 * 86400, "day": 400 * 86400}
+HISTORY_SECONDS = {"hour": 3600, "day": 86400}
+# Counters written with HINCRBYFLOAT; every other field is an integer.
+FLOAT_FIELDS = frozenset({"usd_saved", "usd_spent", "latency_ms"})
+NEAR_MISSES_KEY = f"{METRICS_KEY}:near_misses"
+NEAR_MISSES_KEPT = 500
+
+
+def history_key(bucket: str, start: int) -> str:
+    """The hash holding one hour's or day's counters (`start`: epoch seconds)."""
+    return f"{METRICS_KEY}:history:{bucket}:{start}"
+
+
+@dataclass
+class Batch:
+    """Counts gathered in process since the last flush, written in one round trip."""
+
+    totals: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    latency: Counter[tuple[Outcome, int]] = field(default_factory=Counter)
+    # (span, start) -> field -> amount
+    history: dict[tuple[str, int], defaultdict[str, float]] = field(default_factory=dict)
+    near_misses: list[bytes] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.totals or self.latency or self.history or self.near_misses)
+
+    def absorb(self, other: Batch) -> None:
+        """Add another batch's counts to this one (a failed flush's, kept for the next)."""
+        _merge(self.totals, other.totals)
+        self.latency.update(other.latency)
+        for where, counts in other.history.items():
+            _merge(self.history.setdefault(where, defaultdict(float)), counts)
+        self.near_misses[:0] = other.near_misses
+
+
+def _merge(into: defaultdict[str, float], counts: dict[str, float]) -> None:
+    for name, amount in counts.items():
+        into[name] += amount
+
+
+def _add(pipe: Any, key: str, name: str, amount: float) -> None:
+    if name.rsplit("\t", 1)[-1] in FLOAT_FIELDS:
+        pipe.hincrbyfloat(key, name, amount)
+    else:
+        pipe.hincrby(key, name, int(amount))
+
+
 class MetricsStore:
-    """Records request outcomes and reads them back."""
+    """Writes counted batches to Redis and reads totals and history back."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
     @redis_errors_as_unavailable
-    async def record(
-        self,
-        outcome: Outcome,
-        *,
-        latency_ms: float,
-        upstream_called: bool = False,
-        upstream_failed: bool = False,
-        tokens_saved: int = 0,
-        usd_saved: float = 0.0,
-        usd_spent: float = 0.0,
-    ) -> None:
-        """Count one request in a single round trip."""
+    async def add(self, batch: Batch) -> None:
+        """Write a batch in one round trip (totals, latency, history, near misses)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(METRICS_KEY, "requests", 1)
-            pipe.hincrby(METRICS_KEY, _COUNTER_OF[outcome], 1)
-            pipe.hincrby(_latency_key(outcome), str(bucket_of(latency_ms)), 1)
-            if upstream_called:
-                pipe.hincrby(METRICS_KEY, "upstream_calls", 1)
-            if upstream_failed:
-                pipe.hincrby(METRICS_KEY, "upstream_errors", 1)
-            if tokens_saved:
-                pipe.hincrby(METRICS_KEY, "tokens_saved", tokens_saved)
-            if usd_saved:
-                pipe.hincrbyfloat(METRICS_KEY, "usd_saved", usd_saved)
-            if usd_spent:
-                pipe.hincrbyfloat(METRICS_KEY, "usd_spent", usd_spent)
+            for name, amount in batch.totals.items():
+                if amount:
+                    _add(pipe, METRICS_KEY, name, amount)
+            for (outcome, bucket), count in batch.latency.items():
+                pipe.hincrby(_latency_key(outcome), str(bucket), count)
+            for (span, start), counts in batch.history.items():
+                key = history_key(span, start)
+                for name, amount in counts.items():
+                    if amount:
+                        _add(pipe, key, name, amount)
+                pipe.expire(key, HISTORY_RETENTION[span] + HISTORY_SECONDS[span])
+            if batch.near_misses:
+                pipe.lpush(NEAR_MISSES_KEY, *batch.near_misses)
+                pipe.ltrim(NEAR_MISSES_KEY, 0, NEAR_MISSES_KEPT - 1)
             await pipe.execute()
+
+    @redis_errors_as_unavailable
+    async def history(self, bucket: str, starts: list[int]) -> list[dict[str, float]]:
+        """The counters of each hour or day in `starts` ({} where nothing was counted)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in starts:
+                pipe.hgetall(history_key(bucket, start))
+            hashes = await pipe.execute()
+        return [{text(k): float(v) for k, v in raw.items()} for raw in hashes]
+
+    @redis_errors_as_unavailable
+    async def near_misses(self) -> list[bytes]:
+        """The recent near misses, newest first, as written (JSON)."""
+        raw = await self._redis.lrange(NEAR_MISSES_KEY, 0, NEAR_MISSES_KEPT - 1)
+        return [item if isinstance(item, bytes) else item.encode() for item in raw]
 
     @redis_errors_as_unavailable
     async def read(self) -> tuple[Counters, dict[Outcome, dict[int, int]]]:
@@ -137,10 +198,3 @@ class MetricsStore:
             outcome: {int(k): int(v) for k, v in histogram.items()}
             for outcome, histogram in zip(outcomes, histograms, strict=True)
         }
-
-    @redis_errors_as_unavailable
-    async def reset(self) -> None:
-        """Forget every counter (tests and operators starting a fresh measurement)."""
-        await self._redis.delete(
-            METRICS_KEY, *(_latency_key(o) for o in ("exact", "semantic", "miss", "error"))
-        )

@@ -77,6 +77,7 @@ class CacheStore:
         self.get = self.admin.get
         self.delete = self.admin.delete
         self.search = self.admin.search
+        self.top = self.admin.top
         self.delete_matching = self.admin.delete_matching
         self.flush = self.admin.flush
 

@@ -17,6 +17,7 @@ from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.embedded_redis import EmbeddedRedis
 from app.lifespan import connect_redis
+from app.observability.recorder import Recorder
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
 from app.providers.upstreams.router import ProviderRouter
@@ -210,7 +211,7 @@ class _Replay:
         self.upstream = ReplayProvider()
         self.service = QueryService(
             store=self.store,
-            metrics=MetricsStore(redis),
+            metrics=Recorder(MetricsStore(redis)),
             embedder=embedder,
             providers=ProviderRouter({"replay": self.upstream}, "replay"),
             similarity_threshold=threshold,

@@ -330,9 +330,9 @@ class ProviderHttp:
         # 4xx: the same request will fail the same way, so no retry. 401/403 mean our key or
         # account is wrong (a 502: not the client's doing); the rest are about the request.
         message = f"{self.name} rejected the request with HTTP {status}{detail}"
-        if status in (401, 403, 407):
-            return UpstreamError(message)
-        return UpstreamRejected(message)
+        error = UpstreamError(message) if status in (401, 403, 407) else UpstreamRejected(message)
+        error.upstream_status = str(status)
+        return error
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -378,5 +378,9 @@ def _exhausted_error(exc: RetriesExhausted) -> UpstreamError:
     if isinstance(last, _ConnectionFailed) or (
         isinstance(last, _ServerFailed) and last.status == 529
     ):
-        return UpstreamUnavailable(last.reason + suffix)
-    return UpstreamError(last.reason + suffix)
+        error: UpstreamError = UpstreamUnavailable(last.reason + suffix)
+    else:
+        error = UpstreamError(last.reason + suffix)
+    if isinstance(last, _ServerFailed):
+        error.upstream_status = str(last.status)
+    return error

@@ -93,6 +93,12 @@ class AccessControl:
         """A Redis call through the cache's breaker (fast failure while Redis is away)."""
         return await self._breaker.call(operation, budget=self._budget, what="api key check")
 
+    def is_admin(self, credential: str | None) -> bool:
+        """Whether `credential` is SENTINEL_ADMIN_KEY (False while none is set)."""
+        if self._admin_digest is None or not credential:
+            return False
+        return hmac.compare_digest(digest(credential), self._admin_digest)
+
     def admit_admin(self, credential: str | None) -> None:
         """Pass for the admin key; AdminDisabled when none is set, InvalidApiKey otherwise."""
         if self._admin_digest is None:

@@ -67,6 +67,12 @@ class EntryList(msgspec.Struct, kw_only=True):
     limit: int
 
 
+class TopEntries(msgspec.Struct, kw_only=True):
+    """Body of GET /v1/metrics/top-entries: the most-hit entries, most hits first."""
+
+    entries: list[EntryView]
+
+
 class Deleted(msgspec.Struct, kw_only=True):
     """Body of the deleting routes: how many entries went, and the filters applied."""
 
@@ -127,6 +133,11 @@ class Admin:
             offset=offset,
             limit=limit,
         )
+
+    async def top_entries(self, *, tenant: str | None, limit: int) -> TopEntries:
+        """The most-hit entries alive, of one tenant or of all (None), most hits first."""
+        top = await self.store.top(tenant=tenant, limit=limit)
+        return TopEntries(entries=[_view(listed) for listed in top])
 
     async def entry(self, entry_id: str) -> EntryView:
         """One entry; EntryNotFound when it does not exist (or expired)."""

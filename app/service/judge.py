@@ -13,12 +13,16 @@ change the decision.
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
 
+from app.cache.store import Candidate
 from app.errors import SentinelError
+from app.observability.recorder import NearMiss, Recorder
 from app.service.guard import Guard
 from app.service.near_miss import veto
+from app.service.plan import Plan
 from app.service.verifier import Calibration, Verifier
 
 log = logging.getLogger("sentinel.service")
@@ -87,3 +91,35 @@ class Judge:
             verifier_score=combined,
             refused_by=None if combined >= threshold else "verifier",
         )
+
+    async def decide(
+        self, plan: Plan, question: str, candidate: Candidate, metrics: Recorder
+    ) -> Verdict:
+        """The verdict on a KNN candidate for a planned request, timed and counted (a refusal
+        is kept as a near miss, for the dashboard)."""
+        started = time.perf_counter()
+        verdict = await self(
+            question, candidate.prompt, candidate.similarity, plan.verify_threshold
+        )
+        metrics.layer("judge", time.perf_counter() - started)
+        near_miss = None
+        if not verdict.serve:
+            near_miss = NearMiss(
+                at=time.time(),
+                tenant=plan.tenant,
+                model=plan.model_id,
+                prompt=question,
+                nearest_prompt=candidate.prompt,
+                nearest_entry_id=candidate.entry_id,
+                similarity=round(candidate.similarity, 4),
+                guard_score=verdict.guard_score,
+                verifier_score=verdict.verifier_score,
+                stage=verdict.refused_by or "guard",
+            )
+        metrics.judged(
+            served=verdict.serve,
+            similarity=candidate.similarity,
+            guard_score=verdict.guard_score,
+            near_miss=near_miss,
+        )
+        return verdict

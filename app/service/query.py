@@ -20,10 +20,11 @@ from app.cache.audits import AuditStore
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
 from app.cache.flight import FlightTimeout, SharedFailure, SingleFlight
-from app.cache.metrics import Counts, MetricsStore, Outcome
+from app.cache.metrics import Counts, Outcome
 from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry
-from app.errors import EmbeddingError, SentinelError, UpstreamError, UpstreamNotConfigured
+from app.errors import SentinelError, UpstreamError, UpstreamNotConfigured
+from app.observability.recorder import Recorder
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.base import ChatDelta, ChatResult
@@ -38,6 +39,7 @@ from app.service.answers import (
     streamed_miss,
 )
 from app.service.audit import HitAudit
+from app.service.embedding import Embedding
 from app.service.guard import Guard
 from app.service.judge import Judge, Verdict
 from app.service.plan import Ask, Plan, Planner, entry_for
@@ -77,7 +79,7 @@ class QueryService:
         self,
         *,
         store: CacheStore,
-        metrics: MetricsStore,
+        metrics: Recorder,
         embedder: Embedder,
         providers: ProviderRouter,
         similarity_threshold: float,
@@ -123,6 +125,7 @@ class QueryService:
         self.flight = flight
         self.wait_timeout = wait_timeout
         self.embed_breaker = embed_breaker
+        self._embed = Embedding(embedder, embed_breaker, metrics)
         self.top_k = top_k
         # Live verification of semantic hits and users' feedback; None: neither (replays).
         self.audit = (
@@ -137,10 +140,13 @@ class QueryService:
                 agreement=answer_agreement,
             )
         )
-        # Answers given without the cache, and requests that skipped the semantic layer
-        # because embedding failed, since start (this process), for /health.
+        # Answers given without the cache since start (this process), for /health.
         self.bypassed = 0
-        self.semantic_skipped = 0
+
+    @property
+    def semantic_skipped(self) -> int:
+        """Requests that skipped the semantic layer because embedding failed (this process)."""
+        return self._embed.skipped
 
     @property
     def breaker(self) -> CacheBreaker:
@@ -184,7 +190,7 @@ class QueryService:
             # The leader's stored answer, or its remembered failure (raised).
             entry = await self.cache.entry(plan.entry_id)
             if entry is not None:
-                answer = await self._hit(entry, "exact", 1.0, started)
+                answer = await self._hit(plan, entry, "exact", 1.0, started)
                 return msgspec.structs.replace(answer, waited=True)
             await self._check_failure(plan, started)
             return None
@@ -196,12 +202,12 @@ class QueryService:
                 plan.entry_id, lead, follow, deadline=deadline, share_errors=(SentinelError,)
             )
         except FlightTimeout:
-            await self._record("error", started)
+            self._record(plan, "error", started)
             raise
         except SharedFailure as shared:
             # The identical request led in this process failed (a 400 included): the same
             # answer for this caller, without another provider call.
-            await self._record("error", started)
+            self._record(plan, "error", started)
             raise shared.error from None
         if flown.shared:
             # The answer of the identical request led in this process (from the provider, or
@@ -215,7 +221,7 @@ class QueryService:
         plan = self.plan(msgspec.structs.replace(ask, read_cache=True))
         found = await self._find(plan, started)
         if found.hit is None and not found.bypass:
-            await self._record("miss", started)
+            self._record(plan, "miss", started)
         return found.hit
 
     async def put(self, ask: Ask, result: ChatResult) -> Answer:
@@ -311,7 +317,7 @@ class QueryService:
         try:
             entry = await self.cache.entry(plan.entry_id)
             if entry is not None:
-                return _Found(hit=await self._hit(entry, "exact", 1.0, started))
+                return _Found(hit=await self._hit(plan, entry, "exact", 1.0, started))
             if plan.question is None:
                 return _Found()
             question = plan.question
@@ -322,9 +328,7 @@ class QueryService:
             for candidate in candidates:
                 if candidate.similarity < plan.threshold:
                     break
-                verdict = await self.judge(
-                    question, candidate.prompt, candidate.similarity, plan.verify_threshold
-                )
+                verdict = await self.judge.decide(plan, question, candidate, self.cache.metrics)
                 if not verdict.serve:
                     continue  # a near miss; a lower neighbour may still be the same question
                 # What verification and feedback taught this entry: a floor of its own, and
@@ -337,7 +341,7 @@ class QueryService:
                 )
                 if entry is not None:  # None: expired since the KNN, or refused
                     hit = await self._hit(
-                        entry, "semantic", candidate.similarity, started, verdict=verdict
+                        plan, entry, "semantic", candidate.similarity, started, verdict=verdict
                     )
                     return _Found(hit=hit, vector=vector)
         except CacheBypassed as exc:
@@ -370,7 +374,11 @@ class QueryService:
             self.bypassed += 1
         spent = cost_usd(entry.model, entry.prompt_tokens, entry.completion_tokens)
         latency_ms = elapsed_ms(started)
-        await self._record("miss", started, upstream_called=True, usd_spent=spent)
+        tokens = entry.prompt_tokens + entry.completion_tokens
+        self._record(
+            plan, "miss", started, upstream_called=True, usd_spent=spent, tokens_spent=tokens,
+            bypass=bypass,
+        )  # fmt: skip
         return answer_from(entry, "miss", None, latency_ms, cost=spent, saved=0.0, bypass=bypass)
 
     async def _check_failure(self, plan: Plan, started: float) -> None:
@@ -378,7 +386,7 @@ class QueryService:
         try:
             await self.cache.check_failure(plan.entry_id)
         except RememberedFailure:
-            await self._record("error", started)
+            self._record(plan, "error", started, negative_hit=True)
             raise
 
     async def _failed(
@@ -386,9 +394,9 @@ class QueryService:
     ) -> None:
         """Count a provider failure; remember a transient one (429, 5xx, timeout)."""
         if isinstance(exc, UpstreamNotConfigured):
-            await self._record("error", started)
+            self._record(plan, "error", started)
             return
-        await self._record("error", started, upstream_called=True, upstream_failed=True)
+        self._record(plan, "error", started, upstream_called=True, upstream_failed=True)
         if remember and is_transient(exc):
             await self.cache.remember_failure(plan.entry_id, exc)
 
@@ -397,11 +405,12 @@ class QueryService:
         usage = leader.usage
         saved = cost_usd(leader.model, usage.prompt_tokens, usage.completion_tokens)
         tokens = usage.prompt_tokens + usage.completion_tokens
-        await self._record("exact", started, tokens_saved=tokens, usd_saved=saved)
+        self._record(plan, "exact", started, tokens_saved=tokens, usd_saved=saved)
         return shared_hit(leader, plan.question, latency_ms=elapsed_ms(started), saved=saved)
 
     async def _hit(
         self,
+        plan: Plan,
         entry: Entry,
         match: Match,
         similarity: float,
@@ -411,7 +420,8 @@ class QueryService:
     ) -> Answer:
         saved = cost_usd(entry.model, entry.prompt_tokens, entry.completion_tokens)
         latency_ms = elapsed_ms(started)
-        await self._record(
+        self._record(
+            plan,
             "exact" if match == "exact" else "semantic",
             started,
             tokens_saved=entry.prompt_tokens + entry.completion_tokens,
@@ -428,22 +438,13 @@ class QueryService:
             verifier_score=None if verdict is None else verdict.verifier_score,
         )
 
-    async def _record(self, outcome: Outcome, started: float, **counts: Unpack[Counts]) -> None:
-        await self.cache.record(outcome, latency_ms=elapsed_ms(started), **counts)
-
-    async def _embed(self, question: str) -> Vector | None:
-        """The question's vector; None when the embedder failed or ran past its budget."""
-        try:
-            if self.embed_breaker is None:
-                return await self.embedder.embed(question)
-            return await self.embed_breaker.embed(question)
-        except EmbeddingError as exc:
-            self.semantic_skipped += 1
-            # While the breaker is open every request skips: the breaker said so once.
-            quiet = self.embed_breaker is not None and self.embed_breaker.is_open
-            log.log(
-                logging.DEBUG if quiet else logging.WARNING,
-                "semantic layer skipped, answer kept for exact hits only: %s",
-                exc.message,
-            )
-            return None
+    def _record(
+        self, plan: Plan, outcome: Outcome, started: float, **counts: Unpack[Counts]
+    ) -> None:
+        self.cache.record(
+            outcome,
+            tenant=plan.tenant,
+            model=plan.model_id,
+            latency_ms=elapsed_ms(started),
+            **counts,
+        )

@@ -1,9 +1,10 @@
 """The cache as one request uses it: every Redis call under a time budget, through the breaker.
 
 Reads (the exact key, the KNN query, a candidate, the negative cache) get the lookup budget,
-writes (the entry, metrics, a remembered failure) the write budget. A failed or late call
-raises CacheBypassed and the request goes on without the cache; the bookkeeping calls
-(metrics, remembering or reading a failure) swallow it and log instead. With everything
+writes (the entry, a remembered failure) the write budget. A failed or late call raises
+CacheBypassed and the request goes on without the cache; the bookkeeping calls (remembering
+or reading a failure) swallow it and log instead. Metrics are counted in process (the
+Recorder flushes them in the background): no Redis call of their own. With everything
 Redis-shaped here, QueryService reads as its decision.
 """
 
@@ -11,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, Unpack
 
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
-from app.cache.metrics import Counts, MetricsStore, Outcome
+from app.cache.metrics import Counts, Outcome
 from app.cache.negative import NegativeCache
 from app.cache.store import CacheStore, Candidate, Entry
 from app.errors import UpstreamError
+from app.observability.recorder import Layer, Recorder
 from app.providers.embedders.base import Vector
 
 log = logging.getLogger("sentinel.service")
@@ -33,7 +36,7 @@ class RequestCache:
     """Store, metrics and negative cache behind one breaker and two budgets (seconds)."""
 
     store: CacheStore
-    metrics: MetricsStore
+    metrics: Recorder
     negative: NegativeCache | None
     breaker: CacheBreaker
     lookup_timeout: float
@@ -52,12 +55,14 @@ class RequestCache:
     ) -> Entry | None:
         """The entry under this id, counted as a hit; None if there is none (or it expired,
         or `accept` refuses it)."""
-        return await self.read(what, lambda: self.store.take_hit(entry_id, accept))
+        # A semantic candidate's read is the semantic layer's Redis time, with its KNN query.
+        layer: Layer = "exact_lookup" if accept is None else "knn"
+        return await self.read(what, lambda: self.store.take_hit(entry_id, accept), layer=layer)
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         """The k nearest entries of this scope, most similar first."""
         return await self.read(
-            "semantic lookup", lambda: self.store.nearest(vector, scope=scope, k=k)
+            "semantic lookup", lambda: self.store.nearest(vector, scope=scope, k=k), layer="knn"
         )
 
     async def keep(self, entry: Entry, vector: Vector | None, *, ttl: int, store: bool) -> None:
@@ -73,7 +78,7 @@ class RequestCache:
                 if isinstance(outcome, BaseException):
                     raise outcome
 
-        await self.write("store", both)
+        await self.write("store", both, layer="store")
 
     async def check_failure(self, entry_id: str) -> None:
         """Raise RememberedFailure for a failure remembered for this exact request."""
@@ -95,26 +100,43 @@ class RequestCache:
         except CacheBypassed as failure:
             self.skipped(failure, "failure not remembered")
 
-    async def record(
-        self, outcome: Outcome, *, latency_ms: float, **counts: Unpack[Counts]
+    def record(
+        self,
+        outcome: Outcome,
+        *,
+        tenant: str,
+        model: str,
+        latency_ms: float,
+        **counts: Unpack[Counts],
     ) -> None:
-        """Count a request in the metrics; losing one count never fails (or slows) it."""
-        if self.breaker.is_open:
-            return
-        try:
-            await self.write(
-                "metrics", lambda: self.metrics.record(outcome, latency_ms=latency_ms, **counts)
-            )
-        except CacheBypassed as exc:
-            self.skipped(exc, "metrics not recorded")
+        """Count a request in the metrics (in process: no Redis call, cannot fail it)."""
+        self.metrics.record(outcome, tenant=tenant, model=model, latency_ms=latency_ms, **counts)
 
-    async def read(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """A Redis read on the request path, within the lookup budget, through the breaker."""
-        return await self.breaker.call(operation, budget=self.lookup_timeout, what=what)
+    async def read(
+        self, what: str, operation: Callable[[], Awaitable[T]], layer: Layer | None = None
+    ) -> T:
+        """A Redis read on the request path, within the lookup budget, through the breaker;
+        timed as `layer` when given."""
+        return await self._timed(
+            layer, self.breaker.call(operation, budget=self.lookup_timeout, what=what)
+        )
 
-    async def write(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    async def write(
+        self, what: str, operation: Callable[[], Awaitable[T]], layer: Layer | None = None
+    ) -> T:
         """A Redis write on the request path, within the write budget, through the breaker."""
-        return await self.breaker.call(operation, budget=self.write_timeout, what=what)
+        return await self._timed(
+            layer, self.breaker.call(operation, budget=self.write_timeout, what=what)
+        )
+
+    async def _timed(self, layer: Layer | None, call: Awaitable[T]) -> T:
+        if layer is None:
+            return await call
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.metrics.layer(layer, time.perf_counter() - started)
 
     def skipped(self, exc: CacheBypassed, what: str = "cache bypassed") -> None:
         """Log a skipped cache call (quietly while the breaker is open: it said so once)."""

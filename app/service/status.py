@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import msgspec
 
 from app.breaker import CircuitBreaker
-from app.cache.metrics import percentile
+from app.cache.metrics import MetricsStore, percentile
 from app.errors import CacheUnavailable
+from app.observability.prometheus import State
 from app.service.access import AccessControl
 from app.service.audit import WrongHitEstimate
 from app.service.pricing import PRICE_SOURCE
 from app.service.query import QueryService
+from app.version import VERSION
+
+log = logging.getLogger("sentinel.service")
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -200,6 +205,17 @@ def _open_since(breaker: CircuitBreaker, what: str, meaning: str) -> str:
     return f"{what} for {breaker.open_for:.0f} s, {meaning} ({breaker.reason}{probe})"
 
 
+async def flushed(service: QueryService) -> MetricsStore:
+    """The metrics store, once this process's counts since the last flush are in it (so a
+    client reads its own requests; other instances' arrive within their flush interval)."""
+    recorder = service.cache.metrics
+    try:
+        await recorder.flush()
+    except CacheUnavailable as exc:
+        log.warning("metrics read without this process's latest counts: %s", exc.message)
+    return recorder.store
+
+
 async def metrics(service: QueryService, *, tenant: str | None = None) -> Metrics:
     """Counters, hit rate and latency percentiles from Redis, plus the index size and the
     wrong-hit estimates (of `tenant` only, unless None)."""
@@ -207,7 +223,7 @@ async def metrics(service: QueryService, *, tenant: str | None = None) -> Metric
         raise CacheUnavailable(
             f"metrics live in Redis, which is bypassed ({service.breaker.reason})"
         )
-    counters, histograms = await service.cache.metrics.read()
+    counters, histograms = await (await flushed(service)).read()
     hits = counters.exact_hits + counters.semantic_hits
     decided = hits + counters.misses
     merged_hits = dict(histograms["exact"])
@@ -241,4 +257,36 @@ async def metrics(service: QueryService, *, tenant: str | None = None) -> Metric
         entries=await service.cache.store.count(),
         price_source=PRICE_SOURCE,
         wrong_hits=[] if service.audit is None else await service.audit.estimates(tenant),
+    )
+
+
+async def prometheus_state(service: QueryService) -> State:
+    """The gauges GET /metrics reads at scrape time: entries, Redis and the breakers, the
+    wrong-hit estimates. Redis calls only while the breaker is closed."""
+    breaker = service.breaker
+    embed_breaker = service.embed_breaker
+    entries: int | None = None
+    wrong: dict[tuple[str, str], tuple[float, float]] = {}
+    redis_up = False
+    if not breaker.is_open:
+        try:
+            entries = await breaker.call(
+                service.cache.store.count, budget=service.cache.write_timeout, what="count"
+            )
+            redis_up = True
+            if service.audit is not None:
+                for row in await service.audit.estimates(None):
+                    if row.rate is not None and row.high is not None:
+                        wrong[(row.tenant, row.model_id)] = (row.rate, row.high)
+        except CacheUnavailable as exc:
+            log.warning("metrics scrape without Redis: %s", exc.message)
+    verifier = "on" if service.judge.verifier else "checks" if service.judge.checks else "off"
+    return State(
+        entries=entries,
+        redis_up=redis_up,
+        cache_breaker_open=breaker.is_open,
+        embedder_breaker_open=embed_breaker is not None and embed_breaker.is_open,
+        info={"version": VERSION, "embedder": service.embedder.id, "verifier": verifier},
+        wrong_hits=wrong,
+        wrong_hit_budget=service.planner.max_wrong_hit_rate,
     )

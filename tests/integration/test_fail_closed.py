@@ -28,7 +28,7 @@ from tests.fakes.jina_server import FakeJina, Reply
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.integration.api import ask, assert_error, bearer, create_key
 from tests.integration.conftest import ROOT, SentinelProcess, app_client
-from tests.integration.servers import RedisServer, free_port
+from tests.integration.servers import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,8 +142,11 @@ def test_volatile_lru_evicts_entries_never_keys_or_counters(
         prefix = keys.entry_prefix(health["embedder"], health["embedding_dimension"])
 
         plain = redis_server.client()
-        counters = plain.hgetall(keys.METRICS_KEY)
-        assert int(counters[b"requests"]) == 3
+        # Counted in process, written within the metrics' flush interval.
+        counters = wait_for(
+            lambda: (c := plain.hgetall(keys.METRICS_KEY)).get(b"requests") == b"3" and c,
+            "the metrics flush",
+        )
         plain.config_set("maxmemory", int(plain.info("memory")["used_memory"]) + 2 * 1024 * 1024)
         plain.config_set("maxmemory-policy", shipped.group(1))
         # Entries as Sentinel stores them, with a TTL: ~8 MB of them, four times the room left.
@@ -164,7 +167,7 @@ def test_volatile_lru_evicts_entries_never_keys_or_counters(
         served = http.post("/v1/query", json={"prompt": "after"}, headers=bearer(key))
         assert served.status_code == 200, served.text
         assert http.post("/v1/query", json={"prompt": "after"}).status_code == 401
-        assert int(plain.hget(keys.METRICS_KEY, "requests") or 0) == 4
+        wait_for(lambda: plain.hget(keys.METRICS_KEY, "requests") == b"4", "the metrics flush")
         plain.close()
 
 
@@ -322,7 +325,13 @@ async def test_followers_of_a_follower_are_counted_and_timed_themselves(
             # first instance across Redis; the other two follow that local leader.
             followers = await asyncio.gather(*(ask_at(http, second, QUESTION) for _ in range(3)))
             led = await leader
-            metrics = (await http.get(f"{first.base_url}/v1/metrics")).json()
+
+            async def all_counted() -> dict[str, Any] | None:
+                # The other instance's counts arrive within its metrics flush interval.
+                metrics = (await http.get(f"{first.base_url}/v1/metrics")).json()
+                return metrics if metrics["requests"] == 4 else None
+
+            metrics = await poll(all_counted, "both instances' counts")
     finally:
         fake_llm.delay = 0.0
         plain.close()

@@ -19,7 +19,6 @@ import pytest
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
 from app.cache.flight import FlightResult, SharedFailure, SingleFlight
-from app.cache.metrics import MetricsStore
 from app.cache.negative import Failure, NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Candidate, Entry
 from app.errors import (
@@ -31,6 +30,7 @@ from app.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from app.observability.recorder import Recorder
 from app.providers.embedders.base import Embedder, Vector
 from app.providers.upstreams.base import ChatDelta, ChatMessage, ChatRequest, ChatResult
 from app.providers.upstreams.router import ProviderRouter
@@ -87,13 +87,24 @@ class MemoryStore:
 
 
 class MemoryMetrics:
-    """MetricsStore.record, kept as a list of outcomes."""
+    """Recorder: the outcomes recorded, with their labels and counts; layers timed."""
 
     def __init__(self) -> None:
         self.outcomes: list[str] = []
+        self.records: list[dict[str, Any]] = []
+        self.layers: list[str] = []
+        self.near_misses: list[Any] = []
 
-    async def record(self, outcome: str, **_: Any) -> None:
+    def record(self, outcome: str, **fields: Any) -> None:
         self.outcomes.append(outcome)
+        self.records.append(fields)
+
+    def layer(self, layer: str, seconds: float) -> None:
+        self.layers.append(layer)
+
+    def judged(self, *, near_miss: Any, **_: Any) -> None:
+        if near_miss is not None:
+            self.near_misses.append(near_miss)
 
 
 class MemoryNegative:
@@ -224,7 +235,7 @@ class Parts:
         self.breaker = CacheBreaker(self.store.recover, failure_threshold=2, probe_interval=60)
         self.service = QueryService(
             store=cast(CacheStore, self.store),
-            metrics=cast(MetricsStore, self.metrics),
+            metrics=cast(Recorder, self.metrics),
             embedder=cast(Embedder, self.embedder),
             providers=ProviderRouter({"fake": self.provider}, "fake"),
             similarity_threshold=threshold,
@@ -309,6 +320,14 @@ async def test_a_miss_is_stored_then_served_exactly_and_to_a_paraphrase() -> Non
     assert paraphrase.matched_prompt == Q
     assert len(parts.provider.requests) == 1
     assert parts.metrics.outcomes == ["miss", "exact", "semantic"]
+    miss, exact, _ = parts.metrics.records
+    assert (miss["tenant"], miss["model"]) == ("", "fake/m1")
+    assert miss["upstream_called"]
+    assert miss["tokens_spent"] > 0
+    assert not miss["bypass"]
+    assert exact["tokens_saved"] == miss["tokens_spent"]
+    assert parts.metrics.layers.count("exact_lookup") == 3
+    assert {"embed", "knn", "judge", "store"} <= set(parts.metrics.layers)
 
 
 async def test_the_threshold_stops_the_candidate_loop() -> None:
@@ -330,6 +349,9 @@ async def test_the_guard_skips_a_near_miss_and_serves_a_lower_neighbour() -> Non
     refused = Parts(guard=FixedGuard())
     await refused.ask(Q)
     assert (await refused.ask(PARAPHRASE)).match == "miss"
+    # The refusal is kept as a near miss, beside the prompt it was refused for.
+    (near,) = refused.metrics.near_misses
+    assert (near.prompt, near.nearest_prompt, near.stage) == (PARAPHRASE, Q, "guard")
 
 
 # -- bypass: Redis and the embedder ---------------------------------------------------------------
@@ -347,6 +369,7 @@ async def test_redis_failing_bypasses_the_cache_and_opens_the_breaker() -> None:
     assert (await parts.ask(NEAR_MISS)).bypass
     assert parts.store.calls == calls  # open: Redis is not even tried
     assert parts.service.bypassed == 3
+    assert all(record["bypass"] for record in parts.metrics.records)
     await parts.breaker.aclose()
 
 
@@ -378,6 +401,7 @@ async def test_a_transient_failure_is_remembered_and_a_success_forgets_it() -> N
     assert parts.negative.failures == {}
     assert (await parts.ask(Q)).match == "exact"
     assert parts.metrics.outcomes == ["error", "error", "miss", "exact"]
+    assert [r.get("negative_hit", False) for r in parts.metrics.records[:2]] == [False, True]
 
 
 async def test_a_rejected_request_is_not_remembered() -> None:

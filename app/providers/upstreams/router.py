@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
 import msgspec
@@ -69,6 +70,8 @@ class ProviderRouter:
         for name in self._extra_models:
             if name not in self._providers:
                 raise ValueError(f"models for {name!r}: no such provider; known: {self._known()}")
+        # Told of every provider call: (provider, status, seconds); the metrics' hook.
+        self.observe: Callable[[str, str, float], None] = lambda provider, status, seconds: None
 
     @property
     def providers(self) -> Mapping[str, ChatProvider]:
@@ -113,11 +116,14 @@ class ProviderRouter:
         """The first answer along the chain; `.provider` says who gave it."""
         failures: list[UpstreamError] = []
         for provider, native in self._chain(model):
+            started = time.perf_counter()
             try:
                 result = await provider.chat(msgspec.structs.replace(request, model=native))
             except UpstreamError as exc:
+                self.observe(provider.name, exc.upstream_status, time.perf_counter() - started)
                 self._give_up_unless_transient(exc, provider, failures)
                 continue
+            self.observe(provider.name, "200", time.perf_counter() - started)
             if result.provider != provider.name:
                 result = msgspec.structs.replace(result, provider=provider.name)
             return result
@@ -131,14 +137,18 @@ class ProviderRouter:
         failures: list[UpstreamError] = []
         for provider, native in self._chain(model):
             deltas = provider.stream(msgspec.structs.replace(request, model=native))
+            started = time.perf_counter()  # a stream is timed to its first piece
             try:
                 first = await anext(deltas)
             except StopAsyncIteration:
+                self.observe(provider.name, "bad_response", time.perf_counter() - started)
                 raise UpstreamBadResponse(f"{provider.name} ended the stream at once") from None
             except UpstreamError as exc:
+                self.observe(provider.name, exc.upstream_status, time.perf_counter() - started)
                 await _aclose(deltas)
                 self._give_up_unless_transient(exc, provider, failures)
                 continue
+            self.observe(provider.name, "200", time.perf_counter() - started)
             try:
                 yield msgspec.structs.replace(first, provider=provider.name)
                 async for delta in deltas:

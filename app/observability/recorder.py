@@ -1,0 +1,234 @@
+"""Request metrics counted in process and flushed to Redis in the background.
+
+A request's bookkeeping is a few dict updates and Prometheus increments (microseconds, no I/O):
+no Redis round trip on its path. Every `interval` a background task writes what was counted
+since the last flush in one pipeline (totals, latency histograms, the hour's and the day's
+history, near misses), so every instance adds to the same totals and history. A failed flush
+keeps its counts for the next one; while the cache is bypassed nothing is tried. Counts not
+yet flushed when the process dies are lost (at most `interval` of them).
+
+Labels stay bounded: a tenant is a key's tenant (created by an admin), a model one the router
+knows; past `max_tenants` distinct tenants (per process) the rest are counted as "other".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Literal, Unpack
+
+import msgspec
+
+from app.cache.metrics import (
+    COUNTER_OF,
+    HISTORY_SECONDS,
+    Batch,
+    Counts,
+    MetricsStore,
+    Outcome,
+    bucket_of,
+)
+from app.errors import CacheUnavailable
+from app.observability.prometheus import PrometheusMetrics
+
+log = logging.getLogger("sentinel.metrics")
+
+Layer = Literal["exact_lookup", "embed", "knn", "judge", "provider", "store"]
+LAYERS: tuple[Layer, ...] = ("exact_lookup", "embed", "knn", "judge", "provider", "store")
+OTHER = "other"
+
+
+class NearMiss(msgspec.Struct, frozen=True, kw_only=True):
+    """A candidate above the cosine floor that was refused, beside the question it was for."""
+
+    at: float  # epoch seconds
+    tenant: str
+    model: str
+    prompt: str
+    nearest_prompt: str
+    nearest_entry_id: str
+    similarity: float
+    guard_score: float | None
+    verifier_score: float | None
+    stage: str
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Recorder:
+    """Counts requests, layers, provider calls and judged candidates; flushes them to Redis."""
+
+    def __init__(
+        self,
+        store: MetricsStore,
+        *,
+        interval: float = 1.0,
+        max_tenants: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.prometheus = PrometheusMetrics()
+        self._interval = interval
+        self._max_tenants = max_tenants
+        self._tenants: set[str] = set()
+        self._clock = clock
+        self._pending = Batch()
+        # This process's layer latencies (ms buckets), for /v1/metrics/layers.
+        self.layers: dict[Layer, Counter[int]] = {layer: Counter() for layer in LAYERS}
+        self._task: asyncio.Task[None] | None = None
+        self._paused: Callable[[], bool] = lambda: False
+        self._failing = False
+        self._lock = asyncio.Lock()
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant as counted: itself, or "other" past the cap."""
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) >= self._max_tenants:
+            return OTHER
+        self._tenants.add(tenant)
+        return tenant
+
+    def record(
+        self,
+        outcome: Outcome,
+        *,
+        tenant: str,
+        model: str,
+        latency_ms: float,
+        **counts: Unpack[Counts],
+    ) -> None:
+        """Count one finished request (`outcome` as /v1/metrics counts it)."""
+        tenant = self.tenant_label(tenant)
+        label = _label_of(outcome, counts)
+        prom = self.prometheus
+        shown = tenant or "-"
+        prom.requests.labels(label, shown, model).inc()
+        prom.request_seconds.labels(label).observe(latency_ms / 1000)
+        batch = self._pending
+        totals = batch.totals
+        totals["requests"] += 1
+        totals[COUNTER_OF[outcome]] += 1
+        batch.latency[(outcome, bucket_of(latency_ms))] += 1
+        amounts = {
+            "upstream_calls": int(counts.get("upstream_called", False)),
+            "upstream_errors": int(counts.get("upstream_failed", False)),
+            "tokens_saved": counts.get("tokens_saved", 0),
+            "tokens_spent": counts.get("tokens_spent", 0),
+            "usd_saved": counts.get("usd_saved", 0.0),
+            "usd_spent": counts.get("usd_spent", 0.0),
+        }
+        for name, amount in amounts.items():
+            if amount:
+                totals[name] += amount
+        if amounts["tokens_saved"]:
+            prom.tokens_saved.labels(shown, model).inc(amounts["tokens_saved"])
+            prom.usd_saved.labels(shown, model).inc(amounts["usd_saved"])
+        if amounts["tokens_spent"] or amounts["usd_spent"]:
+            prom.tokens_spent.labels(shown, model).inc(amounts["tokens_spent"])
+            prom.usd_spent.labels(shown, model).inc(amounts["usd_spent"])
+        now = int(self._clock())
+        prefix = f"{tenant}\t{model}\t"
+        for bucket, seconds in HISTORY_SECONDS.items():
+            start = now - now % seconds
+            history = batch.history.setdefault((bucket, start), defaultdict(float))
+            history[prefix + "requests"] += 1
+            history[prefix + outcome] += 1
+            history[prefix + "latency_ms"] += latency_ms
+            history[prefix + f"lat.{bucket_of(latency_ms)}"] += 1
+            for name in ("tokens_saved", "usd_saved", "usd_spent"):
+                if amounts[name]:
+                    history[prefix + name] += amounts[name]
+
+    def layer(self, layer: Layer, seconds: float) -> None:
+        """Time spent in one layer of one request."""
+        self.prometheus.layer_seconds.labels(layer).observe(seconds)
+        self.layers[layer][bucket_of(seconds * 1000)] += 1
+
+    def upstream(self, provider: str, status: str, seconds: float) -> None:
+        """One call to a provider (its retries included) and how it ended."""
+        prom = self.prometheus
+        prom.upstream.labels(provider, status).inc()
+        prom.upstream_seconds.labels(provider).observe(seconds)
+        if not status.startswith("2"):
+            prom.upstream_failures.labels(provider, status).inc()
+        self.layer("provider", seconds)
+
+    def judged(
+        self,
+        *,
+        served: bool,
+        similarity: float,
+        guard_score: float | None,
+        near_miss: NearMiss | None,
+    ) -> None:
+        """A candidate the judge decided on; a refused one is kept as a near miss."""
+        decision = "served" if served else "rejected"
+        prom = self.prometheus
+        prom.similarity.labels(decision).observe(similarity)
+        if guard_score is not None:
+            prom.guard_score.labels(decision).observe(guard_score)
+        if near_miss is not None:
+            tenant = self.tenant_label(near_miss.tenant)
+            prom.near_misses.labels(tenant or "-", near_miss.model, near_miss.stage).inc()
+            self._pending.near_misses.insert(0, _encode(near_miss))
+
+    async def flush(self) -> None:
+        """Write what was counted since the last flush; on failure keep it for the next."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, Batch()
+            try:
+                await self.store.add(batch)
+            except CacheUnavailable:
+                batch.absorb(self._pending)
+                self._pending = batch
+                raise
+
+    def start(self, *, paused: Callable[[], bool] | None = None) -> None:
+        """Flush every interval until aclose(); nothing is tried while `paused()` (Redis away)."""
+        if paused is not None:
+            self._paused = paused
+        self._task = asyncio.create_task(self._run(), name="sentinel-metrics-flush")
+
+    async def aclose(self) -> None:
+        """Stop flushing in the background and write what is pending."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pending and not self._paused():
+            try:
+                await self.flush()
+            except CacheUnavailable as exc:
+                log.warning("metrics lost at shutdown: %s", exc.message)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if self._paused():
+                continue
+            try:
+                await self.flush()
+            except CacheUnavailable as exc:
+                if not self._failing:  # once per outage, not once a second
+                    log.warning("metrics not written yet: %s", exc.message)
+                self._failing = True
+            else:
+                self._failing = False
+
+
+def _label_of(outcome: Outcome, counts: Counts) -> str:
+    """Prometheus' outcome: /v1/metrics' four, with bypassed misses and negative hits apart."""
+    if outcome == "miss" and counts.get("bypass"):
+        return "bypass"
+    if outcome == "error" and counts.get("negative_hit"):
+        return "negative_hit"
+    return outcome
