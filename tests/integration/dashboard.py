@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
 from tests.containers import engine
+from tests.integration.conftest import SentinelProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -26,6 +27,20 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# What the tests ask: a miss, its exact repeat, a paraphrase, and a near miss the guard refuses
+# (tests/integration/test_guard.py).
+QUESTION = "How can I stop being so hard on myself?"
+PARAPHRASE = "How do I stop being so hard on myself?"
+STORED = "When was Albert Einstein born?"
+NEAR_MISS = "Where was Albert Einstein born?"
+
+# The routes of issue 14 the page reads besides /v1/metrics, and its section for each.
+NEW_ROUTES = {
+    "/v1/metrics/layers": "layers",
+    "/v1/metrics/history": "history",
+    "/v1/metrics/near-misses": "near-misses",
+    "/v1/metrics/top-entries": "top-entries",
+}
 # The /v1/metrics counters the page shows as they are (GET /v1/metrics names them so).
 COUNTS = [
     "requests",
@@ -197,3 +212,31 @@ def check_route(visit: Visit, response: httpx.Response, section: str) -> None:
         # The page read the TTLs a moment before the test's GET: as long or a little longer.
         for value, row in zip(texts("top_entry.ttl"), rows, strict=True):
             assert 0 <= int(value) - row["ttl"] <= 30
+
+
+def ask(sentinel: SentinelProcess, prompt: str, headers: dict[str, str] | None = None) -> str:
+    """POST /v1/query; the layer that answered."""
+    response = httpx.post(
+        f"{sentinel.base_url}/v1/query", json={"prompt": prompt}, headers=headers, timeout=10.0
+    )
+    assert response.status_code == 200, response.text
+    match: str = response.json()["match"]
+    return match
+
+
+def send_traffic(sentinel: SentinelProcess, headers: dict[str, str] | None = None) -> None:
+    """A miss, an exact hit, a paraphrase served by the semantic layer, a guard rejection."""
+    assert ask(sentinel, QUESTION, headers) == "miss"
+    assert ask(sentinel, QUESTION, headers) == "exact"
+    assert ask(sentinel, PARAPHRASE, headers) == "semantic"
+    assert ask(sentinel, STORED, headers) == "miss"
+    assert ask(sentinel, NEAR_MISS, headers) == "miss"
+
+
+def route_answers(
+    base_url: str, params: dict[str, str], headers: dict[str, str] | None = None
+) -> dict[str, httpx.Response]:
+    return {
+        route: httpx.get(f"{base_url}{route}", params=params, headers=headers, timeout=10.0)
+        for route in NEW_ROUTES
+    }

@@ -23,28 +23,23 @@ from playwright.sync_api import Browser, Route
 from app.api.dashboard import ASSETS, CONTENT_SECURITY_POLICY
 from tests.integration.api import bearer
 from tests.integration.conftest import ROOT, SentinelProcess
-from tests.integration.dashboard import Visit, check_metrics, check_route, chromium
+from tests.integration.dashboard import (
+    NEAR_MISS,
+    NEW_ROUTES,
+    STORED,
+    Visit,
+    check_metrics,
+    check_route,
+    chromium,
+    route_answers,
+    send_traffic,
+)
 
 pytestmark = pytest.mark.integration
 
 SCREENSHOT = ROOT / "var" / "dashboard.png"
 ADMIN = "admin-dashboard-5e1f0a9b7c3d2e4f"
 TENANT_KEY = "tenant-dashboard-8a2b4c6d0e1f3a5b"
-
-QUESTION = "How can I stop being so hard on myself?"
-PARAPHRASE = "How do I stop being so hard on myself?"
-STORED = "When was Albert Einstein born?"
-NEAR_MISS = (
-    "Where was Albert Einstein born?"  # the guard's rejection (tests/integration/test_guard)
-)
-
-# The routes of issue 14 the page reads besides /v1/metrics, and its section for each.
-NEW_ROUTES = {
-    "/v1/metrics/layers": "layers",
-    "/v1/metrics/history": "history",
-    "/v1/metrics/near-misses": "near-misses",
-    "/v1/metrics/top-entries": "top-entries",
-}
 
 
 @pytest.fixture(scope="module")
@@ -72,34 +67,6 @@ def sentinel(start_on: Callable[..., SentinelProcess], redis_url: str) -> Sentin
     process = start_on(redis_url)
     process.wait_ready()
     return process
-
-
-def ask(sentinel: SentinelProcess, prompt: str, headers: dict[str, str] | None = None) -> str:
-    """POST /v1/query; the layer that answered."""
-    response = httpx.post(
-        f"{sentinel.base_url}/v1/query", json={"prompt": prompt}, headers=headers, timeout=10.0
-    )
-    assert response.status_code == 200, response.text
-    match: str = response.json()["match"]
-    return match
-
-
-def send_traffic(sentinel: SentinelProcess, headers: dict[str, str] | None = None) -> None:
-    """A miss, an exact hit, a paraphrase served by the semantic layer, a guard rejection."""
-    assert ask(sentinel, QUESTION, headers) == "miss"
-    assert ask(sentinel, QUESTION, headers) == "exact"
-    assert ask(sentinel, PARAPHRASE, headers) == "semantic"
-    assert ask(sentinel, STORED, headers) == "miss"
-    assert ask(sentinel, NEAR_MISS, headers) == "miss"
-
-
-def route_answers(
-    base_url: str, params: dict[str, str], headers: dict[str, str] | None = None
-) -> dict[str, httpx.Response]:
-    return {
-        route: httpx.get(f"{base_url}{route}", params=params, headers=headers, timeout=10.0)
-        for route in NEW_ROUTES
-    }
 
 
 def test_the_page_shows_what_the_metrics_routes_answer(
