@@ -11,6 +11,7 @@ from app.api import auth
 from app.api.admin import ADMIN_ROUTES
 from app.api.cache_aside import cache_lookup, cache_store
 from app.api.chat import chat_completions, models
+from app.api.dashboard import DASHBOARD_ROUTES
 from app.api.errors import EXCEPTION_HANDLERS, MAX_BODY_BYTES
 from app.api.feedback import feedback
 from app.api.metrics import METRICS_ROUTES
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             *METRICS_ROUTES,
             *ADMIN_ROUTES,
+            *DASHBOARD_ROUTES,
         ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
