@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lock
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.containers import engine
@@ -206,6 +206,23 @@ class PrometheusServer:
         """The active scrape targets, with `health` and `lastError`."""
         active: list[dict[str, Any]] = self.api("targets", state="active")["activeTargets"]
         return active
+
+    def wait_target_up(self, timeout: float = 20.0) -> dict[str, Any]:
+        """The one scrape target, once a scrape succeeded; else fail with its last error."""
+        seen: list[dict[str, Any]] = []
+
+        def up() -> dict[str, Any] | None:
+            seen[:] = self.targets()  # empty until service discovery ran
+            assert len(seen) <= 1, seen
+            if seen and "HTTP status 4" in seen[0]["lastError"]:  # 401, 404: no retry mends it
+                raise AssertionError(f"scrape refused: {seen[0]['lastError']}")
+            return seen[0] if seen and seen[0]["health"] == "up" else None
+
+        try:
+            target: dict[str, Any] = self.poll(up, "the target up", timeout)
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}\nlast seen: {seen}") from None
+        return target
 
     def poll(self, check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
         """`check()` until it is truthy; fail with the log after `timeout` seconds."""

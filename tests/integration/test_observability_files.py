@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lock
 
 from app.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI, Fault
