@@ -41,7 +41,9 @@ RATE_HIT_RATIO = (
 
 @pytest.fixture
 def start_prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], PrometheusServer]]:
-    """Start Prometheus servers with the given config, ready; all are stopped afterwards."""
+    """Start Prometheus servers with the given config, ready; all are stopped afterwards.
+    Skips (fails in CI) before the test starts anything when `prometheus` is missing."""
+    require_binary("prometheus")
     started: list[PrometheusServer] = []
 
     def start(config: dict[str, Any]) -> PrometheusServer:
@@ -110,11 +112,10 @@ def assert_rules_and_dashboard_evaluate(prometheus: PrometheusServer) -> None:
 
 
 def test_prometheus_scrapes_an_open_sentinel(
+    start_prometheus: Callable[[dict[str, Any]], PrometheusServer],
     start_on: Callable[..., SentinelProcess],
     redis_url: str,
-    start_prometheus: Callable[[dict[str, Any]], PrometheusServer],
 ) -> None:
-    require_binary("prometheus")
     sentinel = start_on(redis_url)
     sentinel.wait_ready()
     one_miss_three_hits(sentinel, "What is the boiling point of water at sea level?", {})
@@ -125,12 +126,11 @@ def test_prometheus_scrapes_an_open_sentinel(
 
 
 def test_prometheus_scrapes_with_the_admin_key_from_a_credentials_file(
+    start_prometheus: Callable[[dict[str, Any]], PrometheusServer],
     start_on: Callable[..., SentinelProcess],
     redis_url: str,
-    start_prometheus: Callable[[dict[str, Any]], PrometheusServer],
     tmp_path: Path,
 ) -> None:
-    require_binary("prometheus")
     sentinel = start_on(
         redis_url,
         SENTINEL_API_KEYS=f"{KEY}=team-a",
