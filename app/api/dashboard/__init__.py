@@ -13,6 +13,7 @@ from importlib import resources
 
 from litestar import Response, get
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 # default-src 'self' covers scripts, styles, images and fetch(); the rest are not covered by
 # it: no <base> rewriting, no form posting the key anywhere, no framing (clickjacking).
@@ -51,7 +52,7 @@ async def dashboard() -> Response[bytes]:
 
 
 @get("/dashboard/{asset:str}", include_in_schema=False, cache=False)
-async def dashboard_asset(asset: str) -> Response[bytes]:
+async def dashboard_asset(asset: FromPath[str]) -> Response[bytes]:
     """The page's script, stylesheet and icon."""
     media_type = ASSETS.get(asset)
     if media_type is None:
