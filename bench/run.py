@@ -519,6 +519,9 @@ async def amain(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+CHANGES = HERE / "changes.md"
+
+
 def write_report(
     output: Path,
     machine: Table,
@@ -541,6 +544,9 @@ def write_report(
     ]
     lines += report.sections["a"] + report.sections["b"] + report.sections["c"]
     lines.append(seed_paragraph(headline, e2e))
+    # Before/after measurements of single changes, kept by hand in changes.md (a regenerated
+    # report must not lose them).
+    lines.append(CHANGES.read_text(encoding="utf-8"))
     lines.append(METHOD_NOTES)
     if report.errors:
         lines.append("## Errors\n")
