@@ -25,7 +25,7 @@ log = logging.getLogger("sentinel.cache")
 # HINCRBY only keys that still exist: an entry that expired since its hit must not come back
 # as a half entry holding nothing but `hits` and no TTL. KEYS[1] is the most-hit ranking
 # (a sorted set of entry keys, trimmed to its top TOP_KEPT; expired members are dropped when
-# read).
+# read; a day's TTL renewed by each flush, so under memory pressure it is evictable too).
 _ADD_HITS = """
 local top = KEYS[1]
 for i = 2, #KEYS do
@@ -36,6 +36,7 @@ for i = 2, #KEYS do
   end
 end
 redis.call('ZREMRANGEBYRANK', top, 0, -tonumber(ARGV[#ARGV]) - 1)
+redis.call('EXPIRE', top, 86400)
 return #KEYS - 1
 """
 TOP_KEY = f"{ROOT}:top_entries"

@@ -98,8 +98,11 @@ HISTORY_RETENTION = {"hour": 14 * 86400, "day": 400 * 86400}
 HISTORY_SECONDS = {"hour": 3600, "day": 86400}
 # Counters written with HINCRBYFLOAT; every other field is an integer.
 FLOAT_FIELDS = frozenset({"usd_saved", "usd_spent", "latency_ms"})
+# The latest near misses (JSON), for the dashboard: diagnostics, so they carry a TTL (renewed
+# by each write) and volatile-lru may evict them before any entry under memory pressure.
 NEAR_MISSES_KEY = f"{METRICS_KEY}:near_misses"
-NEAR_MISSES_KEPT = 500
+NEAR_MISSES_KEPT = 200
+NEAR_MISSES_TTL = 7 * 86400
 
 
 def history_key(bucket: str, start: int) -> str:
@@ -165,6 +168,7 @@ class MetricsStore:
             if batch.near_misses:
                 pipe.lpush(NEAR_MISSES_KEY, *batch.near_misses)
                 pipe.ltrim(NEAR_MISSES_KEY, 0, NEAR_MISSES_KEPT - 1)
+                pipe.expire(NEAR_MISSES_KEY, NEAR_MISSES_TTL)
             await pipe.execute()
 
     @redis_errors_as_unavailable

@@ -84,7 +84,7 @@ class PrometheusMetrics:
         )
         self.near_misses = Counter(
             "sentinel_near_misses",
-            "Candidates above the cosine floor that were refused, by the stage that refused",
+            "Requests whose nearest candidate above the cosine floor was refused, by stage",
             (*tm, "stage"),
             registry=r,
         )

@@ -93,17 +93,17 @@ class Judge:
         )
 
     async def decide(
-        self, plan: Plan, question: str, candidate: Candidate, metrics: Recorder
+        self, plan: Plan, question: str, candidate: Candidate, metrics: Recorder, *, nearest: bool
     ) -> Verdict:
-        """The verdict on a KNN candidate for a planned request, timed and counted (a refusal
-        is kept as a near miss, for the dashboard)."""
+        """The verdict on a KNN candidate for a planned request, timed and counted; a refusal
+        of the `nearest` candidate is kept as the request's near miss, for the dashboard."""
         started = time.perf_counter()
         verdict = await self(
             question, candidate.prompt, candidate.similarity, plan.verify_threshold
         )
         metrics.layer("judge", time.perf_counter() - started)
         near_miss = None
-        if not verdict.serve:
+        if not verdict.serve and nearest:
             near_miss = NearMiss(
                 at=time.time(),
                 tenant=plan.tenant,

@@ -325,10 +325,12 @@ class QueryService:
             if vector is None:
                 return _Found(embed_failed=True)
             candidates = await self.cache.nearest(vector, scope=plan.scope, k=self.top_k)
-            for candidate in candidates:
+            for rank, candidate in enumerate(candidates):
                 if candidate.similarity < plan.threshold:
                     break
-                verdict = await self.judge.decide(plan, question, candidate, self.cache.metrics)
+                verdict = await self.judge.decide(
+                    plan, question, candidate, self.cache.metrics, nearest=rank == 0
+                )
                 if not verdict.serve:
                     continue  # a near miss; a lower neighbour may still be the same question
                 # What verification and feedback taught this entry: a floor of its own, and

@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_pla
 
 from tests.containers import engine
 from tests.integration.conftest import SentinelProcess
+from tests.integration.servers import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -231,6 +232,16 @@ def send_traffic(sentinel: SentinelProcess, headers: dict[str, str] | None = Non
     assert ask(sentinel, PARAPHRASE, headers) == "semantic"
     assert ask(sentinel, STORED, headers) == "miss"
     assert ask(sentinel, NEAR_MISS, headers) == "miss"
+    # Hits reach the top-entries ranking within the hit counter's second: wait for it, so the
+    # page and the route read the same ranking.
+    wait_for(
+        lambda: (
+            httpx.get(f"{sentinel.base_url}/v1/metrics/top-entries", headers=headers, timeout=10.0)
+            .json()
+            .get("entries")
+        ),
+        "the hits in the top-entries ranking",
+    )
 
 
 def route_answers(
