@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar
+from uvicorn.supervisors import Multiprocess
 
 from app.embedded_redis import EmbeddedRedis
 from app.logging import configure_logging
@@ -73,8 +75,20 @@ def serve(settings: Settings, workers: int) -> None:
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
+    config = uvicorn.Config(
+        "app.serving:create_worker_app", factory=True, workers=workers, **options
+    )
     with shared_by_workers(settings):
-        uvicorn.run("app.serving:create_worker_app", factory=True, workers=workers, **options)
+        # What uvicorn.run does for workers, plus TCP_NODELAY: uvicorn's own socket (protocol
+        # 0) makes asyncio skip it on accepted connections, so a response's head and body
+        # wait out the client's delayed ACK (44 ms per request measured here). Linux hands
+        # the option on from the listening socket to the connections it accepts.
+        sock = config.bind_socket()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            sock.close()
 
 
 @contextmanager
