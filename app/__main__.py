@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
+from app.errors import StartupError
 from app.logging import configure_logging
-from app.main import create_app
+from app.serving import serve, worker_count
 from app.settings import SettingsError, load_settings
 
 
 def main() -> None:
-    """Entry point of `make run` and of the container."""
+    """Entry point of `make run` and of the container (WEB_CONCURRENCY worker processes)."""
     try:
-        settings = load_settings()
+        settings, workers = load_settings(), worker_count()
     except SettingsError as exc:
         print(f"sentinel: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=20,
-    )
+    try:
+        serve(settings, workers)
+    except StartupError as exc:  # the embedded Redis the workers share did not start
+        print(f"sentinel: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,16 @@ _encoder = msgspec.json.Encoder()
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id and extra fields."""
 
+    # The formatted second of the last record: lines come many per second under load.
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as a JSON line."""
-        created = time.gmtime(record.created)
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         doc: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
+            "time": f"{self._second[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

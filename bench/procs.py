@@ -153,6 +153,8 @@ async def sentinel(
             "GROQ_BASE_URL": provider_url,
             "HOST": HOST,
             "PORT": str(port),
+            # One uvicorn worker (results.md's setting) unless `extra` says otherwise.
+            "WEB_CONCURRENCY": "1",
         }
     )
     env.update(extra or {})

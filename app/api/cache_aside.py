@@ -14,6 +14,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import ChatCompletionRequest, MessageIn, Tool, ToolCall
@@ -119,10 +120,9 @@ async def cache_lookup(
     request: Request[Any, Any, Any],
     data: JSONBody[CacheRequest],
     service: NamedDependency[QueryService],
-    caller_tenant: NamedDependency[str],
 ) -> Response[LookupResult]:
     """The cached answer for this request (exact or guarded semantic), or `hit: false`."""
-    ask = msgspec.structs.replace(data.to_ask(dict(request.headers)), tenant=caller_tenant)
+    ask = msgspec.structs.replace(data.to_ask(dict(request.headers)), tenant=tenant_of(request))
     answer = await service.lookup(ask)
     if answer is None:
         return Response(LookupResult(hit=False, answer=None), headers={"X-Sentinel-Cache": "MISS"})
@@ -134,10 +134,9 @@ async def cache_store(
     request: Request[Any, Any, Any],
     data: JSONBody[CacheStoreRequest],
     service: NamedDependency[QueryService],
-    caller_tenant: NamedDependency[str],
 ) -> Answer:
     """Store an answer the app got itself; later requests for the same question hit it."""
-    ask = msgspec.structs.replace(data.to_ask(dict(request.headers)), tenant=caller_tenant)
+    ask = msgspec.structs.replace(data.to_ask(dict(request.headers)), tenant=tenant_of(request))
     if data.ttl is not None:
         ask = msgspec.structs.replace(ask, ttl=data.ttl)
     return await service.put(ask, data.result())

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import DONE, ChatCompletionRequest, ChunkWriter, completion
@@ -22,11 +23,10 @@ async def chat_completions(
     request: Request[Any, Any, Any],
     data: JSONBody[ChatCompletionRequest],
     service: NamedDependency[QueryService],
-    caller_tenant: NamedDependency[str],
 ) -> Response[dict[str, Any]] | Stream:
     """OpenAI's Chat Completions, answered from the cache when the same question was asked."""
     ask = msgspec.structs.replace(data.to_ask(), **from_headers(request.headers))
-    ask = msgspec.structs.replace(ask, tenant=caller_tenant)
+    ask = msgspec.structs.replace(ask, tenant=tenant_of(request))
     if not data.stream:
         answer = await service.answer(ask)
         return Response(completion(answer), headers=cache_headers(answer))

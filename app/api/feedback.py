@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from app.api.auth import tenant_of
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import refuse_control_characters
 from app.errors import CacheUnavailable
@@ -29,9 +30,9 @@ class FeedbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 @post("/v1/feedback", status_code=200, responses=ERROR_RESPONSES)
 async def feedback(
+    request: Request[Any, Any, Any],
     data: JSONBody[FeedbackRequest],
     service: NamedDependency[QueryService],
-    caller_tenant: NamedDependency[str],
 ) -> FeedbackResult:
     """Say whether an answer was right; a wrong one stops being served for that question."""
     if data.prompt is not None:
@@ -39,5 +40,5 @@ async def feedback(
     if service.audit is None:
         raise CacheUnavailable("feedback needs the cache, which this instance runs without")
     return await service.audit.feedback(
-        tenant=caller_tenant, entry_id=data.entry_id, prompt=data.prompt, correct=data.correct
+        tenant=tenant_of(request), entry_id=data.entry_id, prompt=data.prompt, correct=data.correct
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 import msgspec
 from litestar.enums import ScopeType
@@ -24,6 +24,7 @@ from app.logging import REQUEST_ID
 log = logging.getLogger("sentinel.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CACHE_HEADER = b"x-sentinel-cache"
 
 
 def request_log_middleware(app: ASGIApp) -> ASGIApp:
@@ -33,20 +34,26 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_id(scope) or os.urandom(16).hex()
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
-        outcome: dict[str, object] = {"status": 500, "cache": None}
+        # What the log line says: set once the response starts (500 if it never does).
+        status: int = 500
+        cache: str | None = None
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status, cache
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
+                headers = message.get("headers")
+                # Litestar hands a fresh list per response: add to it rather than copy it.
+                headers = headers if isinstance(headers, list) else list(headers or ())
                 for name, value in headers:
-                    if name.lower() == b"x-sentinel-cache":
-                        outcome["cache"] = value.decode("latin-1")
+                    if name == _CACHE_HEADER or name.lower() == _CACHE_HEADER:
+                        cache = value.decode("latin-1")
+                        break
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
-                outcome["status"] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
@@ -58,8 +65,8 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                     "fields": {
                         "method": scope.get("method"),
                         "route": scope.get("path_template") or scope.get("path"),
-                        "status": outcome["status"],
-                        "match": outcome["cache"],
+                        "status": status,
+                        "match": cache,
                         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                     }
                 },
@@ -70,8 +77,8 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
 
 
 def _incoming_id(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":  # ASGI servers hand header names in lower case
             candidate = value.decode("latin-1")
             return candidate if _SAFE_ID.match(candidate) else None
     return None
@@ -107,8 +114,8 @@ def json_body_middleware(app: ASGIApp) -> ASGIApp:
 
 
 def _header(scope: Scope, wanted: bytes) -> bytes | None:
-    for name, value in scope.get("headers", []):
-        if name.lower() == wanted:
+    for name, value in scope.get("headers", ()):
+        if name == wanted:  # ASGI servers hand header names in lower case
             return bytes(value)
     return None
 

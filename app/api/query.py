@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
 from app.api.openai_schemas import sse
@@ -28,7 +29,6 @@ async def query(
     request: Request[Any, Any, Any],
     data: JSONBody[QueryRequest],
     service: NamedDependency[QueryService],
-    caller_tenant: NamedDependency[str],
 ) -> Response[Answer] | Stream:
     """Answer a prompt: exact hit, semantic hit, or a fresh provider answer.
 
@@ -36,7 +36,7 @@ async def query(
     from), `data: {"text": ...}` pieces, then `done` with the whole text.
     """
     refuse_control_characters(data.prompt, "prompt")
-    ask = data.to_ask(tenant=caller_tenant, header_controls=from_headers(request.headers))
+    ask = data.to_ask(tenant=tenant_of(request), header_controls=from_headers(request.headers))
     if not data.stream:
         answer = await service.answer(ask)
         return Response(answer, headers=cache_headers(answer))

@@ -114,7 +114,8 @@ class Recorder:
         totals = batch.totals
         totals["requests"] += 1
         totals[COUNTER_OF[outcome]] += 1
-        batch.latency[(outcome, bucket_of(latency_ms))] += 1
+        bucket_ms = bucket_of(latency_ms)
+        batch.latency[(outcome, bucket_ms)] += 1
         amounts = {
             "upstream_calls": int(counts.get("upstream_called", False)),
             "upstream_errors": int(counts.get("upstream_failed", False)),
@@ -140,7 +141,7 @@ class Recorder:
             history[prefix + "requests"] += 1
             history[prefix + outcome] += 1
             history[prefix + "latency_ms"] += latency_ms
-            history[prefix + f"lat.{bucket_of(latency_ms)}"] += 1
+            history[prefix + f"lat.{bucket_ms}"] += 1
             for name in ("tokens_saved", "usd_saved", "usd_spent"):
                 if amounts[name]:
                     history[prefix + name] += amounts[name]

@@ -93,8 +93,8 @@ def test_env_example_lists_every_variable() -> None:
     )
     settings = {field.encode_name for field in msgspec.structs.fields(Settings)}
     # REDIS_URL is the compose file's; the embedded server's settings do not apply in a container.
-    # SENTINEL_ENV_FILE is for tests; WEB_CONCURRENCY is infra/container/serve.py's;
-    # PROMETHEUS_MULTIPROC_DIR is prometheus-client's own.
+    # SENTINEL_ENV_FILE is for tests; WEB_CONCURRENCY and PROMETHEUS_MULTIPROC_DIR are read by
+    # app/serving.py (and prometheus-client), not by Settings.
     compose = (COMPOSE_VARIABLES - {"SENTINEL_ENV_FILE"}) | {
         "WEB_CONCURRENCY",
         "PROMETHEUS_MULTIPROC_DIR",

@@ -151,6 +151,8 @@ class SentinelProcess:
         # No background re-asking of semantic hits unless a test wants it: it would add
         # provider calls that tests counting calls do not expect.
         full_env.setdefault("VERIFY_SAMPLE_RATE", "0")
+        # One process unless a test asks for workers: /health's counters are per process.
+        full_env.setdefault("WEB_CONCURRENCY", "1")
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app"],
