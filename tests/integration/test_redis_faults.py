@@ -247,7 +247,11 @@ def test_evictions_under_maxmemory_are_misses_never_errors(
         }
         assert len(ids) > len(prompts) // 2
         hits = 0
-        for prompt, entry_id in ids.items():
+        # Newest first: LRU kept the last ones stored, and each miss below stores an answer
+        # that evicts the least recently used entry; asked oldest first, the survivors would
+        # all be evicted before their turn (Redis's LRU clock has a 1 s resolution, so which
+        # ones go first was left to chance).
+        for prompt, entry_id in reversed(ids.items()):
             key = keys.entry_key(prefix, entry_id)
             # A read that counts as a use (EXISTS does not): the key is the last one LRU
             # would pick when the hit-count flush makes Redis evict before the request reads.
