@@ -33,7 +33,9 @@ _RESPONSE = ENTRY_FIELDS.index("response") + 1  # Lua counts from 1
 # KEYS: the entry, the alias. ARGV: the entry prefix, then ENTRY_FIELDS. The target's key is
 # built here from the alias (the server is a single Redis, not a cluster). Replies {fields} for
 # the entry itself (whole or not), {fields of the target, alias} when an alias points on.
-_LOOKUP = f"""
+# `no-writes`: a read like HMGET, so under maxmemory it neither triggers evictions nor is
+# refused (a script without flags counts as a write).
+_LOOKUP = f"""#!lua flags=no-writes
 local fields = {{unpack(ARGV, 2)}}
 local values = redis.call('HMGET', KEYS[1], unpack(fields))
 if values[{_RESPONSE}] then return {{values}} end
