@@ -22,6 +22,12 @@ def entry_prefix(embedder_id: str, dimension: int) -> str:
     return f"{ROOT}:{_slug(embedder_id)}:{dimension}:entry:"
 
 
+def alias_prefix(embedder_id: str, dimension: int) -> str:
+    """Key prefix of paraphrase aliases (cache/aliases.py), beside the entries, not under their
+    prefix (the index must not see them)."""
+    return f"{ROOT}:{_slug(embedder_id)}:{dimension}:alias:"
+
+
 def index_name(embedder_id: str, dimension: int) -> str:
     """RediSearch index name for this embedder, e.g. `sentinel-minilm-384`."""
     return f"{ROOT}-{_slug(embedder_id)}-{dimension}"

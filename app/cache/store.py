@@ -15,6 +15,7 @@ from redis.typing import EncodableT, FieldT
 
 from app.cache import keys
 from app.cache.admin import EntryAdmin
+from app.cache.aliases import Alias, Aliases
 from app.cache.entry import ENTRY_FIELDS, Entry, from_values, new_entry, to_hash
 from app.cache.errors import redis_errors_as_unavailable
 from app.cache.hits import HitCounter
@@ -64,6 +65,11 @@ class CacheStore:
         )
         self.admin = EntryAdmin(redis, prefix=self.prefix, index_name=self.index_name)
         self.hits = HitCounter(redis)
+        self.aliases = Aliases(
+            redis,
+            entry_prefix=self.prefix,
+            alias_prefix=keys.alias_prefix(embedder_id, dimension),
+        )
         self._dispute = redis.register_script(_DISPUTE)
         # The index's lifecycle and the admin queries, under the names callers use: bound
         # methods of the parts, so their signatures and docstrings are written once (and a
@@ -101,6 +107,23 @@ class CacheStore:
             return None
         self.hits.add(key)
         return entry
+
+    @redis_errors_as_unavailable
+    async def take_hit_or_alias(
+        self, entry_id: str, accept: Callable[[Entry, Alias], bool]
+    ) -> tuple[Entry, Alias | None] | None:
+        """Like take_hit, in one round trip also through a paraphrase alias (aliases.py): the
+        entry (alias None), else the entry the alias names if `accept` takes it, else None."""
+        entry, alias = await self.aliases.read(entry_id)
+        if entry is None or (alias is not None and not accept(entry, alias)):
+            return None
+        self.hits.add(self._key(entry.id))
+        return entry, alias
+
+    @redis_errors_as_unavailable
+    async def alias(self, entry_id: str, alias: Alias) -> bool:
+        """Let `entry_id` be served by `alias.target` (False when the target is gone)."""
+        return await self.aliases.write(entry_id, alias)
 
     async def nearest(
         self, vector: npt.NDArray[np.float32], *, scope: str, k: int

@@ -46,7 +46,7 @@ class PrometheusMetrics:
         )
         self.layer_seconds = Histogram(
             "sentinel_layer_duration_seconds",
-            "Time in each layer: exact_lookup, embed, knn, judge, provider, store",
+            "Time in each layer: exact_lookup, alias, embed, knn, judge, provider, store",
             ("layer",),
             buckets=_LATENCY_BUCKETS,
             registry=r,

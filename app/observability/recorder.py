@@ -37,8 +37,12 @@ from app.observability.prometheus import PrometheusMetrics
 
 log = logging.getLogger("sentinel.metrics")
 
-Layer = Literal["exact_lookup", "embed", "knn", "judge", "provider", "store"]
-LAYERS: tuple[Layer, ...] = ("exact_lookup", "embed", "knn", "judge", "provider", "store")
+# "alias": the lookup of a repeated paraphrase served through its alias, without an embedding
+# (cache/aliases.py); those lookups are not also counted as exact_lookup.
+Layer = Literal["exact_lookup", "alias", "embed", "knn", "judge", "provider", "store"]
+LAYERS: tuple[Layer, ...] = (
+    "exact_lookup", "alias", "embed", "knn", "judge", "provider", "store",
+)  # fmt: skip
 OTHER = "other"
 
 

@@ -45,6 +45,7 @@ from app.service.judge import Judge, Verdict
 from app.service.plan import Ask, Plan, Planner, entry_for
 from app.service.pricing import cost_usd
 from app.service.request_cache import RequestCache
+from app.service.semantic import SemanticLayer, SemanticMatch, from_alias
 from app.service.streaming import Assembler, replay
 from app.service.verifier import Calibration, Verifier
 from app.settings import DEFAULT_LOOKUP_TIMEOUT_MS, DEFAULT_WRITE_TIMEOUT_MS
@@ -126,7 +127,7 @@ class QueryService:
         self.wait_timeout = wait_timeout
         self.embed_breaker = embed_breaker
         self._embed = Embedding(embedder, embed_breaker, metrics)
-        self.top_k = top_k
+        self.semantic = SemanticLayer(self.cache, self._embed, self.judge, top_k=top_k)
         # Live verification of semantic hits and users' feedback; None: neither (replays).
         self.audit = (
             None
@@ -313,43 +314,30 @@ class QueryService:
         return found
 
     async def _find(self, plan: Plan, started: float) -> _Found:
-        vector: Vector | None = None
         try:
-            entry = await self.cache.entry(plan.entry_id)
-            if entry is not None:
-                return _Found(hit=await self._hit(plan, entry, "exact", 1.0, started))
-            if plan.question is None:
-                return _Found()
-            question = plan.question
-            vector = await self._embed(question)
-            if vector is None:
-                return _Found(embed_failed=True)
-            candidates = await self.cache.nearest(vector, scope=plan.scope, k=self.top_k)
-            for rank, candidate in enumerate(candidates):
-                if candidate.similarity < plan.threshold:
-                    break
-                verdict = await self.judge.decide(
-                    plan, question, candidate, self.cache.metrics, nearest=rank == 0
-                )
-                if not verdict.serve:
-                    continue  # a near miss; a lower neighbour may still be the same question
-                # What verification and feedback taught this entry: a floor of its own, and
-                # questions it must never answer.
-                similarity = candidate.similarity
-                entry = await self.cache.entry(
-                    candidate.entry_id,
-                    "semantic lookup",
-                    accept=lambda e: e.serves(plan.question_digest, similarity),  # noqa: B023
-                )
-                if entry is not None:  # None: expired since the KNN, or refused
-                    hit = await self._hit(
-                        plan, entry, "semantic", candidate.similarity, started, verdict=verdict
-                    )
-                    return _Found(hit=hit, vector=vector)
+            held = await self.cache.exact_or_alias(plan.entry_id, self.semantic.accepts(plan))
         except CacheBypassed as exc:
             self.cache.skipped(exc)
-            return _Found(vector=vector, bypass=True)
-        return _Found(vector=vector)
+            return _Found(bypass=True)
+        if held is not None:
+            entry, alias = held
+            if alias is None:
+                return _Found(hit=await self._hit(plan, entry, "exact", 1.0, started))
+            # A repeated paraphrase: served as its first semantic hit was, without an embedding.
+            return _Found(hit=await self._semantic_hit(plan, from_alias(entry, alias), started))
+        if plan.question is None:
+            return _Found()
+        search = await self.semantic.search(plan, plan.question)
+        if search.match is None:
+            return _Found(None, search.vector, search.bypass, search.embed_failed)
+        self.semantic.remember(plan, search.match)
+        hit = await self._semantic_hit(plan, search.match, started)
+        return _Found(hit=hit, vector=search.vector)
+
+    async def _semantic_hit(self, plan: Plan, match: SemanticMatch, started: float) -> Answer:
+        return await self._hit(
+            plan, match.entry, "semantic", match.similarity, started, verdict=match.verdict
+        )
 
     async def _store(self, plan: Plan, result: ChatResult, found: _Found, started: float) -> Answer:
         """Keep a successful answer (if the cache can) and report the miss.

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, Unpack
 
+from app.cache.aliases import Alias
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
 from app.cache.metrics import Counts, Outcome
@@ -58,6 +59,31 @@ class RequestCache:
         # A semantic candidate's read is the semantic layer's Redis time, with its KNN query.
         layer: Layer = "exact_lookup" if accept is None else "knn"
         return await self.read(what, lambda: self.store.take_hit(entry_id, accept), layer=layer)
+
+    async def exact_or_alias(
+        self, entry_id: str, accept: Callable[[Entry, Alias], bool]
+    ) -> tuple[Entry, Alias | None] | None:
+        """The entry under this id, else the one its paraphrase alias names if `accept` takes
+        it (timed as the `alias` layer when it serves), counted as a hit; else None."""
+        started = time.perf_counter()
+        served_by_alias = False
+        try:
+            found = await self.read(
+                "exact lookup", lambda: self.store.take_hit_or_alias(entry_id, accept)
+            )
+            served_by_alias = found is not None and found[1] is not None
+            return found
+        finally:
+            layer: Layer = "alias" if served_by_alias else "exact_lookup"
+            self.metrics.layer(layer, time.perf_counter() - started)
+
+    async def alias(self, entry_id: str, alias: Alias) -> None:
+        """Write a paraphrase alias (off the request path: a failure is only logged)."""
+        store = self.store
+        try:
+            await self.write("alias write", lambda: store.alias(entry_id, alias))
+        except CacheBypassed as exc:
+            self.skipped(exc, "alias not written")
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         """The k nearest entries of this scope, most similar first."""

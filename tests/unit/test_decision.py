@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from app.cache.aliases import Alias
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
 from app.cache.flight import FlightResult, SharedFailure, SingleFlight
@@ -52,6 +53,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[Entry, Vector | None]] = {}
+        self.aliases: dict[str, Alias] = {}
         self.down = False
         self.calls = 0
 
@@ -68,6 +70,25 @@ class MemoryStore:
         if found is None or (accept is not None and not accept(found[0])):
             return None
         return found[0]
+
+    async def take_hit_or_alias(
+        self, entry_id: str, accept: Callable[[Entry, Alias], bool]
+    ) -> tuple[Entry, Alias | None] | None:
+        self._touch()
+        if entry_id in self.entries:
+            return self.entries[entry_id][0], None
+        alias = self.aliases.get(entry_id)
+        target = None if alias is None else self.entries.get(alias.target)
+        if alias is None or target is None or not accept(target[0], alias):
+            return None
+        return target[0], alias
+
+    async def alias(self, entry_id: str, alias: Alias) -> bool:
+        self._touch()
+        if alias.target not in self.entries:
+            return False
+        self.aliases[entry_id] = alias
+        return True
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         self._touch()
@@ -328,6 +349,46 @@ async def test_a_miss_is_stored_then_served_exactly_and_to_a_paraphrase() -> Non
     assert exact["tokens_saved"] == miss["tokens_spent"]
     assert parts.metrics.layers.count("exact_lookup") == 3
     assert {"embed", "knn", "judge", "store"} <= set(parts.metrics.layers)
+
+
+async def test_a_repeated_paraphrase_is_served_through_its_alias_without_an_embedding() -> None:
+    parts = Parts(guard=FixedGuard(Q))
+    await parts.ask(Q)
+    first = await parts.ask(PARAPHRASE)
+    await parts.service.semantic.drain()  # the alias is written after the answer
+    embeds = list(parts.embedder.calls)
+    again = await parts.ask(PARAPHRASE)
+    assert parts.embedder.calls == embeds  # no embedding for the repeat
+    assert (again.match, again.entry_id, again.matched_prompt) == (
+        "semantic",
+        first.entry_id,
+        Q,
+    )
+    assert again.similarity == first.similarity
+    assert again.guard_score == first.guard_score
+    assert parts.metrics.outcomes == ["miss", "semantic", "semantic"]
+    assert parts.metrics.layers.count("alias") == 1
+
+
+async def test_an_alias_does_not_serve_what_its_entry_or_the_request_refuses() -> None:
+    parts = Parts()
+    await parts.ask(Q)
+    first = await parts.ask(PARAPHRASE)
+    await parts.service.semantic.drain()
+    # A stricter threshold than the alias's similarity: not through the alias (nor the KNN).
+    strict = await parts.ask(PARAPHRASE, similarity_threshold=0.9999)
+    assert strict.match == "miss"
+    # The entry disputed for that question (feedback): the alias stops serving it.
+    parts.store.entries.pop(strict.entry_id)
+    entry, vector = parts.store.entries[first.entry_id]
+    digest = parts.service.plan(Ask.of_prompt(PARAPHRASE)).question_digest
+    parts.store.entries[first.entry_id] = (msgspec.structs.replace(entry, vetoed=digest), vector)
+    calls = len(parts.embedder.calls)
+    assert (await parts.ask(PARAPHRASE)).match == "miss"
+    assert len(parts.embedder.calls) == calls + 1  # refused by the alias, then by the KNN path
+    # The entry gone: nothing served through its alias.
+    parts.store.entries.clear()
+    assert (await parts.ask(PARAPHRASE)).match == "miss"
 
 
 async def test_the_threshold_stops_the_candidate_loop() -> None:

@@ -56,10 +56,11 @@ class Flaky:
         return None
 
 
-async def test_a_stuck_onnx_run_holds_neither_the_loop_nor_the_request() -> None:
+@pytest.mark.parametrize("batching", [False, True], ids=["one-by-one", "micro-batched"])
+async def test_a_stuck_onnx_run_holds_neither_the_loop_nor_the_request(batching: bool) -> None:
     session = StuckSession()
     tokenizer = Tokenizer.from_file(str(TOKENIZER))
-    embedder = LocalEmbedder(session, tokenizer, workers=1)  # type: ignore[arg-type]
+    embedder = LocalEmbedder(session, tokenizer, workers=1, batching=batching)  # type: ignore[arg-type]
     breaker = EmbedderBreaker(embedder, budget=0.2, failure_threshold=2, probe_interval=60)
     ticks = 0
 

@@ -14,10 +14,11 @@ from typing import Any, Final, TypedDict, TypeVar, Unpack
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from app.errors import EmbeddingError, SentinelError, StartupError
 from app.providers.embedders.base import Vector
+from app.providers.embedders.batching import MicroBatcher
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -67,6 +68,10 @@ MAX_BATCH: Final = 32
 # thread steals the core the other worker needs.
 INTRA_OP_THREADS: Final = 2
 WORKERS: Final = 2
+# Micro-batching of concurrent `embed` calls by length bucket (batching.py), re-measured for
+# issue 15 (bench/semantic-study.md): never slower at c=1, +15-22% embeds/s at c=16 in one
+# sitting of 5 rounds but not in another of 3; off until an end-to-end sitting confirms it.
+BATCHING: Final = False
 
 
 def _default_model_path(model: str) -> Path:
@@ -187,6 +192,7 @@ class LoadOptions(TypedDict, total=False):
     tokenizer_path: Path | None
     intra_op_threads: int
     workers: int
+    batching: bool
 
 
 class LocalEmbedder:
@@ -199,6 +205,7 @@ class LocalEmbedder:
         *,
         model: str = DEFAULT_MODEL,
         workers: int = WORKERS,
+        batching: bool = BATCHING,
     ) -> None:
         self._model = model
         self._session = session
@@ -206,6 +213,11 @@ class LocalEmbedder:
         # Two workers: two requests embed in parallel.
         self._pool = InferencePool(
             workers=workers, name="embed", error=EmbeddingError, what="local embedder"
+        )
+        self._batcher: MicroBatcher[Encoding] | None = (
+            MicroBatcher(self._run_encoded, workers=workers, max_batch=MAX_BATCH)
+            if batching
+            else None
         )
 
     @classmethod
@@ -217,6 +229,7 @@ class LocalEmbedder:
         tokenizer_path: Path | None = None,
         intra_op_threads: int = INTRA_OP_THREADS,
         workers: int = WORKERS,
+        batching: bool = BATCHING,
     ) -> LocalEmbedder:
         """Verify and load the model and tokenizer (blocking, ~0.5 s); raise StartupError."""
         if model not in MODEL_SHA256:
@@ -226,7 +239,7 @@ class LocalEmbedder:
         )
         tokenizer = load_tokenizer(tokenizer_path, MAX_TOKENS)
         session = onnx_session(model_bytes, intra_op_threads, "the model")
-        return cls(session, tokenizer, model=model, workers=workers)
+        return cls(session, tokenizer, model=model, workers=workers, batching=batching)
 
     @classmethod
     async def load(cls, **options: Unpack[LoadOptions]) -> LocalEmbedder:
@@ -245,6 +258,11 @@ class LocalEmbedder:
 
     async def embed(self, text: str) -> Vector:
         """Embed one text off the event loop; shape (384,), unit length."""
+        if self._batcher is not None:
+            self._pool.check_open()
+            # ~20 µs on the loop for a question: its length picks the batch it may join.
+            encoding = self._tokenizer.encode(text)
+            return await self._batcher.embed(encoding, len(encoding.ids))
         rows = await self._run([text])
         row: Vector = rows[0]
         return row
@@ -276,13 +294,27 @@ class LocalEmbedder:
         """Run one batch on the pool (EmbeddingError if it fails or the embedder is closed)."""
         return await self._pool.run(self._embed_batch, texts)
 
+    async def _run_encoded(self, encodings: list[Encoding]) -> npt.NDArray[np.float32]:
+        """Run one batch of tokenized texts on the pool (a micro-batch of `embed` calls)."""
+        return await self._pool.run(self._embed_encodings, encodings)
+
     def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Tokenize and embed one batch (in a pool thread)."""
+        # Truncates at 256; rows are padded to the longest by _embed_encodings.
+        return self._embed_encodings(self._tokenizer.encode_batch(texts))
+
+    def _embed_encodings(self, encodings: list[Encoding]) -> npt.NDArray[np.float32]:
         """One ONNX run (in a pool thread); mean-pool over the mask, L2-normalise."""
-        # The tokenizer pads to the longest text of this batch and truncates at 256.
-        encodings = self._tokenizer.encode_batch(texts)
-        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        token_type_ids = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        width = max(len(e.ids) for e in encodings)
+        # Padding (id 0, mask 0) up to the batch's longest row; the mask keeps it out of the mean.
+        input_ids = np.zeros((len(encodings), width), dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
+        token_type_ids = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            input_ids[row, :n] = e.ids
+            attention_mask[row, :n] = e.attention_mask
+            token_type_ids[row, :n] = e.type_ids
         outputs: list[Any] = self._session.run(
             ["last_hidden_state"],
             {

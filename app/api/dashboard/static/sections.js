@@ -4,7 +4,7 @@ import { barChart, lineChart } from "/dashboard/charts.js";
 import { card, formats, metric, note, prompt, table, when } from "/dashboard/format.js";
 
 const OUTCOMES = ["hit", "exact", "semantic", "miss", "error"];
-const LAYERS = ["exact_lookup", "embed", "knn", "judge", "provider", "store"];
+const LAYERS = ["exact_lookup", "alias", "embed", "knn", "judge", "provider", "store"];
 const PERCENTILES = [
   { name: "p50", cls: "s-p50" },
   { name: "p95", cls: "s-p95" },

@@ -1,0 +1,93 @@
+"""Paraphrase aliases: a question once served semantically by an entry is served again by it
+without an embedding.
+
+After a semantic hit of question P on entry E, an alias key named by P's own entry id (the
+hash of scope and normalized prompt, so it never crosses a scope or a tenant) holds E's id and
+what the hit was judged with, and expires with E. The exact lookup reads the entry hash or, when
+there is none, the alias and E's fields in the same round trip (one script). E gone (deleted,
+expired) means no hit; E's `vetoed` questions and `min_similarity` still apply (Entry.serves).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from app.cache import keys
+from app.cache.entry import ENTRY_FIELDS, Entry, from_values
+
+
+class Alias(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Which entry served a paraphrase, and with what similarity and scores."""
+
+    target: str
+    similarity: float
+    guard_score: float | None = None
+    verifier_score: float | None = None
+
+
+_RESPONSE = ENTRY_FIELDS.index("response") + 1  # Lua counts from 1
+
+# KEYS: the entry, the alias. ARGV: the entry prefix, then ENTRY_FIELDS. The target's key is
+# built here from the alias (the server is a single Redis, not a cluster). Replies {fields} for
+# the entry itself (whole or not), {fields of the target, alias} when an alias points on.
+# `no-writes`: a read like HMGET, so under maxmemory it neither triggers evictions nor is
+# refused (a script without flags counts as a write).
+_LOOKUP = f"""#!lua flags=no-writes
+local fields = {{unpack(ARGV, 2)}}
+local values = redis.call('HMGET', KEYS[1], unpack(fields))
+if values[{_RESPONSE}] then return {{values}} end
+local alias = redis.call('GET', KEYS[2])
+if not alias then return {{values}} end
+local target = string.match(alias, '^%["([0-9a-f]+)"')
+if not target then return {{values}} end
+return {{redis.call('HMGET', ARGV[1] .. target, unpack(fields)), alias}}
+"""
+
+# KEYS: the alias, the target entry. Written only while the target lives, for as long as it
+# has left.
+_WRITE = """
+local left = redis.call('PTTL', KEYS[2])
+if left <= 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', left)
+return 1
+"""
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Alias).decode
+
+
+class Aliases:
+    """Reads an entry or the entry its alias names (one script); writes aliases."""
+
+    def __init__(self, redis: Redis, *, entry_prefix: str, alias_prefix: str) -> None:
+        self._entry_prefix = entry_prefix
+        self._alias_prefix = alias_prefix
+        self._lookup = redis.register_script(_LOOKUP)
+        self._write = redis.register_script(_WRITE)
+
+    async def read(self, entry_id: str) -> tuple[Entry | None, Alias | None]:
+        """The entry under `entry_id` (None if not whole), else (the alias's target, the alias);
+        (None, None) when neither is there. Redis errors are the caller's to map."""
+        reply: list[Any] = await self._lookup(
+            keys=[self._entry_prefix + entry_id, self._alias_prefix + entry_id],
+            args=[self._entry_prefix, *ENTRY_FIELDS],
+        )
+        if len(reply) == 1:
+            return from_values(entry_id, reply[0]), None
+        try:
+            alias = _decode(reply[1])
+        except msgspec.DecodeError:
+            return None, None
+        return from_values(alias.target, reply[0]), alias
+
+    async def write(self, entry_id: str, alias: Alias) -> bool:
+        """Point `entry_id`'s alias at `alias.target` for the target's remaining TTL; False
+        when the target is gone."""
+        written = await self._write(
+            keys=[self._alias_prefix + entry_id, keys.entry_key(self._entry_prefix, alias.target)],
+            args=[_encode(alias)],
+        )
+        return bool(written)
