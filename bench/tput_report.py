@@ -145,9 +145,10 @@ METHOD = """## Method
   hit.
 - Exact hits: the stored questions, cycled. Semantic hits: `max_tokens` is part of Sentinel's
   cache scope, so each repetition stores the questions again in a scope of its own and asks each
-  verified paraphrase there exactly once (first-time: a few at c=1, the rest at c=16), then
-  cycles the same paraphrases again (repeated: what a paraphrase alias would serve without an
-  embedding). The targets use the first-time numbers.
+  verified paraphrase there exactly once (first-time: a few at c=1, the rest at c=16; the full
+  run warms three such scopes per repetition for a longer c=16 window, its rate = hits ÷ the
+  summed wall time of those windows), then cycles the same paraphrases again (repeated: what a
+  paraphrase alias would serve without an embedding). The targets use the first-time numbers.
 - In-process reference: the service's `LocalEmbedder` (same model, threads and workers) and
   `CacheStore.nearest` on the same index and scope, from asyncio tasks in one process; an op
   counts when the top cosine reaches the service's floor. redisvl's SemanticCache gets the same
