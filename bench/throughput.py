@@ -258,6 +258,7 @@ async def amain(args: argparse.Namespace) -> int:
     command = "python -m bench.throughput" + "".join(f" {a}" for a in sys.argv[1:])
     started = time.monotonic()
     machine = machine_table(command)
+    busy = os.getloadavg()[0]
     machine.add("code", f"`{_git_head()}`")
     settings = load_settings({})
     say("loading the local embedder (the service's model and settings)")
@@ -330,6 +331,12 @@ async def amain(args: argparse.Namespace) -> int:
     setup.add("fake provider delay", f"{plan.delay:g} s (misses only)")
     setup.add("questions", f"{len(ctx.pairs)} verified pairs of {len(pairs)} chosen; {source}")
     setup.add("repetitions", f"{plan.reps}, interleaved (every system in each repetition)")
+    if busy > 0.5 * (os.cpu_count() or 1):
+        ctx.notes.insert(
+            0,
+            f"**the machine was busy before this run started** (1-min load {busy:.2f} on "
+            f"{os.cpu_count()} cores): other work shared the cores; read the spread",
+        )
     write_report(
         output,
         quick=args.quick,
