@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 REDIS_READY := var/.redis-stack-ready
 
-.PHONY: setup run test lint fmt typecheck bench eval lock clean
+.PHONY: setup run test lint fmt typecheck bench bench-throughput eval lock clean
 
 setup: $(INSTALLED) $(REDIS_READY)
 
@@ -45,6 +45,13 @@ typecheck:
 
 bench: setup
 	$(PY) -m bench.run
+
+# Issue 15's table in one run: Sentinel against a trivial HTTP server and an in-process embed +
+# KNN on the same cores (ratios comparable run to run); writes bench/throughput.md. QUICK=1
+# for the short variant. Where flock exists, runs hold a lock so two benchmarks never overlap.
+BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/sentinel-bench.lock)
+bench-throughput: setup
+	$(BENCH_LOCK) $(PY) -m bench.throughput $(if $(QUICK),--quick)
 
 # Hit quality on the labeled dev data (see ../shared/data/dev/README.md) with the service's
 # embedder and guard; JSON and PNG curves in var/eval/.

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -142,8 +142,10 @@ async def sentinel(
     provider_url: str,
     module: str = "app",
     extra: dict[str, str] | None = None,
+    started: Callable[[Child], None] | None = None,
 ) -> AsyncIterator[str]:
-    """`python -m MODULE` (Sentinel) in its own process against Redis and the provider."""
+    """`python -m MODULE` (Sentinel) in its own process against Redis and the provider;
+    `started` is handed the process once it answers (to inspect its pid)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update(
@@ -162,6 +164,8 @@ async def sentinel(
     base_url = f"http://{HOST}:{port}"
     try:
         await _wait_healthy(child, base_url, budget=120.0)
+        if started is not None:
+            started(child)
         yield base_url
     finally:
         child.stop()
