@@ -23,7 +23,7 @@ from redisvl.schema import IndexSchema
 from app.cache import keys
 from app.cache.entry import hash_field
 from app.cache.errors import needs_repair, redis_errors_as_unavailable
-from app.cache.vectors import encode_vector
+from app.cache.vectors import VectorDtype, encode_vector
 
 log = logging.getLogger("sentinel.cache")
 
@@ -64,11 +64,14 @@ class IndexState(msgspec.Struct, frozen=True, kw_only=True):
 class EntryIndex:
     """The HNSW + TAG index over the entry hashes under `prefix`, and the Redis behind it."""
 
-    def __init__(self, redis: Redis, *, prefix: str, name: str, dimension: int) -> None:
+    def __init__(
+        self, redis: Redis, *, prefix: str, name: str, dimension: int, dtype: VectorDtype
+    ) -> None:
         self._redis = redis
         self.prefix = prefix
         self.name = name
         self.dimension = dimension
+        self.dtype: VectorDtype = dtype
         # redisvl closes only a client it created: this one stays the caller's.
         self._index = AsyncSearchIndex(self._schema(), redis_client=redis)
 
@@ -87,7 +90,7 @@ class EntryIndex:
                             "algorithm": "hnsw",
                             "dims": self.dimension,
                             "distance_metric": "cosine",
-                            "datatype": "float32",
+                            "datatype": self.dtype,
                             "m": HNSW_M,
                             "ef_construction": HNSW_EF_CONSTRUCTION,
                         },
@@ -163,7 +166,10 @@ class EntryIndex:
     ) -> list[Candidate]:
         """KNN over the HNSW index within one scope, best first."""
         query = VectorQuery(
-            vector=encode_vector(vector, self.dimension),
+            # The query's bytes must have the index's TYPE; redisvl would cast a list to it,
+            # but bytes pass through as they are.
+            vector=encode_vector(vector, self.dimension, dtype=self.dtype),
+            dtype=self.dtype,
             vector_field_name=VECTOR_FIELD,
             return_fields=[_PROMPT],
             filter_expression=Tag(_SCOPE) == scope,
