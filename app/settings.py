@@ -193,9 +193,9 @@ class Settings(
     # from memory for the same request, without calling the provider; 0 turns it off.
     negative_ttl: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 60
     knn_top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
-    # HNSW search breadth: 80 keeps near-duplicate recall@1 at 100k entries ≥ 0.99 with M=32
+    # HNSW search breadth: 64 keeps near-duplicate recall@1 at 100k entries ≥ 0.99 with M=32
     # (bench/knn-study.md); the TAG filter on a small scope runs as a brute force scan anyway.
-    knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 80
+    knn_ef_runtime: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
     # How vectors are stored (entry hash and HNSW index). Each dtype has its own keys and
     # index: switching leaves the other's entries unread until their TTL removes them.
     vector_dtype: VectorDtype = DEFAULT_VECTOR_DTYPE

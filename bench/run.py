@@ -69,7 +69,7 @@ FULL = Plan(
 QUICK = Plan(
     sizes=[10_000],
     queries=200,
-    efs=[32, 80, 200],
+    efs=[32, 64, 200],
     near_cosine=0.9,
     pairs=60,
     e2e=E2EConfig(miss_c1=20, c1_requests=150, c16_exact=800, c16_semantic=400),
