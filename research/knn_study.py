@@ -367,8 +367,8 @@ FINDINGS = """## Findings (one sitting, Dec 3 2026; numbers from the tables belo
   at 100k, near duplicates at cosine 0.9 reach recall@1 0.997 at EF_RUNTIME 64 in 1.20 ms p50
   (1.000 at EF 100, 1.57 ms), where M=16 needs EF 200 for 0.993 at 1.82 ms and EF 300 for
   1.000 at 2.1 to 2.5 ms. M=32 costs ~130 B more per entry in the index and ~13% longer
-  inserts (186 s against 164 s for the 90k load). M=8/12 were not run (time): lower M can only
-  move the other way on recall per EF on this data.
+  inserts (186 s against 164 s for the 90k load). M=8 saves 60 B per entry and collapses
+  recall: 0.837 at EF 300, 0.370 at EF 64. M=12 was not run (time).
 - **HYBRID_POLICY: leave it to RediSearch.** When the scope holds every entry, it runs the
   query as HYBRID_BATCHES at 100k (same cost and recall as an unfiltered KNN plus ~0.1 ms)
   and as ADHOC_BF at 10k (1.0 ms, exact); forcing ADHOC_BF at 100k costs 14 to 21 ms, and
@@ -465,7 +465,9 @@ def write_report(out: Path, report: Path) -> None:
             )  # fmt: skip
     mem.notes.append(
         "these loads write every Entry field (the codec before it left default-valued fields out); "
-        "load time = pipelined HSET + EXPIRE for the entries added at that step"
+        "load time = pipelined HSET + EXPIRE for the entries added at that step; float16-m8 ran "
+        "last, on the embedded server with hash-max-listpack-value 4096 (a listpack hash): compare "
+        "its HNSW column, not its total, with the others"
     )
     lines.append(mem.markdown())
     hash_file = out / "hash.json"
