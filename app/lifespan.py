@@ -86,6 +86,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 embedder_id=embedder.id,
                 dimension=embedder.dimension,
                 ef_runtime=settings.knn_ef_runtime,
+                vector_dtype=settings.vector_dtype,
             )
             if await store.ensure_index():
                 log.info("created index %s", store.index_name)

@@ -1,8 +1,10 @@
 """One cached answer and its Redis hash: one codec, derived from the Entry struct.
 
-The hash holds every field of Entry but `id` (the last part of its key), under the struct's
+The hash holds the fields of Entry but `id` (the last part of its key), under the struct's
 field names; numbers are stored as their text. Reading a hash back converts that text with
 the same struct, so a field added to Entry is written, read and listed without another edit.
+A field at its default is not written (reading fills the default back in): most entries have
+no tool calls, tenant or verdicts, and each hash field costs about 60 bytes of Redis memory.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
 
 _STORED = tuple(field for field in msgspec.structs.fields(Entry) if field.name != "id")
 _HASH_FIELD = {field.name: field.encode_name for field in _STORED}
+# (attribute, hash field, default or NODEFAULT) for to_hash.
+_WRITTEN = tuple((field.name, field.encode_name, field.default) for field in _STORED)
 
 # The hash fields of an entry, in the struct's order: for HMGET and RETURN of FT.SEARCH.
 ENTRY_FIELDS: tuple[str, ...] = tuple(_HASH_FIELD.values())
@@ -62,8 +66,13 @@ def hash_field(attribute: str) -> str:
 
 
 def to_hash(entry: Entry) -> dict[FieldT, EncodableT]:
-    """The hash fields of an entry, for HSET."""
-    return {field.encode_name: getattr(entry, field.name) for field in _STORED}
+    """The hash fields of an entry that differ from their defaults, for HSET (after a DEL)."""
+    mapping: dict[FieldT, EncodableT] = {}
+    for name, stored_as, default in _WRITTEN:
+        value = getattr(entry, name)
+        if value != default:  # NODEFAULT equals no value: required fields are always written
+            mapping[stored_as] = value
+    return mapping
 
 
 def from_hash(entry_id: str, row: Mapping[str, Any]) -> Entry | None:

@@ -23,14 +23,16 @@ from redisvl.schema import IndexSchema
 from app.cache import keys
 from app.cache.entry import hash_field
 from app.cache.errors import needs_repair, redis_errors_as_unavailable
-from app.cache.vectors import encode_vector
+from app.cache.vectors import VectorDtype, encode_vector
 
 log = logging.getLogger("sentinel.cache")
 
 VECTOR_FIELD = "embedding"
-# HNSW build parameters: M=16 and EF_CONSTRUCTION=200 are the values measured in
-# ../shared/docs/environment.md (recall@1 0.995 at 100k with EF_RUNTIME 200).
-HNSW_M = 16
+# HNSW build parameters (bench/knn-study.md, 100k 384-d FLOAT16 entries, near duplicates at
+# cosine 0.9): M=32 reaches recall@1 0.997 at EF_RUNTIME 64 in 1.2 ms, where M=16 needs
+# EF_RUNTIME 200 and 1.8 ms for 0.993; it costs ~140 bytes more per entry in the index. An index
+# created earlier keeps the M it was built with (FT.CREATE fixes it).
+HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 
 # Entry fields indexed as TAGs: a KNN is filtered by scope; admin lists and deletes by the
@@ -64,11 +66,14 @@ class IndexState(msgspec.Struct, frozen=True, kw_only=True):
 class EntryIndex:
     """The HNSW + TAG index over the entry hashes under `prefix`, and the Redis behind it."""
 
-    def __init__(self, redis: Redis, *, prefix: str, name: str, dimension: int) -> None:
+    def __init__(
+        self, redis: Redis, *, prefix: str, name: str, dimension: int, dtype: VectorDtype
+    ) -> None:
         self._redis = redis
         self.prefix = prefix
         self.name = name
         self.dimension = dimension
+        self.dtype: VectorDtype = dtype
         # redisvl closes only a client it created: this one stays the caller's.
         self._index = AsyncSearchIndex(self._schema(), redis_client=redis)
 
@@ -87,7 +92,7 @@ class EntryIndex:
                             "algorithm": "hnsw",
                             "dims": self.dimension,
                             "distance_metric": "cosine",
-                            "datatype": "float32",
+                            "datatype": self.dtype,
                             "m": HNSW_M,
                             "ef_construction": HNSW_EF_CONSTRUCTION,
                         },
@@ -163,7 +168,10 @@ class EntryIndex:
     ) -> list[Candidate]:
         """KNN over the HNSW index within one scope, best first."""
         query = VectorQuery(
-            vector=encode_vector(vector, self.dimension),
+            # The query's bytes must have the index's TYPE; redisvl would cast a list to it,
+            # but bytes pass through as they are.
+            vector=encode_vector(vector, self.dimension, dtype=self.dtype),
+            dtype=self.dtype,
             vector_field_name=VECTOR_FIELD,
             return_fields=[_PROMPT],
             filter_expression=Tag(_SCOPE) == scope,

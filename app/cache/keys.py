@@ -1,4 +1,4 @@
-"""Key, index and id naming; the embedder's id and dimension keep vector spaces apart.
+"""Key, index and id naming; the embedder's id, dimension and vector dtype keep indexes apart.
 
 Also `text()`: keys and values come back from Redis as bytes or str depending on the client.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+
+from app.cache.vectors import DEFAULT_VECTOR_DTYPE, VectorDtype
 
 ROOT = "sentinel"
 METRICS_KEY = f"{ROOT}:metrics"
@@ -17,20 +19,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def entry_prefix(embedder_id: str, dimension: int) -> str:
-    """Key prefix of every entry hash made with this embedder, e.g. `sentinel:minilm:384:entry:`."""
-    return f"{ROOT}:{_slug(embedder_id)}:{dimension}:entry:"
+def _space(dimension: int, dtype: VectorDtype) -> str:
+    # FLOAT32 keeps the names it had before FLOAT16 existed, so VECTOR_DTYPE=float32 finds the
+    # entries and index written then; any other dtype gets its own (an index's vector TYPE is
+    # fixed at FT.CREATE, and its prefix must not cover hashes holding another byte layout).
+    return str(dimension) if dtype == "float32" else f"{dimension}-{dtype}"
 
 
-def alias_prefix(embedder_id: str, dimension: int) -> str:
+def entry_prefix(
+    embedder_id: str, dimension: int, dtype: VectorDtype = DEFAULT_VECTOR_DTYPE
+) -> str:
+    """Key prefix of every entry hash made with this embedder and vector dtype, e.g.
+    `sentinel:minilm:384-float16:entry:` (`sentinel:minilm:384:entry:` for float32)."""
+    return f"{ROOT}:{_slug(embedder_id)}:{_space(dimension, dtype)}:entry:"
+
+
+def index_name(embedder_id: str, dimension: int, dtype: VectorDtype = DEFAULT_VECTOR_DTYPE) -> str:
+    """RediSearch index name for this embedder and vector dtype, e.g.
+    `sentinel-minilm-384-float16` (`sentinel-minilm-384` for float32)."""
+    return f"{ROOT}-{_slug(embedder_id)}-{_space(dimension, dtype)}"
+
+
+def alias_prefix(
+    embedder_id: str, dimension: int, dtype: VectorDtype = DEFAULT_VECTOR_DTYPE
+) -> str:
     """Key prefix of paraphrase aliases (cache/aliases.py), beside the entries, not under their
     prefix (the index must not see them)."""
-    return f"{ROOT}:{_slug(embedder_id)}:{dimension}:alias:"
-
-
-def index_name(embedder_id: str, dimension: int) -> str:
-    """RediSearch index name for this embedder, e.g. `sentinel-minilm-384`."""
-    return f"{ROOT}-{_slug(embedder_id)}-{dimension}"
+    return f"{ROOT}:{_slug(embedder_id)}:{_space(dimension, dtype)}:alias:"
 
 
 def entry_id(scope: str, normalized_prompt: str) -> str:

@@ -20,7 +20,7 @@ from app.cache.entry import ENTRY_FIELDS, Entry, from_values, new_entry, to_hash
 from app.cache.errors import redis_errors_as_unavailable
 from app.cache.hits import HitCounter
 from app.cache.index import VECTOR_FIELD, Candidate, EntryIndex
-from app.cache.vectors import encode_vector
+from app.cache.vectors import DEFAULT_VECTOR_DTYPE, VectorDtype, encode_vector
 
 # An entry whose semantic hit was found wrong serves only questions closer than that one by
 # this much; it remembers at most MAX_VETOED questions it must never answer (the oldest go).
@@ -54,21 +54,27 @@ class CacheStore:
         embedder_id: str,
         dimension: int,
         ef_runtime: int,
+        vector_dtype: VectorDtype = DEFAULT_VECTOR_DTYPE,
     ) -> None:
         self._redis = redis
         self.dimension = dimension
-        self.prefix = keys.entry_prefix(embedder_id, dimension)
-        self.index_name = keys.index_name(embedder_id, dimension)
+        self.vector_dtype: VectorDtype = vector_dtype
+        self.prefix = keys.entry_prefix(embedder_id, dimension, vector_dtype)
+        self.index_name = keys.index_name(embedder_id, dimension, vector_dtype)
         self._ef_runtime = ef_runtime
         self.index = EntryIndex(
-            redis, prefix=self.prefix, name=self.index_name, dimension=dimension
+            redis,
+            prefix=self.prefix,
+            name=self.index_name,
+            dimension=dimension,
+            dtype=vector_dtype,
         )
         self.admin = EntryAdmin(redis, prefix=self.prefix, index_name=self.index_name)
         self.hits = HitCounter(redis)
         self.aliases = Aliases(
             redis,
             entry_prefix=self.prefix,
-            alias_prefix=keys.alias_prefix(embedder_id, dimension),
+            alias_prefix=keys.alias_prefix(embedder_id, dimension, vector_dtype),
         )
         self._dispute = redis.register_script(_DISPUTE)
         # The index's lifecycle and the admin queries, under the names callers use: bound
@@ -147,7 +153,7 @@ class CacheStore:
         key = self._key(entry.id)
         mapping: dict[FieldT, EncodableT] = to_hash(entry)
         if vector is not None:
-            mapping[VECTOR_FIELD] = encode_vector(vector, self.dimension)
+            mapping[VECTOR_FIELD] = encode_vector(vector, self.dimension, dtype=self.vector_dtype)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=mapping)

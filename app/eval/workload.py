@@ -207,6 +207,7 @@ class _Replay:
             embedder_id=embedder.id,
             dimension=embedder.dimension,
             ef_runtime=settings.knn_ef_runtime,
+            vector_dtype=settings.vector_dtype,
         )
         self.upstream = ReplayProvider()
         self.service = QueryService(

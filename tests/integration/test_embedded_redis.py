@@ -97,6 +97,12 @@ async def test_start_answers_ping_with_only_the_search_module(
         assert (await client.config_get("bind"))["bind"] == "127.0.0.1"
         assert (await client.config_get("appendonly"))["appendonly"] == "yes"
         assert (await client.config_get("dir"))["dir"] == str((tmp_path / "data").resolve())
+        # an entry hash (a 500-byte answer, a 768-byte FLOAT16 vector) stays a compact listpack
+        assert (await client.config_get("hash-max-listpack-value")) == {
+            "hash-max-listpack-value": "4096"
+        }
+        await client.hset("entry", mapping={"response": "a" * 500, "embedding": "v" * 768})
+        assert await client.object("encoding", "entry") == "listpack"
     finally:
         await client.aclose()
     # The server's output goes to the data dir, not to our stdout.

@@ -140,7 +140,7 @@ def test_default_ttl_is_applied(sentinel: SentinelProcess, redis_url: str) -> No
     (key,) = client.keys("sentinel:*:entry:*")
     assert 3590 <= client.ttl(key) <= 3600
     stored = client.hgetall(key)
-    assert len(stored[b"embedding"]) == 384 * 4  # binary FLOAT32, not JSON
+    assert len(stored[b"embedding"]) == 384 * 2  # binary FLOAT16 (the default), not JSON
     assert stored[b"prompt"].decode() == QUESTION
     assert stored[b"hits"] == b"0"
 

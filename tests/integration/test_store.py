@@ -21,10 +21,18 @@ def unit(values: list[float]) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[CacheStore]:
+# FLOAT16 is what the service writes; FLOAT32 is what VECTOR_DTYPE=float32 (and every entry
+# written before FLOAT16) holds: the store behaves the same with either.
+@pytest.fixture(params=["float16", "float32"])
+async def store(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[CacheStore]:
     client = Redis.from_url(redis_url)
-    cache = CacheStore(client, embedder_id="test-embedder", dimension=DIM, ef_runtime=50)
+    cache = CacheStore(
+        client,
+        embedder_id="test-embedder",
+        dimension=DIM,
+        ef_runtime=50,
+        vector_dtype=request.param,
+    )
     assert await cache.ensure_index() is True
     assert await cache.ensure_index() is False  # idempotent: a second instance finds it
     yield cache
@@ -100,13 +108,15 @@ async def test_nearest_is_scoped_and_ordered(store: CacheStore) -> None:
     query = unit([1, 0, 0, 0, 0, 0, 0, 0])
     found = await store.nearest(query, scope="s1", k=3)
     assert [c.entry_id for c in found] == ["near", "far"]
+    # half precision rounds the stored components (11 significant bits)
+    tolerance = 1e-3 if store.vector_dtype == "float16" else 1e-5
     assert found[0].similarity == pytest.approx(
-        float(query @ unit([1, 0.1, 0, 0, 0, 0, 0, 0])), abs=1e-5
+        float(query @ unit([1, 0.1, 0, 0, 0, 0, 0, 0])), abs=tolerance
     )
-    assert found[1].similarity == pytest.approx(0.0, abs=1e-5)
+    assert found[1].similarity == pytest.approx(0.0, abs=tolerance)
     other = await store.nearest(query, scope="s2", k=3)
     assert [c.entry_id for c in other] == ["other"]
-    assert other[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert other[0].similarity == pytest.approx(1.0, abs=tolerance)
     assert await store.nearest(query, scope="s3", k=3) == []
 
 
@@ -142,4 +152,69 @@ async def test_hit_counts_do_not_reindex_the_entry(store: CacheStore, redis_url:
     found = await store.take_hit("a")
     assert found is not None
     assert found.hits == 5
+    await client.aclose()
+
+
+async def test_float16_index_serves_near_duplicates_with_their_cosine(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    half = CacheStore(client, embedder_id="test-embedder", dimension=384, ef_runtime=50)
+    assert half.vector_dtype == "float16"  # the default
+    await half.ensure_index()
+    rng = np.random.default_rng(11)
+    stored = rng.standard_normal((200, 384))
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    for i, vector in enumerate(stored):
+        await half.put(entry(f"e{i}"), vector.astype(np.float32), ttl=60)
+    assert await half.count() == 200
+
+    # near duplicates at cosine ~0.93: the top hit is the source, its similarity the cosine
+    # computed in float64 from the unrounded vectors (what a FLOAT32 index would report)
+    for source in range(0, 200, 10):
+        noisy = stored[source] + 0.4 / np.sqrt(384) * rng.standard_normal(384)
+        query = (noisy / np.linalg.norm(noisy)).astype(np.float32)
+        found = await half.nearest(query, scope="s1", k=3)
+        assert found[0].entry_id == f"e{source}"
+        assert found[0].similarity == pytest.approx(float(query @ stored[source]), abs=1e-3)
+        assert 0.85 < found[0].similarity < 0.97
+        assert found[1].similarity < 0.3
+
+    # what RediSearch holds: a FLOAT16 index, 2 bytes per component in the hash
+    raw = Redis.from_url(redis_url, protocol=2)
+    info = await raw.execute_command("FT.INFO", half.index_name)
+    attributes = dict(zip(info[::2], info[1::2], strict=True))[b"attributes"]
+    vector_attr = next(a for a in attributes if b"VECTOR" in a)
+    assert b"FLOAT16" in vector_attr
+    key = f"{half.prefix}e0"
+    assert len(await raw.hget(key, "embedding")) == 384 * 2
+    await raw.aclose()
+    await client.aclose()
+
+
+async def test_float16_and_float32_entries_are_never_mixed(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    half, full = (
+        CacheStore(
+            client, embedder_id="test-embedder", dimension=DIM, ef_runtime=50, vector_dtype=dtype
+        )
+        for dtype in ("float16", "float32")
+    )
+    assert (half.prefix, half.index_name) != (full.prefix, full.index_name)
+    assert await half.ensure_index() is True
+    assert await full.ensure_index() is True  # its own index, not the other's
+    vector = unit([1, 0, 0, 0, 0, 0, 0, 0])
+    await full.put(entry("old"), vector, ttl=60)  # an entry written before the switch
+    await half.put(entry("new"), vector, ttl=60)
+
+    assert await half.count() == 1
+    assert await full.count() == 1
+    assert [c.entry_id for c in await half.nearest(vector, scope="s1", k=3)] == ["new"]
+    assert [c.entry_id for c in await full.nearest(vector, scope="s1", k=3)] == ["old"]
+    assert await half.take_hit("old") is None  # the exact layer does not see it either
+    assert await full.take_hit("new") is None
+    assert 0 < await full.ttl("old") <= 60  # left alone: it expires with its TTL
+    raw = Redis.from_url(redis_url, protocol=2)
+    for store in (half, full):
+        info = await raw.execute_command("FT.INFO", store.index_name)
+        assert dict(zip(info[::2], info[1::2], strict=True))[b"hash_indexing_failures"] == 0
+    await raw.aclose()
     await client.aclose()

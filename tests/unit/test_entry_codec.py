@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from redis.connection import Encoder
 
 from app.cache import keys
-from app.cache.entry import ENTRY_FIELDS, from_hash, from_values, to_hash
+from app.cache.entry import ENTRY_FIELDS, from_hash, from_values, new_entry, to_hash
 
 # One entry's hash as Redis hands it back, in the layout Sentinel has always written: changing
 # a name strands every stored entry. The first stores wrote only the first eight fields.
@@ -53,7 +54,10 @@ def test_a_stored_hash_reads_back_and_is_written_out_the_same() -> None:
         "acme",
         "groq/llama",
     )
-    assert encoded(to_hash(entry)) == STORED  # same names, same order, same bytes; no `id`
+    # same names, same order, same bytes; no `id`, nor the fields at their defaults
+    assert encoded(to_hash(entry)) == {
+        name: value for name, value in STORED.items() if name not in ("min_similarity", "vetoed")
+    }
     assert from_values("abc", [STORED[name] for name in ENTRY_FIELDS]) == entry
     as_text = {name: value.decode() for name, value in STORED.items()}
     assert from_hash("abc", {**as_text, "id": "ignored", "payload": None}) == entry
@@ -70,6 +74,35 @@ def test_an_entry_of_the_first_stores_takes_the_newer_fields_defaults() -> None:
         "",
         "",
     )
+
+
+def test_fields_at_their_defaults_are_not_written_and_read_back_the_same() -> None:
+    plain = new_entry(
+        entry_id="abc",
+        prompt="p",
+        response="r",
+        model="m",
+        scope="s",
+        prompt_tokens=0,
+        completion_tokens=0,
+    )
+    written = to_hash(plain)
+    # the required fields always (a zero count too), none of the defaulted ones
+    assert list(written) == [
+        "prompt",
+        "response",
+        "model",
+        "scope",
+        "created_at",
+        "hits",
+        "prompt_tokens",
+        "completion_tokens",
+    ]
+    assert from_hash("abc", encoded(written)) == plain
+    assert from_values("abc", [encoded(written).get(name) for name in ENTRY_FIELDS]) == plain
+    disputed = msgspec.structs.replace(plain, min_similarity=0.93, vetoed="d1 d2", tenant="t")
+    assert {"min_similarity", "vetoed", "tenant"} <= set(to_hash(disputed))
+    assert from_hash("abc", encoded(to_hash(disputed))) == disputed
 
 
 def test_what_is_not_a_whole_entry_reads_as_none() -> None:

@@ -52,9 +52,24 @@ def test_entry_id_depends_on_scope_and_prompt() -> None:
     assert len(first) == 32
 
 
-def test_names_include_embedder_and_dimension() -> None:
-    prefix = keys.entry_prefix("MiniLM L6/v2", 384)
-    assert prefix == "sentinel:minilm-l6-v2:384:entry:"
-    assert keys.index_name("MiniLM L6/v2", 384) == "sentinel-minilm-l6-v2-384"
+def test_names_include_embedder_dimension_and_dtype() -> None:
+    prefix = keys.entry_prefix("MiniLM L6/v2", 384, "float16")
+    assert prefix == "sentinel:minilm-l6-v2:384-float16:entry:"
+    assert keys.index_name("MiniLM L6/v2", 384, "float16") == "sentinel-minilm-l6-v2-384-float16"
+    assert keys.entry_prefix("MiniLM L6/v2", 384) == prefix  # float16 is the default
     assert keys.entry_prefix("jina-embeddings-v3", 1024) != prefix
-    assert keys.entry_key(prefix, "abc") == "sentinel:minilm-l6-v2:384:entry:abc"
+    assert keys.entry_key(prefix, "abc") == "sentinel:minilm-l6-v2:384-float16:entry:abc"
+
+
+def test_float32_keeps_the_names_it_had_and_no_prefix_covers_the_other() -> None:
+    # the names FLOAT32 entries were written under before FLOAT16 existed
+    old = keys.entry_prefix("MiniLM L6/v2", 384, "float32")
+    assert old == "sentinel:minilm-l6-v2:384:entry:"
+    assert keys.index_name("MiniLM L6/v2", 384, "float32") == "sentinel-minilm-l6-v2-384"
+    new = keys.entry_prefix("MiniLM L6/v2", 384, "float16")
+    # an index covers the keys starting with its prefix: neither covers the other's entries
+    assert not new.startswith(old)
+    assert not old.startswith(new)
+    assert keys.index_name("MiniLM L6/v2", 384, "float16") != keys.index_name(
+        "MiniLM L6/v2", 384, "float32"
+    )
