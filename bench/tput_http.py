@@ -193,7 +193,9 @@ async def serve_trivial() -> AsyncIterator[str]:
     """bench/trivial_server.py in its own process; yields the URL to POST to."""
     port = free_port()
     argv = [sys.executable, "-m", "bench.trivial_server", "--port", str(port)]
-    child = Child("trivial-server", argv, dict(os.environ))
+    # One worker whatever WEB_CONCURRENCY says (uvicorn reads it too): the floor is one process.
+    env = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+    child = Child("trivial-server", argv, env)
     try:
         await wait_tcp(child, port, budget=30.0)
         yield f"http://{HOST}:{port}{CHAT_PATH}"
