@@ -129,6 +129,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 audits=AuditStore(redis),
                 verify_sample_rate=settings.verify_sample_rate,
                 answer_agreement=settings.answer_agreement,
+                paraphrase_alias=settings.paraphrase_alias,
                 lookup_timeout=settings.cache_lookup_timeout_ms / 1000,
                 write_timeout=settings.cache_write_timeout_ms / 1000,
                 ttl=settings.cache_ttl,

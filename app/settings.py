@@ -192,6 +192,10 @@ class Settings(
     # Seconds a provider failure that survived retries (429, 5xx, timeout) is answered again
     # from memory for the same request, without calling the provider; 0 turns it off.
     negative_ttl: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 60
+    # A paraphrase served semantically is aliased to the entry that served it, so asked again
+    # it is served without an embedding (~1 ms instead of ~8); false: every paraphrase is
+    # embedded and judged each time (existing aliases are still read until they expire).
+    paraphrase_alias: bool = True
     knn_top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     # HNSW search breadth: 64 keeps near-duplicate recall@1 at 100k entries ≥ 0.99 with M=32
     # (bench/knn-study.md); the TAG filter on a small scope runs as a brute force scan anyway.

@@ -97,6 +97,7 @@ class QueryService:
         audits: AuditStore | None = None,
         verify_sample_rate: float = 0.0,
         answer_agreement: float = 0.8,
+        paraphrase_alias: bool = True,
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT_MS / 1000,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT_MS / 1000,
         ttl: int,
@@ -127,7 +128,9 @@ class QueryService:
         self.wait_timeout = wait_timeout
         self.embed_breaker = embed_breaker
         self._embed = Embedding(embedder, embed_breaker, metrics)
-        self.semantic = SemanticLayer(self.cache, self._embed, self.judge, top_k=top_k)
+        self.semantic = SemanticLayer(
+            self.cache, self._embed, self.judge, top_k=top_k, alias=paraphrase_alias
+        )
         # Live verification of semantic hits and users' feedback; None: neither (replays).
         self.audit = (
             None

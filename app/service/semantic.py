@@ -48,11 +48,20 @@ def from_alias(entry: Entry, alias: Alias) -> SemanticMatch:
 class SemanticLayer:
     """Embed → KNN → judge → read; then (in the background) alias the question to its entry."""
 
-    def __init__(self, cache: RequestCache, embed: Embedding, judge: Judge, *, top_k: int) -> None:
+    def __init__(
+        self,
+        cache: RequestCache,
+        embed: Embedding,
+        judge: Judge,
+        *,
+        top_k: int,
+        alias: bool = True,
+    ) -> None:
         self.cache = cache
         self.embed = embed
         self.judge = judge
         self.top_k = top_k
+        self.alias = alias  # PARAPHRASE_ALIAS
         self._writing: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -102,6 +111,8 @@ class SemanticLayer:
 
     def remember(self, plan: Plan, match: SemanticMatch) -> None:
         """Alias this question to the entry that served it, after the answer (never waited for)."""
+        if not self.alias:
+            return
         alias = Alias(
             target=match.entry.id,
             similarity=match.similarity,

@@ -138,3 +138,23 @@ async def test_feedback_against_the_hit_stops_its_alias(
         assert await layer_count(http, "alias") == 0
         # The entry still answers its own question.
         assert (await ask(http, QUESTION, A))["entry_id"] == served["entry_id"]
+
+
+async def test_with_the_alias_off_every_paraphrase_is_embedded(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    settings = make_settings(
+        sentinel_api_keys=KEYS, sentinel_admin_key=ADMIN_KEY, paraphrase_alias=False
+    )
+    async with app_client(settings) as http:
+        await ask(http, QUESTION, A)
+        embeds = await layer_count(http, "embed")
+        for _ in range(3):
+            assert (await ask(http, PARAPHRASE, A))["match"] == "semantic"
+        assert await layer_count(http, "embed") == embeds + 3
+        assert await layer_count(http, "alias") == 0
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert [k async for k in client.scan_iter(match="sentinel:*:alias:*")] == []
+    finally:
+        await client.aclose()
