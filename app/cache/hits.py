@@ -9,18 +9,13 @@ one write.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections import Counter
-from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.cache.flushing import PeriodicFlush
 from app.cache.keys import ROOT
-
-log = logging.getLogger("sentinel.cache")
 
 # HINCRBY only keys that still exist: an entry that expired since its hit must not come back
 # as a half entry holding nothing but `hits` and no TTL. KEYS[1] is the most-hit ranking
@@ -43,16 +38,18 @@ TOP_KEY = f"{ROOT}:top_entries"
 TOP_KEPT = 1000
 
 
-class HitCounter:
+class HitCounter(PeriodicFlush):
     """Counts hits per entry key in memory and flushes them to Redis periodically."""
 
     def __init__(self, redis: Redis, *, interval: float = 1.0) -> None:
+        super().__init__(interval=interval, what="hit counts")
         self._pending: Counter[str] = Counter()
-        self._interval = interval
         self._add_hits = redis.register_script(_ADD_HITS)
-        self._task: asyncio.Task[None] | None = None
-        self._paused: Callable[[], bool] = lambda: False
-        self._failing = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether hits wait to be written."""
+        return bool(self._pending)
 
     def add(self, key: str) -> None:
         """Count one hit on an entry key."""
@@ -71,42 +68,3 @@ class HitCounter:
         except RedisError:
             self._pending.update(batch)
             raise
-
-    def start(self, *, paused: Callable[[], bool] | None = None) -> None:
-        """Flush every interval in a background task until aclose().
-
-        While `paused()` is true (the cache is bypassed: Redis is away) no flush is tried;
-        the counts wait in memory.
-        """
-        if paused is not None:
-            self._paused = paused
-        self._task = asyncio.create_task(self._run(), name="sentinel-hit-counter")
-
-    async def aclose(self) -> None:
-        """Stop the background task and write what is still pending."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pending and self._paused():
-            log.warning("hit counts lost at shutdown: Redis is bypassed")
-            return
-        try:
-            await self.flush()
-        except RedisError as exc:
-            log.warning("hit counts lost at shutdown: %s", type(exc).__name__)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            if self._paused():
-                continue
-            try:
-                await self.flush()
-            except RedisError as exc:
-                if not self._failing:  # once per outage, not once a second
-                    log.warning("hit counts not written yet: %s", type(exc).__name__)
-                self._failing = True
-            else:
-                self._failing = False

@@ -14,8 +14,6 @@ knows; past `max_tenants` distinct tenants (per process) the rest are counted as
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from typing import Literal, Unpack
 
 import msgspec
 
+from app.cache.flushing import PeriodicFlush
 from app.cache.metrics import (
     COUNTER_OF,
     HISTORY_SECONDS,
@@ -34,8 +33,6 @@ from app.cache.metrics import (
 )
 from app.errors import CacheUnavailable
 from app.observability.prometheus import PrometheusMetrics
-
-log = logging.getLogger("sentinel.metrics")
 
 # "alias": the lookup of a repeated paraphrase served through its alias, without an embedding
 # (cache/aliases.py); those lookups are not also counted as exact_lookup.
@@ -64,7 +61,7 @@ class NearMiss(msgspec.Struct, frozen=True, kw_only=True):
 _encode = msgspec.json.Encoder().encode
 
 
-class Recorder:
+class Recorder(PeriodicFlush):
     """Counts requests, layers, provider calls and judged candidates; flushes them to Redis."""
 
     def __init__(
@@ -75,19 +72,21 @@ class Recorder:
         max_tenants: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval=interval, what="metrics")
         self.store = store
         self.prometheus = PrometheusMetrics()
-        self._interval = interval
         self._max_tenants = max_tenants
         self._tenants: set[str] = set()
         self._clock = clock
         self._pending = Batch()
         # This process's layer latencies (ms buckets), for /v1/metrics/layers.
         self.layers: dict[Layer, Counter[int]] = {layer: Counter() for layer in LAYERS}
-        self._task: asyncio.Task[None] | None = None
-        self._paused: Callable[[], bool] = lambda: False
-        self._failing = False
         self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> bool:
+        """Whether counts wait to be written."""
+        return bool(self._pending)
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant as counted: itself, or "other" past the cap."""
@@ -195,39 +194,6 @@ class Recorder:
                 batch.absorb(self._pending)
                 self._pending = batch
                 raise
-
-    def start(self, *, paused: Callable[[], bool] | None = None) -> None:
-        """Flush every interval until aclose(); nothing is tried while `paused()` (Redis away)."""
-        if paused is not None:
-            self._paused = paused
-        self._task = asyncio.create_task(self._run(), name="sentinel-metrics-flush")
-
-    async def aclose(self) -> None:
-        """Stop flushing in the background and write what is pending."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pending and not self._paused():
-            try:
-                await self.flush()
-            except CacheUnavailable as exc:
-                log.warning("metrics lost at shutdown: %s", exc.message)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            if self._paused():
-                continue
-            try:
-                await self.flush()
-            except CacheUnavailable as exc:
-                if not self._failing:  # once per outage, not once a second
-                    log.warning("metrics not written yet: %s", exc.message)
-                self._failing = True
-            else:
-                self._failing = False
 
 
 def _label_of(outcome: Outcome, counts: Counts) -> str:

@@ -434,7 +434,7 @@ class QueryService:
     def _record(
         self, plan: Plan, outcome: Outcome, started: float, **counts: Unpack[Counts]
     ) -> None:
-        self.cache.record(
+        self.cache.metrics.record(
             outcome,
             tenant=plan.tenant,
             model=plan.model_id,

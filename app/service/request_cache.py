@@ -15,12 +15,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar, Unpack
+from typing import TypeVar
 
 from app.cache.aliases import Alias
 from app.cache.breaker import CacheBreaker
 from app.cache.errors import CacheBypassed
-from app.cache.metrics import Counts, Outcome
 from app.cache.negative import NegativeCache
 from app.cache.store import CacheStore, Candidate, Entry
 from app.errors import UpstreamError
@@ -125,18 +124,6 @@ class RequestCache:
             await self.write("negative cache write", lambda: negative.remember(entry_id, exc))
         except CacheBypassed as failure:
             self.skipped(failure, "failure not remembered")
-
-    def record(
-        self,
-        outcome: Outcome,
-        *,
-        tenant: str,
-        model: str,
-        latency_ms: float,
-        **counts: Unpack[Counts],
-    ) -> None:
-        """Count a request in the metrics (in process: no Redis call, cannot fail it)."""
-        self.metrics.record(outcome, tenant=tenant, model=model, latency_ms=latency_ms, **counts)
 
     async def read(
         self, what: str, operation: Callable[[], Awaitable[T]], layer: Layer | None = None
