@@ -46,7 +46,7 @@ OTHER = "other"
 class NearMiss(msgspec.Struct, frozen=True, kw_only=True):
     """A candidate above the cosine floor that was refused, beside the question it was for."""
 
-    at: float  # epoch seconds
+    at: str  # ISO 8601, UTC, to the second
     tenant: str
     model: str
     prompt: str
@@ -59,6 +59,11 @@ class NearMiss(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def iso_utc(epoch: float) -> str:
+    """`2026-12-03T08:01:02Z` for epoch seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 class Recorder(PeriodicFlush):

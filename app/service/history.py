@@ -16,7 +16,7 @@ import msgspec
 
 from app.cache.metrics import HISTORY_RETENTION, HISTORY_SECONDS, MetricsStore, percentile
 from app.errors import BadRequest
-from app.observability.recorder import LAYERS, NearMiss, Recorder
+from app.observability.recorder import LAYERS, NearMiss, Recorder, iso_utc
 
 Bucket = Literal["hour", "day"]
 # Without `since`: the last 48 hours, or the last 30 days.
@@ -62,22 +62,7 @@ class History(msgspec.Struct, kw_only=True):
 class NearMisses(msgspec.Struct, kw_only=True):
     """Body of GET /v1/metrics/near-misses: refused candidates, newest first."""
 
-    near_misses: list[NearMissView]
-
-
-class NearMissView(msgspec.Struct, kw_only=True):
-    """A refused candidate beside the question it was refused for."""
-
-    at: str
-    tenant: str
-    model: str
-    prompt: str
-    nearest_prompt: str
-    nearest_entry_id: str
-    similarity: float
-    guard_score: float | None
-    verifier_score: float | None
-    stage: str
+    near_misses: list[NearMiss]
 
 
 class LayerLatency(msgspec.Struct, kw_only=True):
@@ -90,10 +75,6 @@ class Layers(msgspec.Struct, kw_only=True):
     """Body of GET /v1/metrics/layers: time in each layer since start, this process."""
 
     latency_ms: dict[str, LayerLatency]
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 async def history(
@@ -152,7 +133,7 @@ def _bucket(start: int, totals: defaultdict[str, float], latency: dict[int, int]
     decided = exact + semantic + int(totals["miss"])
     spent = totals["usd_spent"]
     return HistoryBucket(
-        start=_iso(start),
+        start=iso_utc(start),
         requests=requests,
         exact_hits=exact,
         semantic_hits=semantic,
@@ -174,14 +155,12 @@ def _bucket(start: int, totals: defaultdict[str, float], latency: dict[int, int]
 
 async def near_misses(store: MetricsStore, *, tenant: str | None, limit: int) -> NearMisses:
     """The most recent refused candidates (of `tenant` only, unless None)."""
-    shown: list[NearMissView] = []
+    shown: list[NearMiss] = []
     for raw in await store.near_misses():
         near = msgspec.json.decode(raw, type=NearMiss)
         if tenant is not None and near.tenant != tenant:
             continue
-        fields = msgspec.structs.asdict(near)
-        fields["at"] = _iso(near.at)
-        shown.append(NearMissView(**fields))
+        shown.append(near)
         if len(shown) >= limit:
             break
     return NearMisses(near_misses=shown)

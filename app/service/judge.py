@@ -19,7 +19,7 @@ import msgspec
 
 from app.cache.store import Candidate
 from app.errors import SentinelError
-from app.observability.recorder import NearMiss, Recorder
+from app.observability.recorder import NearMiss, Recorder, iso_utc
 from app.service.guard import Guard
 from app.service.near_miss import veto
 from app.service.plan import Plan
@@ -105,7 +105,7 @@ class Judge:
         near_miss = None
         if not verdict.serve and nearest:
             near_miss = NearMiss(
-                at=time.time(),
+                at=iso_utc(time.time()),
                 tenant=plan.tenant,
                 model=plan.model_id,
                 prompt=question,

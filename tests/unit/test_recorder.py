@@ -104,7 +104,7 @@ def test_prometheus_tells_bypass_and_negative_hits_apart() -> None:
         similarity=0.91,
         guard_score=0.2,
         near_miss=NearMiss(
-            at=T0,
+            at="2025-11-24T16:00:00Z",
             tenant="",
             model="m",
             prompt="q",
