@@ -2,7 +2,8 @@
 
     python -m bench.exact_hits [--runs 3] [--workers 1,2] [--profile var/bench/exact.prof]
 
-A fresh Redis Stack, the fake provider in its own process, a trivial ASGI server (uvicorn, one
+A fresh Redis Stack, the fake provider in its own process, the trivial ASGI server of
+bench/throughput.py (bench/trivial_server.py: uvicorn, one
 worker, a fixed JSON body: the floor of any Python HTTP service here) and Sentinel with each
 WEB_CONCURRENCY given. One question is stored, then each run measures, on every server: p50 of
 sequential requests (c=1) and requests/s with 16 in flight (c=16), over keep-alive
@@ -26,46 +27,12 @@ from typing import Any
 
 import aiohttp
 
-from bench.procs import HOST, Child, _wait_healthy, bench_redis, fake_provider, free_port, wait_tcp
+from bench.procs import HOST, Child, _wait_healthy, bench_redis, fake_provider, free_port
+from bench.tput_http import serve_trivial
 
-_BODY = b'{"id":"x","object":"chat.completion","choices":[{"message":{"content":"hello"}}]}'
 QUESTION = "What is the capital of France?"
 CHAT = {"model": "groq/llama-3.1-8b-instant", "messages": [{"role": "user", "content": QUESTION}]}
 QUERY = {"prompt": QUESTION}
-
-
-async def trivial_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A raw ASGI app answering every request with the same JSON (the floor)."""
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    more = True
-    while more:  # drain the request body, as a real service would
-        more = (await receive()).get("more_body", False)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": _BODY})
-
-
-@asynccontextmanager
-async def trivial_server() -> AsyncIterator[str]:
-    """The trivial app under uvicorn (one worker, no access log) in its own process."""
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "bench.exact_hits:trivial_app"]
-    argv += ["--host", HOST, "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    child = Child("trivial", argv, dict(os.environ))
-    try:
-        await wait_tcp(child, port, budget=30.0)
-        yield f"http://{HOST}:{port}"
-    finally:
-        child.stop()
 
 
 @asynccontextmanager
@@ -190,7 +157,7 @@ async def main(args: argparse.Namespace) -> None:
                 await prime(url)
                 await profile_phase(url, child, args.seconds)
             print(f"profile written to {args.profile}")
-        async with trivial_server() as trivial_url:
+        async with serve_trivial() as trivial_url:
             configs = [(f"w{count}", count, None) for count in workers]
             if args.before:
                 configs.insert(0, ("before", 1, args.before))
@@ -201,7 +168,7 @@ async def main(args: argparse.Namespace) -> None:
                 ):
                     await prime(url)
                     targets = {
-                        "trivial": caller(trivial_url + "/", None),
+                        "trivial": caller(trivial_url, None),
                         f"chat {label}": caller(url + "/v1/chat/completions", CHAT),
                         f"query {label}": caller(url + "/v1/query", QUERY),
                     }
