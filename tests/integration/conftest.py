@@ -111,6 +111,11 @@ def make_settings(redis_url: str, fake_llm: FakeOpenAI) -> Callable[..., Setting
             "groq_base_url": fake_llm.base_url,
             "upstream_timeout": 5.0,
             "verify_sample_rate": 0.0,  # as in SentinelProcess: tests opt in
+            # Budgets far above a healthy Redis's: a test about something else must not turn
+            # into a bypass because CI's containerized Redis stalled once (seen: a KNN past
+            # 250 ms). Tests of the budgets set their own.
+            "cache_lookup_timeout_ms": 2000,
+            "cache_write_timeout_ms": 2000,
         }
         values.update(overrides)
         return load_settings({}, **values)
@@ -151,6 +156,10 @@ class SentinelProcess:
         # No background re-asking of semantic hits unless a test wants it: it would add
         # provider calls that tests counting calls do not expect.
         full_env.setdefault("VERIFY_SAMPLE_RATE", "0")
+        # As in make_settings: budgets a stall of CI's Redis cannot reach (unless a test
+        # sets its own).
+        full_env.setdefault("CACHE_LOOKUP_TIMEOUT_MS", "2000")
+        full_env.setdefault("CACHE_WRITE_TIMEOUT_MS", "2000")
         # One process unless a test asks for workers: /health's counters are per process.
         full_env.setdefault("WEB_CONCURRENCY", "1")
         self._log = log_path.open("wb")

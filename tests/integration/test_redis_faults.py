@@ -157,7 +157,7 @@ def test_redis_killed_then_restarted_requests_bypass_then_hit_again(
 def test_slow_redis_is_bypassed_within_the_budget(
     redis_server: RedisServer, fake_llm: FakeOpenAI, start: StartOn
 ) -> None:
-    http = start(redis_server, fake_llm, CACHE_LOOKUP_TIMEOUT_MS="50")
+    http = start(redis_server, fake_llm, CACHE_LOOKUP_TIMEOUT_MS="50", CACHE_WRITE_TIMEOUT_MS="200")
     prompt = "How far is the Moon from the Earth?"
     assert cache_of(ask(http, prompt)) == "MISS"
     assert cache_of(ask(http, prompt)) == "HIT-EXACT"
