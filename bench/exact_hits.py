@@ -1,6 +1,6 @@
 """`python -m bench.exact_hits`: exact hits over HTTP against a trivial server, same sitting.
 
-    python -m bench.exact_hits [--runs 3] [--workers 1,2] [--profile var/bench/exact.prof]
+    python -m bench.exact_hits [--runs 3] [--workers 1,2] [--steps] [--profile PATH]
 
 A fresh Redis Stack, the fake provider in its own process, the trivial ASGI server of
 bench/throughput.py (bench/trivial_server.py: uvicorn, one
@@ -8,8 +8,11 @@ worker, a fixed JSON body: the floor of any Python HTTP service here) and Sentin
 WEB_CONCURRENCY given. One question is stored, then each run measures, on every server: p50 of
 sequential requests (c=1) and requests/s with 16 in flight (c=16), over keep-alive
 connections; Sentinel on both `/v1/chat/completions` and `/v1/query`. Prints medians of the
-runs and the ratios to the trivial server. With `--profile`, Sentinel (one worker) also runs
-under cProfile for one c=16 phase per endpoint (bench/profiled_app.py) and the stats go there.
+runs and the ratios to the trivial server. `--steps` adds the steps between the two
+(bench/trivial_server.py `--app litestar` and `litestar-redis`): how much of Sentinel's cost is
+the framework and one Redis round trip, which no application code can remove. With
+`--profile`, Sentinel (one worker) also runs under cProfile for one c=16 phase per endpoint
+(bench/profiled_app.py) and the stats go there.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -157,7 +160,13 @@ async def main(args: argparse.Namespace) -> None:
                 await prime(url)
                 await profile_phase(url, child, args.seconds)
             print(f"profile written to {args.profile}")
-        async with serve_trivial() as trivial_url:
+        async with AsyncExitStack() as steps:
+            trivial_url = await steps.enter_async_context(serve_trivial())
+            step_urls = {}
+            if args.steps:
+                for app in ("litestar", "litestar-redis"):
+                    server = serve_trivial(app, redis.url if app == "litestar-redis" else None)
+                    step_urls[app] = await steps.enter_async_context(server)
             configs = [(f"w{count}", count, None) for count in workers]
             if args.before:
                 configs.insert(0, ("before", 1, args.before))
@@ -169,6 +178,7 @@ async def main(args: argparse.Namespace) -> None:
                     await prime(url)
                     targets = {
                         "trivial": caller(trivial_url, None),
+                        **{name: caller(step, None) for name, step in step_urls.items()},
                         f"chat {label}": caller(url + "/v1/chat/completions", CHAT),
                         f"query {label}": caller(url + "/v1/query", QUERY),
                     }
@@ -196,4 +206,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", default="1")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--before", default=None, help="a checkout to measure first (1 worker)")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="also measure a one-route Litestar app, and the same plus one Redis HMGET",
+    )
     asyncio.run(main(parser.parse_args()))

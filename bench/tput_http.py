@@ -189,10 +189,13 @@ async def serve_sentinel(redis_url: str, provider_url: str) -> AsyncIterator[Sen
 
 
 @asynccontextmanager
-async def serve_trivial() -> AsyncIterator[str]:
-    """bench/trivial_server.py in its own process; yields the URL to POST to."""
+async def serve_trivial(app: str = "raw", redis_url: str | None = None) -> AsyncIterator[str]:
+    """bench/trivial_server.py (`app`: raw, litestar, litestar-redis) in its own process;
+    yields the URL to POST to."""
     port = free_port()
-    argv = [sys.executable, "-m", "bench.trivial_server", "--port", str(port)]
+    argv = [sys.executable, "-m", "bench.trivial_server", "--port", str(port), "--app", app]
+    if redis_url is not None:
+        argv += ["--redis", redis_url]
     # One worker whatever WEB_CONCURRENCY says (uvicorn reads it too): the floor is one process.
     env = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
     child = Child("trivial-server", argv, env)
