@@ -51,8 +51,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             **auth.DEPENDENCIES,
         },
         # Every /v1 route needs a tenant's API key (admin routes: the admin key) once any key
-        # exists; a route added later is covered without opting in.
-        guards=[auth.authenticate],
+        # exists; a route added later is covered without opting in (no route sets its own).
+        before_request=auth.authenticate,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware, json_body_middleware],
         lifespan=[lifespan],

@@ -167,3 +167,24 @@ def test_list_settings_come_parsed() -> None:
     assert settings.fallback_chains == {"groq": ["openai", "anthropic"]}
     assert settings.extra_model_ids == {"groq": ["llama-3.3-70b-versatile"]}
     assert settings.api_keys is settings.api_keys  # parsed once
+
+
+def test_every_v1_route_is_authenticated_by_the_app_hook() -> None:
+    # `authenticate` is the app's before_request hook: a route with a hook of its own would
+    # replace it (Litestar resolves the closest layer's) and be served without a key.
+    from litestar.handlers import HTTPRouteHandler
+
+    from app.api.auth import authenticate
+    from app.main import create_app
+
+    app = create_app(load_settings({}))
+    v1 = [
+        handler
+        for route in app.routes
+        if route.path.startswith("/v1/")
+        for handler in route.route_handlers
+        if isinstance(handler, HTTPRouteHandler)
+    ]
+    assert len(v1) >= 10
+    for handler in v1:
+        assert handler.resolve_before_request() is authenticate, handler
