@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Literal, Unpack
 
 import msgspec
+import prometheus_client
 
 from app.cache.flushing import PeriodicFlush
 from app.cache.metrics import (
@@ -87,6 +88,12 @@ class Recorder(PeriodicFlush):
         # This process's layer latencies (ms buckets), for /v1/metrics/layers.
         self.layers: dict[Layer, Counter[int]] = {layer: Counter() for layer in LAYERS}
         self._lock = asyncio.Lock()
+        # Prometheus children per label set, looked up once: `labels()` validates and locks on
+        # every call (five per request). Bounded like the labels (tenants are capped).
+        self._request_children: dict[
+            tuple[str, str, str], tuple[prometheus_client.Counter, prometheus_client.Histogram]
+        ] = {}
+        self._layer_children: dict[Layer, prometheus_client.Histogram] = {}
 
     @property
     def pending(self) -> bool:
@@ -116,8 +123,15 @@ class Recorder(PeriodicFlush):
         label = _label_of(outcome, counts)
         prom = self.prometheus
         shown = tenant or "-"
-        prom.requests.labels(label, shown, model).inc()
-        prom.request_seconds.labels(label).observe(latency_ms / 1000)
+        children = self._request_children.get((label, shown, model))
+        if children is None:
+            children = (
+                prom.requests.labels(label, shown, model),
+                prom.request_seconds.labels(label),
+            )
+            self._request_children[(label, shown, model)] = children
+        children[0].inc()
+        children[1].observe(latency_ms / 1000)
         batch = self._pending
         totals = batch.totals
         totals["requests"] += 1
@@ -156,7 +170,10 @@ class Recorder(PeriodicFlush):
 
     def layer(self, layer: Layer, seconds: float) -> None:
         """Time spent in one layer of one request."""
-        self.prometheus.layer_seconds.labels(layer).observe(seconds)
+        child = self._layer_children.get(layer)
+        if child is None:
+            child = self._layer_children[layer] = self.prometheus.layer_seconds.labels(layer)
+        child.observe(seconds)
         self.layers[layer][bucket_of(seconds * 1000)] += 1
 
     def upstream(self, provider: str, status: str, seconds: float) -> None:
