@@ -7,8 +7,8 @@ wants SENTINEL_ADMIN_KEY. Handlers read the tenant with `tenant_of(request)` and
 Ask they build.
 
 Why a hook and not an app-wide guard: Litestar hands every guard a `copy()` of the route
-handler, which was ~10% of an exact hit's CPU. The hook runs at the same point (before the
-body is read, inside the route's exception handling), on the request itself.
+handler on every request. The hook runs at the same point (before the body is read, inside the
+route's exception handling), on the request itself.
 """
 
 from __future__ import annotations
