@@ -4,8 +4,9 @@ A bi-encoder cosine and the guard's lexical features see two bags of words; they
 "A faster than B" from "B faster than A" or one year from the next. The verifier is
 all-MiniLM-L6-v2 fine-tuned as a pair classifier ("[CLS] query [SEP] cached [SEP]" -> one
 logit) on the training parts of the dev pairs, PAWS and the dev streams (training/verifier/),
-int8 weights, run by onnxruntime on a small thread pool of its own. It costs ~4 ms a pair on
-2 cores, so it runs only on candidates the cheaper stages let through.
+int8 weights and int8 arithmetic (onnxruntime dynamic quantization), run on a thread pool of
+its own. It costs ~2 ms a pair on this 2-core machine, and runs only on candidates the
+cheaper stages let through.
 
 Its calibration file (data/<model>.json, next to the model) records the decision it was
 measured in: `Calibration.screen` (cosine floor, guard floor, near-miss checks) passes the
@@ -39,18 +40,22 @@ from app.providers.embedders.local import (
 from app.service.near_miss import Check, veto
 
 DATA_DIR: Final = Path(__file__).parent / "data"
-VERIFIER_MODEL: Final = "verifier-minilm-l6-sentinel-v1-int8"
+VERIFIER_MODEL: Final = "verifier-minilm-l6-sentinel-v1-qint8"
 MODEL_SHA256: Final = {
-    VERIFIER_MODEL: "c128a2c0d7b435f8413fb2c5df7713c2d8b5b667363b63c46d089f333a670613",
+    VERIFIER_MODEL: "3b081aba63b383446380ba8274d177b17510cd3c50f10c3d8b23649a3a9c6692",
 }
 NOTICE: Final = "app/service/data/NOTICE.md"
 
 # The pair is truncated to this many word pieces, as in training (training/verifier/train.py):
 # two questions rarely need more, and the cost grows with the length.
 MAX_TOKENS: Final = 96
-# Pairs per ONNX run in `probabilities`: bounds memory and the wait of a concurrent call.
+# Pairs per pool job in `probabilities` (each pair is its own ONNX run, see logits_sync):
+# bounds the wait of a concurrent call.
 MAX_BATCH: Final = 16
-INTRA_OP_THREADS: Final = 2
+# One thread: a short pair is too little work to split, and handing it to a second thread
+# (spinning off, local.py) costs more than it saves: 1.8 ms a pair on one thread, 2.7 ms on
+# two (training/verifier/results.md, "Cost").
+INTRA_OP_THREADS: Final = 1
 WORKERS: Final = 1
 
 
@@ -206,19 +211,26 @@ class Verifier:
 
     @property
     def id(self) -> str:
-        """The model's name, e.g. `verifier-minilm-l6-sentinel-v1-int8`."""
+        """The model's name, e.g. `verifier-minilm-l6-sentinel-v1-qint8`."""
         return self._model
 
     def logits_sync(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]:
-        """One ONNX run over (first, second) pairs in that order: raw logits, shape (n,)."""
-        encodings = self._tokenizer.encode_batch(list(pairs))
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        outputs: list[Any] = self._session.run(["logits"], feed)
-        logits: npt.NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+        """Raw logits of (first, second) pairs in that order, shape (n,): one ONNX run a pair.
+
+        The model quantizes its activations per tensor over a whole run, so a pair run beside
+        others (and their padding) would score a little differently; run alone, a pair's
+        score is its own whatever else is verified (training/verifier/quantize.py).
+        """
+        logits = np.empty(len(pairs), dtype=np.float32)
+        for i, (first, second) in enumerate(pairs):
+            encoding = self._tokenizer.encode(first, second)
+            feed = {
+                "input_ids": np.array([encoding.ids], dtype=np.int64),
+                "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+                "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+            }
+            outputs: list[Any] = self._session.run(["logits"], feed)
+            logits[i] = np.asarray(outputs[0], dtype=np.float32).reshape(-1)[0]
         return logits
 
     def probabilities_sync(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float64]:

@@ -1,0 +1,107 @@
+"""`python -m bench.verifier_cost`: semantic-hit latency over HTTP, VERIFIER=checks against =on.
+
+Issue 13 allows the verifier cascade to make a semantic hit at most 1.3x slower (p50, c=1,
+through HTTP). Each round starts a fresh Redis and one Sentinel per setting, in alternating
+order (drift on a shared machine falls on both), stores the questions, then asks each
+paraphrase that came back a semantic hit on its own question. The p50s are over the
+paraphrases that hit under every setting, so both sides time the same requests; the ratio is
+the median of the rounds' ratios. PARAPHRASE_ALIAS is off so every hit embeds (and verifies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from collections import defaultdict
+
+from app.providers.embedders.local import LocalEmbedder
+from app.service.guard import configured_decision
+from app.settings import load_settings
+from bench.e2e import Reply, concurrent, sequential
+from bench.e2e import _session as keep_alive_session
+from bench.procs import bench_redis, fake_provider, sentinel
+from bench.questions import Pair, candidate_pairs, choose_pairs
+
+ALLOWED_RATIO = 1.3
+SETTINGS = ("checks", "on")
+
+
+async def _round(
+    setting: str, pairs: list[Pair], repeats: int, provider_url: str
+) -> tuple[dict[str, list[float]], set[str]]:
+    """One fresh Redis and Sentinel: latencies of semantic hits per paraphrase, and which hit."""
+    async with (
+        bench_redis(f"verifier-{setting}") as server,
+        sentinel(
+            f"sentinel-verifier-{setting}",
+            redis_url=server.url,
+            provider_url=provider_url,
+            extra={"PARAPHRASE_ALIAS": "false", "VERIFIER": setting},
+        ) as base,
+    ):
+        url = f"{base}/v1/query"
+        await concurrent(url, [p.original for p in pairs], 16)
+        async with keep_alive_session(1) as one:
+            first = await sequential(one, url, [p.paraphrase for p in pairs])
+            hit = {
+                p.paraphrase
+                for p, r in zip(pairs, first, strict=True)
+                if r.match == "semantic" and r.matched_prompt == p.original
+            }
+            asked = [p.paraphrase for p in pairs if p.paraphrase in hit] * repeats
+            replies: list[Reply] = await sequential(one, url, asked)
+    latencies: dict[str, list[float]] = defaultdict(list)
+    for prompt, reply in zip(asked, replies, strict=True):
+        if reply.match == "semantic":
+            latencies[prompt].append(reply.latency_ms)
+    return latencies, hit
+
+
+async def main(rounds: int, n_pairs: int, repeats: int) -> None:
+    """Alternate the settings for `rounds` rounds and print the table."""
+    settings = load_settings({})
+    embedder = await LocalEmbedder.load()
+    try:
+        candidates, note = candidate_pairs()
+        guard, floor = configured_decision(settings, embedder.id)
+        pairs = await choose_pairs(
+            embedder, candidates, want=n_pairs, threshold=floor, guard=guard, seed=0
+        )
+    finally:
+        await embedder.aclose()
+    print(f"{note}; {len(pairs)} pairs", file=sys.stderr)
+    results: list[dict[str, tuple[dict[str, list[float]], set[str]]]] = []
+    async with fake_provider(0.3) as provider_url:
+        for i in range(rounds):
+            order = SETTINGS if i % 2 == 0 else SETTINGS[::-1]
+            results.append({s: await _round(s, pairs, repeats, provider_url) for s in order})
+            print(f"round {i + 1} of {rounds} done", file=sys.stderr)
+    print("| round | paraphrases hit (checks / on / both) | checks p50 ms | on p50 ms | ratio |")
+    print("|---|---|---|---|---|")
+    ratios = []
+    for i, by_setting in enumerate(results):
+        both = set.intersection(*(hit for _, hit in by_setting.values()))
+        p50 = {
+            s: statistics.median(ms for p in both for ms in lat.get(p, []))
+            for s, (lat, _) in by_setting.items()
+        }
+        ratios.append(p50["on"] / p50["checks"])
+        counts = " / ".join(str(len(by_setting[s][1])) for s in SETTINGS)
+        print(
+            f"| {i + 1} | {counts} / {len(both)} | {p50['checks']:.2f} | {p50['on']:.2f} | "
+            f"{ratios[-1]:.2f}x |"
+        )
+    ratio = statistics.median(ratios)
+    verdict = "within" if ratio <= ALLOWED_RATIO else "over"
+    print(f"\nMedian ratio {ratio:.2f}x: {verdict} issue 13's {ALLOWED_RATIO}x.")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3, help="asks of each paraphrase a round")
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.pairs, args.repeats))
