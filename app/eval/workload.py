@@ -16,6 +16,7 @@ from app.cache.audits import AuditStore
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.embedded_redis import EmbeddedRedis
+from app.eval.sweep import Sweeper
 from app.lifespan import connect_redis
 from app.observability.recorder import Recorder
 from app.providers.embedders.base import Embedder, Vector
@@ -26,6 +27,7 @@ from app.service.guard import Guard
 from app.service.interval import wilson
 from app.service.plan import Ask, Plan
 from app.service.query import QueryService
+from app.service.verifier import Calibration, Verifier
 from app.settings import Settings
 
 # Entries must outlive the replay; the stream has no notion of time.
@@ -89,17 +91,13 @@ class WorkloadResult(Served, kw_only=True):
     threshold: float
     # The guard's probability threshold when a guard decides (threshold is then the floor).
     guard_threshold: float | None = None
+    # With the verifier: the combined score's threshold (it decides, not guard_threshold).
+    verifier_threshold: float | None = None
+    # After the guard: "checks", "on" (the cascade) or "off" (VERIFIER).
+    verifier: str = "off"
     expected_hits: int
     sweep: list[SweepPoint] | None = None
     verification: Verification | None = None
-
-
-class _Candidate(msgspec.Struct, frozen=True):
-    """A KNN neighbour as the replay saw it: the stream position it stores, and its scores."""
-
-    source: int
-    cosine: float
-    probability: float | None
 
 
 class ReplayProvider:
@@ -151,12 +149,17 @@ async def replay(
     sweep: Sequence[float] = (),
     progress: bool = True,
     verify: float | None = None,
+    verifier: Verifier | None = None,
+    calibration: Calibration | None = None,
 ) -> WorkloadResult:
     """Replay the stream on a fresh embedded Redis Stack and score what was served.
 
-    `threshold` is the cosine floor; with a guard, its probability decides above it. `sweep`
-    lists other thresholds (the guard's probability, or the cosine without a guard) scored
-    from the same replay's KNN candidates. `verify` (a sample rate) runs live verification on
+    `threshold` is the cosine floor; with a guard, its probability decides above it, and
+    after it what `settings.verifier` says: the near-miss checks, or with `verifier` and its
+    `calibration` the cascade (MAX_WRONG_HIT_RATE from the settings). `sweep` lists other
+    thresholds of the score that decides last (the cascade's combined score, the guard's
+    probability, or the cosine without a guard), scored from the same replay's KNN
+    candidates. `verify` (a sample rate) runs live verification on
     the semantic hits, the replay provider answering by cluster, and reports its estimate of
     the wrong-hit rate beside the true answer-level rate (streams with gold answers).
     """
@@ -174,6 +177,8 @@ async def replay(
                     threshold=threshold,
                     guard=guard,
                     verify=verify,
+                    verifier=verifier,
+                    calibration=calibration,
                 )
                 return await replayer.run(sweep, progress=progress)
             finally:
@@ -195,12 +200,25 @@ class _Replay:
         threshold: float,
         guard: Guard | None,
         verify: float | None = None,
+        verifier: Verifier | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
+        if settings.verifier == "on" and guard is not None and verifier is None:
+            raise ValueError("VERIFIER=on: the replay needs the verifier and its calibration")
+        cascade = verifier if settings.verifier == "on" else None
         self.stream = stream
         self.verify = verify
         self.embedder = embedder
         self.threshold = threshold
         self.guard = guard
+        self.mode = settings.verifier if guard is not None else "off"
+        self.sweeper = Sweeper(
+            guard,
+            threshold,
+            checks=settings.verifier == "checks",
+            verifier=cascade,
+            calibration=None if cascade is None else calibration,
+        )
         self.top_k = settings.knn_top_k
         self.store = CacheStore(
             redis,
@@ -217,6 +235,10 @@ class _Replay:
             providers=ProviderRouter({"replay": self.upstream}, "replay"),
             similarity_threshold=threshold,
             guard=guard,
+            verifier=cascade,
+            calibration=None if cascade is None else calibration,
+            max_wrong_hit_rate=settings.max_wrong_hit_rate,
+            near_miss_checks=settings.verifier == "checks",
             ttl=REPLAY_TTL,
             top_k=settings.knn_top_k,
             max_prompt_chars=sys.maxsize,
@@ -245,14 +267,13 @@ class _Replay:
         stored_at: dict[str, int] = {}  # entry id -> stream position it answers with
         served: list[int | None] = []
         semantic: list[tuple[int, int]] = []  # (query position, position answered from)
-        candidates: list[list[_Candidate]] = []
         for done, row in enumerate(stream, 1):
             ask = Ask.of_prompt(row.query)
             plan = self.service.plan(ask)
             prompt = plan.question or ""
             vector = await self.embedder.embed(prompt)
             if sweep:
-                candidates.append(await self._candidates(plan, vector, stored_at))
+                await self._candidates(plan, vector, stored_at)
             self.upstream.current = row.t
             answer = await self.service.answer(ask)
             if self.service.audit is not None:
@@ -280,15 +301,18 @@ class _Replay:
             if progress:
                 _progress(done, len(stream))
         scored = _score(stream, served)
+        await self.sweeper.finish()
         return WorkloadResult(
             **msgspec.structs.asdict(scored),
             n=len(stream),
             threshold=self.threshold,
             guard_threshold=None if self.guard is None else self.guard.threshold,
+            verifier_threshold=self.service.planner.default_verify_threshold(),
+            verifier=self.mode,
             expected_hits=sum(1 for row in stream if row.expected == "hit"),
             sweep=[
                 SweepPoint(
-                    **msgspec.structs.asdict(_score(stream, self._decide(candidates, value))),
+                    **msgspec.structs.asdict(_score(stream, self.sweeper.decide(value))),
                     threshold=value,
                 )
                 for value in sweep
@@ -320,38 +344,12 @@ class _Replay:
             covered=None if true_rate is None or not checked else low <= true_rate <= high,
         )
 
-    async def _candidates(
-        self, plan: Plan, vector: Vector, stored_at: dict[str, int]
-    ) -> list[_Candidate]:
-        prompt = plan.question or ""
+    async def _candidates(self, plan: Plan, vector: Vector, stored_at: dict[str, int]) -> None:
+        """Hand this query's KNN neighbours to the sweep, as the service sees them."""
         found = await self.store.nearest(vector, scope=plan.scope, k=self.top_k)
-        return [
-            _Candidate(
-                source=stored_at[c.entry_id],
-                cosine=c.similarity,
-                probability=(
-                    None
-                    if self.guard is None
-                    else self.guard.probability(prompt, c.prompt, c.similarity)
-                ),
-            )
-            for c in found
-        ]
-
-    def _decide(self, candidates: list[list[_Candidate]], value: float) -> list[int | None]:
-        """What the service would have served at another threshold (first passing neighbour)."""
-        floor = self.threshold if self.guard is not None else value
-        served: list[int | None] = []
-        for found in candidates:
-            choice = None
-            for c in found:
-                if c.cosine < floor:
-                    break
-                if c.probability is None or c.probability >= value:
-                    choice = c.source
-                    break
-            served.append(choice)
-        return served
+        self.sweeper.add(
+            plan.question or "", [(stored_at[c.entry_id], c.prompt, c.similarity) for c in found]
+        )
 
 
 def _score(stream: Sequence[StreamQuery], served: Sequence[int | None]) -> Served:
@@ -417,7 +415,7 @@ def table(result: WorkloadResult) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {p.threshold:.2f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
+            f"| {p.threshold:.3f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
             f"{p.hit_recall:.3f} | "
             f"{'-' if p.answer_precision is None else f'{p.answer_precision:.3f}'} |"
             for p in result.sweep
