@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.eval import pairs, sweep, workload
+from app.eval.stream import held_out_queries, load_stream
 from app.providers.embedders import build_embedder
 from app.providers.embedders.base import Embedder
 from app.service.guard import Guard, configured_decision
@@ -66,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="RATE",
         help="workload: verify this share of semantic hits live and compare the estimated "
         "wrong-hit rate with the true one (streams with gold answers, e.g. ComQA)",
+    )
+    parser.add_argument(
+        "--held-out",
+        type=Path,
+        metavar="PAIRS",
+        help="workload: also score the queries whose cluster holds a text of this pairs file's "
+        "held-out question groups (app/eval/split.py), which nothing was fit on",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
@@ -163,7 +171,11 @@ async def _workload(
     args: argparse.Namespace, settings: Settings, embedder: Embedder, decision: _Decision
 ) -> tuple[msgspec.Struct, str]:
     """`workload` mode: replay the stream through the service, then report (and plot)."""
-    stream = workload.load_stream(args.file)
+    stream = load_stream(args.file)
+    held_out = None
+    if args.held_out is not None:
+        texts = [(p.question1, p.question2) for p in pairs.load_pairs(args.held_out)]
+        held_out = (args.held_out.name, held_out_queries(stream, texts))
     verifier = None if decision.calibration is None else await Verifier.load()
     try:
         result = await workload.replay(
@@ -177,6 +189,7 @@ async def _workload(
             verify=args.verify,
             verifier=verifier,
             calibration=decision.calibration,
+            held_out=held_out,
         )
     finally:
         if verifier is not None:

@@ -21,7 +21,7 @@ COSINE_SWEEP = [round(0.70 + 0.01 * i, 2) for i in range(30)]
 GUARD_SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 CASCADE_SWEEP = [
     *(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.975),
-    *(round(0.98 + 0.002 * i, 3) for i in range(10)),
+    *(round(0.98 + 0.001 * i, 3) for i in range(20)),
 ]
 
 

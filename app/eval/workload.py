@@ -7,7 +7,6 @@ import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
@@ -16,6 +15,7 @@ from app.cache.audits import AuditStore
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.embedded_redis import EmbeddedRedis
+from app.eval.stream import HeldOut, Served, StreamQuery, SweepPoint, score
 from app.eval.sweep import Sweeper
 from app.lifespan import connect_redis
 from app.observability.recorder import Recorder
@@ -36,31 +36,6 @@ REPLAY_TTL = 7 * 24 * 3600
 VERIFY_SEED = 13
 
 
-class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a workload stream (the data README's schema)."""
-
-    t: int
-    query: str
-    source: str
-    cluster: str
-    expected: str
-    duplicate_of: list[int] = []
-    known_non_duplicate_of: list[int] = []
-    answer_key: str | None = None
-
-
-class Served(msgspec.Struct, kw_only=True):
-    """What a replay served, scored against the stream's clusters (and answers, for ComQA)."""
-
-    served: int
-    true_hits: int
-    confirmed_false_positives: int
-    inferred_false_positives: int
-    precision: float
-    hit_recall: float
-    answer_precision: float | None = None
-
-
 class Verification(msgspec.Struct, kw_only=True):
     """`--verify`: the live wrong-hit estimate next to the truth it estimates (answer level)."""
 
@@ -78,12 +53,6 @@ class Verification(msgspec.Struct, kw_only=True):
     covered: bool | None
 
 
-class SweepPoint(Served, kw_only=True):
-    """The same scores had the decision been taken at another threshold."""
-
-    threshold: float
-
-
 class WorkloadResult(Served, kw_only=True):
     """The replay at the configured decision, and optionally the sweep around it."""
 
@@ -98,6 +67,7 @@ class WorkloadResult(Served, kw_only=True):
     expected_hits: int
     sweep: list[SweepPoint] | None = None
     verification: Verification | None = None
+    held_out: HeldOut | None = None
 
 
 class ReplayProvider:
@@ -132,13 +102,6 @@ class ReplayProvider:
         yield ChatDelta(content=str(self.current), finish_reason="stop", provider=self.name)
 
 
-def load_stream(path: Path) -> list[StreamQuery]:
-    """Read a workload JSONL file, in stream order."""
-    decoder = msgspec.json.Decoder(StreamQuery)
-    rows = [decoder.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
-    return sorted(rows, key=lambda row: row.t)
-
-
 async def replay(
     stream: Sequence[StreamQuery],
     embedder: Embedder,
@@ -151,6 +114,7 @@ async def replay(
     verify: float | None = None,
     verifier: Verifier | None = None,
     calibration: Calibration | None = None,
+    held_out: tuple[str, frozenset[int]] | None = None,
 ) -> WorkloadResult:
     """Replay the stream on a fresh embedded Redis Stack and score what was served.
 
@@ -162,6 +126,8 @@ async def replay(
     candidates. `verify` (a sample rate) runs live verification on
     the semantic hits, the replay provider answering by cluster, and reports its estimate of
     the wrong-hit rate beside the true answer-level rate (streams with gold answers).
+    `held_out` (a name, and positions from `stream.held_out_queries`) also scores the
+    replay, and its sweep, on those queries alone.
     """
     with tempfile.TemporaryDirectory(prefix="sentinel-eval-") as data_dir:
         server = EmbeddedRedis(port=_free_port(), data_dir=data_dir, appendonly=False)
@@ -180,7 +146,7 @@ async def replay(
                     verifier=verifier,
                     calibration=calibration,
                 )
-                return await replayer.run(sweep, progress=progress)
+                return await replayer.run(sweep, progress=progress, held_out=held_out)
             finally:
                 await redis.aclose()
         finally:
@@ -261,7 +227,13 @@ class _Replay:
                 compare=same_gold_answer,
             )
 
-    async def run(self, sweep: Sequence[float], *, progress: bool) -> WorkloadResult:
+    async def run(
+        self,
+        sweep: Sequence[float],
+        *,
+        progress: bool,
+        held_out: tuple[str, frozenset[int]] | None = None,
+    ) -> WorkloadResult:
         await self.store.ensure_index()
         stream = self.stream
         stored_at: dict[str, int] = {}  # entry id -> stream position it answers with
@@ -300,8 +272,9 @@ class _Replay:
             stored_at[plan.entry_id] = row.t
             if progress:
                 _progress(done, len(stream))
-        scored = _score(stream, served)
+        scored = score(stream, served)
         await self.sweeper.finish()
+        decided = {value: self.sweeper.decide(value) for value in sweep}
         return WorkloadResult(
             **msgspec.structs.asdict(scored),
             n=len(stream),
@@ -310,15 +283,9 @@ class _Replay:
             verifier_threshold=self.service.planner.default_verify_threshold(),
             verifier=self.mode,
             expected_hits=sum(1 for row in stream if row.expected == "hit"),
-            sweep=[
-                SweepPoint(
-                    **msgspec.structs.asdict(_score(stream, self.sweeper.decide(value))),
-                    threshold=value,
-                )
-                for value in sweep
-            ]
-            or None,
+            sweep=_sweep(stream, decided) or None,
             verification=await self._verification(semantic),
+            held_out=None if held_out is None else _held_out(stream, served, decided, *held_out),
         )
 
     async def _verification(self, semantic: list[tuple[int, int]]) -> Verification | None:
@@ -352,33 +319,32 @@ class _Replay:
         )
 
 
-def _score(stream: Sequence[StreamQuery], served: Sequence[int | None]) -> Served:
-    """Score served hits (the stream position each query was answered from, or None)."""
-    by_t = {row.t: row for row in stream}
-    hits = true_hits = confirmed = inferred = same_answer = 0
-    for row, source_t in zip(stream, served, strict=True):
-        if source_t is None:
-            continue
-        hits += 1
-        source = by_t[source_t]
-        if source.cluster == row.cluster:
-            true_hits += 1
-        elif source.t in row.known_non_duplicate_of:
-            confirmed += 1
-        else:
-            inferred += 1
-        if row.answer_key is not None and source.answer_key == row.answer_key:
-            same_answer += 1
-    expected = sum(1 for row in stream if row.expected == "hit")
-    has_answers = any(row.answer_key is not None for row in stream)
-    return Served(
-        served=hits,
-        true_hits=true_hits,
-        confirmed_false_positives=confirmed,
-        inferred_false_positives=inferred,
-        precision=round(true_hits / hits, 4) if hits else 1.0,
-        hit_recall=round(true_hits / expected, 4) if expected else 0.0,
-        answer_precision=round(same_answer / hits, 4) if has_answers and hits else None,
+def _sweep(
+    stream: Sequence[StreamQuery],
+    decided: dict[float, list[int | None]],
+    only: frozenset[int] | None = None,
+) -> list[SweepPoint]:
+    """Each swept threshold's decisions, scored (over the positions in `only`, if given)."""
+    return [
+        SweepPoint(**msgspec.structs.asdict(score(stream, served, only)), threshold=value)
+        for value, served in decided.items()
+    ]
+
+
+def _held_out(
+    stream: Sequence[StreamQuery],
+    served: Sequence[int | None],
+    decided: dict[float, list[int | None]],
+    name: str,
+    only: frozenset[int],
+) -> HeldOut:
+    """The replay and its sweep scored on the held-out clusters' queries alone."""
+    return HeldOut(
+        **msgspec.structs.asdict(score(stream, served, only)),
+        pairs=name,
+        n=len(only),
+        expected_hits=sum(1 for row in stream if row.t in only and row.expected == "hit"),
+        sweep=_sweep(stream, decided, only) or None,
     )
 
 
@@ -395,32 +361,45 @@ def _progress(done: int, total: int) -> None:
 
 
 def table(result: WorkloadResult) -> str:
-    """The result as a Markdown table, then the sweep's if there is one."""
+    """The result as a Markdown table, then the sweep's (and the held-out queries') if any."""
+    nested = ("sweep", "verification", "held_out")
     rows = msgspec.structs.asdict(result)
     lines = ["| measure | value |", "|---|---|"]
     lines += [
         f"| {name} | {value} |"
         for name, value in rows.items()
-        if value is not None and name not in ("sweep", "verification")
+        if value is not None and name not in nested
     ]
-    if result.verification is not None:
-        lines += [
-            f"| verification: {name} | {value} |"
-            for name, value in msgspec.structs.asdict(result.verification).items()
-        ]
-    if result.sweep:
-        lines += [
-            "",
-            "| threshold | served | true hits | precision | hit recall | answer precision |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p.threshold:.3f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
-            f"{p.hit_recall:.3f} | "
-            f"{'-' if p.answer_precision is None else f'{p.answer_precision:.3f}'} |"
-            for p in result.sweep
-        ]
+    for prefix, part in (("verification", result.verification), ("held out", result.held_out)):
+        if part is not None:
+            lines += [
+                f"| {prefix}: {name} | {value} |"
+                for name, value in msgspec.structs.asdict(part).items()
+                if name not in nested
+            ]
+    lines += _sweep_table("", result.sweep)
+    if result.held_out is not None:
+        lines += _sweep_table(
+            f"Held-out clusters ({result.held_out.pairs}):", result.held_out.sweep
+        )
     return "\n".join(lines)
+
+
+def _sweep_table(title: str, sweep: list[SweepPoint] | None) -> list[str]:
+    if not sweep:
+        return []
+    lines = ["", title] if title else [""]
+    lines += [
+        "| threshold | served | true hits | precision | hit recall | answer precision |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p.threshold:.3f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
+        f"{p.hit_recall:.3f} | "
+        f"{'-' if p.answer_precision is None else f'{p.answer_precision:.3f}'} |"
+        for p in sweep
+    ]
+    return lines
 
 
 def _free_port() -> int:

@@ -273,3 +273,24 @@ def test_workload_replays_decide_like_the_service_checks_or_cascade(tmp_path: Pa
     )  # fmt: skip
     assert strict["verifier_threshold"] == calibration.threshold_for(0.0)
     assert strict["served"] <= runs["on"]["served"]
+
+
+def test_workload_scores_the_held_out_clusters_apart(tmp_path: Path) -> None:
+    stream = str(probe_stream(tmp_path / "probes.jsonl"))
+    pairs_file = tmp_path / "pairs.jsonl"
+    probes = [json.loads(line) for line in PROBES.read_text().splitlines() if line.strip()]
+    pairs_file.write_text("".join(json.dumps({**p, "source": "probe"}) + "\n" for p in probes))
+    result = run_eval(
+        "workload", stream, "--sweep", "--held-out", str(pairs_file),
+        "--json", str(tmp_path / "h.json"),
+    )  # fmt: skip
+    held = result["held_out"]
+    assert isinstance(held, dict)
+    assert held["pairs"] == "pairs.jsonl"
+    assert 0 < held["n"] < result["n"]  # type: ignore[operator]
+    assert 0 < held["expected_hits"] < result["expected_hits"]  # type: ignore[operator]
+    assert held["served"] <= result["served"]  # type: ignore[operator]
+    at_default = [p for p in held["sweep"] if p["threshold"] == result["guard_threshold"]]
+    assert len(at_default) == 1
+    for field in ("served", "true_hits", "precision", "hit_recall"):
+        assert at_default[0][field] == held[field], field
