@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from app.eval.pairs import Pair, load_pairs
 from app.eval.split import SEED, split_by_group
-from app.eval.workload import StreamQuery, load_stream
+from app.eval.stream import StreamQuery, load_stream
 from app.service.guard import features, idf_table
 from app.service.prompt import normalize_prompt
 from training.guard_fit import embed_cached, fit_logistic

@@ -6,20 +6,20 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from app.eval import pairs, workload
+from app.eval import pairs, sweep, workload
+from app.eval.stream import held_out_queries, load_stream
 from app.providers.embedders import build_embedder
+from app.providers.embedders.base import Embedder
 from app.service.guard import Guard, configured_decision
 from app.service.verifier import Calibration, Verifier
 from app.settings import Settings, SettingsError, load_settings
-
-COSINE_SWEEP = [round(0.70 + 0.01 * i, 2) for i in range(30)]
-GUARD_SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sweep",
         action="store_true",
-        help="also score other thresholds (the guard's probability, or the cosine without one)",
+        help="also score other thresholds of what decides last: the cascade's combined score "
+        "(VERIFIER=on), the guard's probability, or the cosine without a guard",
     )
     parser.add_argument(
         "--plot", type=Path, help="draw the curves into this PNG (needs matplotlib)"
@@ -67,8 +68,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="workload: verify this share of semantic hits live and compare the estimated "
         "wrong-hit rate with the true one (streams with gold answers, e.g. ComQA)",
     )
+    parser.add_argument(
+        "--held-out",
+        type=Path,
+        metavar="PAIRS",
+        help="workload: also score the queries whose cluster holds a text of this pairs file's "
+        "held-out question groups (app/eval/split.py), which nothing was fit on",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
+
+
+class _Decision(NamedTuple):
+    """How the service decides a candidate, as configured, and what a sweep moves."""
+
+    guard: Guard | None
+    floor: float
+    # The cascade's calibration and threshold (None: no verifier decides).
+    calibration: Calibration | None
+    verify_at: float | None
+    # The threshold of what decides last, and the sweep's values of it.
+    threshold: float
+    sweep: list[float]
+    title: str
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -78,63 +100,27 @@ async def run(args: argparse.Namespace) -> str:
         embedder = await build_embedder(settings, session)
         try:
             guard, floor = configured_decision(settings, embedder.id)
-            sweep_values = (
-                (GUARD_SWEEP if guard else COSINE_SWEEP) if args.sweep or args.plot else []
+            calibration = Calibration.for_model() if settings.verifier == "on" and guard else None
+            verify_at = _verifier_threshold(settings, calibration)
+            threshold = floor if guard is None else guard.threshold
+            if verify_at is not None:
+                threshold = verify_at
+            values = sweep.grid(
+                guarded=guard is not None, cascade=verify_at is not None, decision=threshold
             )
-            name = args.file.stem
+            decision = _Decision(
+                guard=guard,
+                floor=floor,
+                calibration=calibration,
+                verify_at=verify_at,
+                threshold=threshold,
+                sweep=values if args.sweep or args.plot else [],
+                title=f"{args.file.stem}: {_what(guard is not None, verify_at, embedder.id)}",
+            )
             if args.mode == "pairs":
-                data = pairs.load_pairs(args.file)
-                cosines = await pairs.pair_scores(data, embedder)
-                scores, verify_at = await _decision(settings, data, cosines, guard, floor)
-                pairs_result = pairs.evaluate(
-                    data, scores, floor, None if guard is None else guard.threshold, verify_at
-                )
-                result: msgspec.Struct = pairs_result
-                text = pairs.table(pairs_result)
-                if sweep_values:
-                    text += "\n\n" + pairs.sweep_table(data, scores, sweep_values)
-                if args.plot:
-                    from app.eval import plot  # noqa: PLC0415  (matplotlib only when asked)
-
-                    labels = np.array([p.label for p in data])
-                    sources = np.array([p.source for p in data])
-                    sets = {
-                        s: (scores[sources == s], labels[sources == s])
-                        for s in sorted(set(sources))
-                    }
-                    sets["overall"] = (scores, labels)
-                    plot.plot_pairs(
-                        sets,
-                        args.plot,
-                        title=f"{name}: {_what(guard is not None, embedder.id)}",
-                        decision=floor if guard is None else guard.threshold,
-                    )
+                result, text = await _pairs(args, settings, embedder, decision)
             else:
-                stream = workload.load_stream(args.file)
-                replayed = await workload.replay(
-                    stream,
-                    embedder,
-                    settings,
-                    threshold=floor,
-                    guard=guard,
-                    sweep=sweep_values,
-                    progress=not args.quiet,
-                    verify=args.verify,
-                )
-                result = replayed
-                text = workload.table(replayed)
-                if args.plot and replayed.sweep:
-                    from app.eval import plot  # noqa: PLC0415  (matplotlib only when asked)
-
-                    plot.plot_workload(
-                        [
-                            (p.threshold, p.served, p.true_hits, p.precision, p.hit_recall)
-                            for p in replayed.sweep
-                        ],
-                        args.plot,
-                        title=f"{name}: {_what(guard is not None, embedder.id)}",
-                        default=floor if guard is None else guard.threshold,
-                    )
+                result, text = await _workload(args, settings, embedder, decision)
         finally:
             await embedder.aclose()
     if args.json:
@@ -143,6 +129,82 @@ async def run(args: argparse.Namespace) -> str:
     if args.plot:
         text += f"\n\nplot: {args.plot}"
     return text
+
+
+async def _pairs(
+    args: argparse.Namespace, settings: Settings, embedder: Embedder, decision: _Decision
+) -> tuple[msgspec.Struct, str]:
+    """`pairs` mode: score every pair as the service would, then report (and plot)."""
+    guard = decision.guard
+    data = pairs.load_pairs(args.file)
+    cosines = await pairs.pair_scores(data, embedder)
+    scores = await _scores(
+        data,
+        cosines,
+        guard,
+        decision.floor,
+        checks=settings.verifier == "checks",
+        calibration=decision.calibration,
+    )
+    result = pairs.evaluate(
+        data,
+        scores,
+        decision.floor,
+        None if guard is None else guard.threshold,
+        decision.verify_at,
+    )
+    text = pairs.table(result)
+    if decision.sweep:
+        text += "\n\n" + pairs.sweep_table(data, scores, decision.sweep)
+    if args.plot:
+        from app.eval import plot  # noqa: PLC0415  (matplotlib only when asked)
+
+        labels = np.array([p.label for p in data])
+        sources = np.array([p.source for p in data])
+        sets = {s: (scores[sources == s], labels[sources == s]) for s in sorted(set(sources))}
+        sets["overall"] = (scores, labels)
+        plot.plot_pairs(sets, args.plot, title=decision.title, decision=decision.threshold)
+    return result, text
+
+
+async def _workload(
+    args: argparse.Namespace, settings: Settings, embedder: Embedder, decision: _Decision
+) -> tuple[msgspec.Struct, str]:
+    """`workload` mode: replay the stream through the service, then report (and plot)."""
+    stream = load_stream(args.file)
+    held_out = None
+    if args.held_out is not None:
+        texts = [(p.question1, p.question2) for p in pairs.load_pairs(args.held_out)]
+        held_out = (args.held_out.name, held_out_queries(stream, texts))
+    verifier = None if decision.calibration is None else await Verifier.load()
+    try:
+        result = await workload.replay(
+            stream,
+            embedder,
+            settings,
+            threshold=decision.floor,
+            guard=decision.guard,
+            sweep=decision.sweep,
+            progress=not args.quiet,
+            verify=args.verify,
+            verifier=verifier,
+            calibration=decision.calibration,
+            held_out=held_out,
+        )
+    finally:
+        if verifier is not None:
+            await verifier.aclose()
+    text = workload.table(result)
+    if args.plot and result.sweep:
+        from app.eval import plot  # noqa: PLC0415  (matplotlib only when asked)
+
+        plot.plot_workload(
+            [(p.threshold, p.served, p.true_hits, p.precision, p.hit_recall) for p in result.sweep],
+            args.plot,
+            title=decision.title,
+            default=decision.threshold,
+        )
+    return result, text
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -158,30 +220,36 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(None, **{k: v for k, v in overrides.items() if v is not None})
 
 
-async def _decision(
-    settings: Settings,
+async def _scores(
     data: list[pairs.Pair],
     cosines: npt.NDArray[np.float64],
     guard: Guard | None,
     floor: float,
-) -> tuple[npt.NDArray[np.float64], float | None]:
-    """The scores the service thresholds, and the verifier's threshold when it decides."""
-    if settings.verifier != "on" or guard is None:
-        scores = pairs.decision_scores(
-            data, cosines, guard, floor, checks=settings.verifier == "checks"
-        )
-        return scores, None
-    calibration = Calibration.for_model()
+    *,
+    checks: bool,
+    calibration: Calibration | None,
+) -> npt.NDArray[np.float64]:
+    """The scores the service thresholds (with the verifier: the cascade's combined score)."""
+    if calibration is None or guard is None:
+        return pairs.decision_scores(data, cosines, guard, floor, checks=checks)
     verifier = await Verifier.load()
     try:
-        scores = await pairs.verified_scores(data, cosines, guard, verifier, calibration)
+        return await pairs.verified_scores(data, cosines, guard, verifier, calibration)
     finally:
         await verifier.aclose()
+
+
+def _verifier_threshold(settings: Settings, calibration: Calibration | None) -> float | None:
+    """The cascade's threshold MAX_WRONG_HIT_RATE maps to (None: no verifier decides)."""
+    if calibration is None:
+        return None
     budget = settings.max_wrong_hit_rate
-    return scores, (calibration.threshold if budget is None else calibration.threshold_for(budget))
+    return calibration.threshold if budget is None else calibration.threshold_for(budget)
 
 
-def _what(guarded: bool, embedder: str) -> str:
+def _what(guarded: bool, verify_at: float | None, embedder: str) -> str:
+    if verify_at is not None:
+        return f"{embedder}, guard x verifier (cascade)"
     return f"{embedder}, " + ("guard probability" if guarded else "cosine")
 
 

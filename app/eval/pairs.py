@@ -191,5 +191,5 @@ def sweep_table(
     lines = ["| threshold | precision | recall |", "|---|---|---|"]
     for t in thresholds:
         d = at_threshold(scores, labels, t)
-        lines.append(f"| {t:.2f} | {d.precision:.3f} | {d.recall:.3f} |")
+        lines.append(f"| {t:.3f} | {d.precision:.3f} | {d.recall:.3f} |")
     return "\n".join(lines)

@@ -7,7 +7,6 @@ import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
@@ -16,6 +15,8 @@ from app.cache.audits import AuditStore
 from app.cache.metrics import MetricsStore
 from app.cache.store import CacheStore, new_entry
 from app.embedded_redis import EmbeddedRedis
+from app.eval.stream import HeldOut, Served, StreamQuery, SweepPoint, score
+from app.eval.sweep import Sweeper
 from app.lifespan import connect_redis
 from app.observability.recorder import Recorder
 from app.providers.embedders.base import Embedder, Vector
@@ -26,37 +27,13 @@ from app.service.guard import Guard
 from app.service.interval import wilson
 from app.service.plan import Ask, Plan
 from app.service.query import QueryService
+from app.service.verifier import Calibration, Verifier
 from app.settings import Settings
 
 # Entries must outlive the replay; the stream has no notion of time.
 REPLAY_TTL = 7 * 24 * 3600
 # Which semantic hits `--verify` samples: the same ones every run.
 VERIFY_SEED = 13
-
-
-class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a workload stream (the data README's schema)."""
-
-    t: int
-    query: str
-    source: str
-    cluster: str
-    expected: str
-    duplicate_of: list[int] = []
-    known_non_duplicate_of: list[int] = []
-    answer_key: str | None = None
-
-
-class Served(msgspec.Struct, kw_only=True):
-    """What a replay served, scored against the stream's clusters (and answers, for ComQA)."""
-
-    served: int
-    true_hits: int
-    confirmed_false_positives: int
-    inferred_false_positives: int
-    precision: float
-    hit_recall: float
-    answer_precision: float | None = None
 
 
 class Verification(msgspec.Struct, kw_only=True):
@@ -76,12 +53,6 @@ class Verification(msgspec.Struct, kw_only=True):
     covered: bool | None
 
 
-class SweepPoint(Served, kw_only=True):
-    """The same scores had the decision been taken at another threshold."""
-
-    threshold: float
-
-
 class WorkloadResult(Served, kw_only=True):
     """The replay at the configured decision, and optionally the sweep around it."""
 
@@ -89,17 +60,14 @@ class WorkloadResult(Served, kw_only=True):
     threshold: float
     # The guard's probability threshold when a guard decides (threshold is then the floor).
     guard_threshold: float | None = None
+    # With the verifier: the combined score's threshold (it decides, not guard_threshold).
+    verifier_threshold: float | None = None
+    # After the guard: "checks", "on" (the cascade) or "off" (VERIFIER).
+    verifier: str = "off"
     expected_hits: int
     sweep: list[SweepPoint] | None = None
     verification: Verification | None = None
-
-
-class _Candidate(msgspec.Struct, frozen=True):
-    """A KNN neighbour as the replay saw it: the stream position it stores, and its scores."""
-
-    source: int
-    cosine: float
-    probability: float | None
+    held_out: HeldOut | None = None
 
 
 class ReplayProvider:
@@ -134,13 +102,6 @@ class ReplayProvider:
         yield ChatDelta(content=str(self.current), finish_reason="stop", provider=self.name)
 
 
-def load_stream(path: Path) -> list[StreamQuery]:
-    """Read a workload JSONL file, in stream order."""
-    decoder = msgspec.json.Decoder(StreamQuery)
-    rows = [decoder.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
-    return sorted(rows, key=lambda row: row.t)
-
-
 async def replay(
     stream: Sequence[StreamQuery],
     embedder: Embedder,
@@ -151,14 +112,22 @@ async def replay(
     sweep: Sequence[float] = (),
     progress: bool = True,
     verify: float | None = None,
+    verifier: Verifier | None = None,
+    calibration: Calibration | None = None,
+    held_out: tuple[str, frozenset[int]] | None = None,
 ) -> WorkloadResult:
     """Replay the stream on a fresh embedded Redis Stack and score what was served.
 
-    `threshold` is the cosine floor; with a guard, its probability decides above it. `sweep`
-    lists other thresholds (the guard's probability, or the cosine without a guard) scored
-    from the same replay's KNN candidates. `verify` (a sample rate) runs live verification on
+    `threshold` is the cosine floor; with a guard, its probability decides above it, and
+    after it what `settings.verifier` says: the near-miss checks, or with `verifier` and its
+    `calibration` the cascade (MAX_WRONG_HIT_RATE from the settings). `sweep` lists other
+    thresholds of the score that decides last (the cascade's combined score, the guard's
+    probability, or the cosine without a guard), scored from the same replay's KNN
+    candidates. `verify` (a sample rate) runs live verification on
     the semantic hits, the replay provider answering by cluster, and reports its estimate of
     the wrong-hit rate beside the true answer-level rate (streams with gold answers).
+    `held_out` (a name, and positions from `stream.held_out_queries`) also scores the
+    replay, and its sweep, on those queries alone.
     """
     with tempfile.TemporaryDirectory(prefix="sentinel-eval-") as data_dir:
         server = EmbeddedRedis(port=_free_port(), data_dir=data_dir, appendonly=False)
@@ -174,8 +143,10 @@ async def replay(
                     threshold=threshold,
                     guard=guard,
                     verify=verify,
+                    verifier=verifier,
+                    calibration=calibration,
                 )
-                return await replayer.run(sweep, progress=progress)
+                return await replayer.run(sweep, progress=progress, held_out=held_out)
             finally:
                 await redis.aclose()
         finally:
@@ -195,12 +166,25 @@ class _Replay:
         threshold: float,
         guard: Guard | None,
         verify: float | None = None,
+        verifier: Verifier | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
+        if settings.verifier == "on" and guard is not None and verifier is None:
+            raise ValueError("VERIFIER=on: the replay needs the verifier and its calibration")
+        cascade = verifier if settings.verifier == "on" else None
         self.stream = stream
         self.verify = verify
         self.embedder = embedder
         self.threshold = threshold
         self.guard = guard
+        self.mode = settings.verifier if guard is not None else "off"
+        self.sweeper = Sweeper(
+            guard,
+            threshold,
+            checks=settings.verifier == "checks",
+            verifier=cascade,
+            calibration=None if cascade is None else calibration,
+        )
         self.top_k = settings.knn_top_k
         self.store = CacheStore(
             redis,
@@ -217,6 +201,10 @@ class _Replay:
             providers=ProviderRouter({"replay": self.upstream}, "replay"),
             similarity_threshold=threshold,
             guard=guard,
+            verifier=cascade,
+            calibration=None if cascade is None else calibration,
+            max_wrong_hit_rate=settings.max_wrong_hit_rate,
+            near_miss_checks=settings.verifier == "checks",
             ttl=REPLAY_TTL,
             top_k=settings.knn_top_k,
             max_prompt_chars=sys.maxsize,
@@ -239,20 +227,25 @@ class _Replay:
                 compare=same_gold_answer,
             )
 
-    async def run(self, sweep: Sequence[float], *, progress: bool) -> WorkloadResult:
+    async def run(
+        self,
+        sweep: Sequence[float],
+        *,
+        progress: bool,
+        held_out: tuple[str, frozenset[int]] | None = None,
+    ) -> WorkloadResult:
         await self.store.ensure_index()
         stream = self.stream
         stored_at: dict[str, int] = {}  # entry id -> stream position it answers with
         served: list[int | None] = []
         semantic: list[tuple[int, int]] = []  # (query position, position answered from)
-        candidates: list[list[_Candidate]] = []
         for done, row in enumerate(stream, 1):
             ask = Ask.of_prompt(row.query)
             plan = self.service.plan(ask)
             prompt = plan.question or ""
             vector = await self.embedder.embed(prompt)
             if sweep:
-                candidates.append(await self._candidates(plan, vector, stored_at))
+                await self._candidates(plan, vector, stored_at)
             self.upstream.current = row.t
             answer = await self.service.answer(ask)
             if self.service.audit is not None:
@@ -279,22 +272,20 @@ class _Replay:
             stored_at[plan.entry_id] = row.t
             if progress:
                 _progress(done, len(stream))
-        scored = _score(stream, served)
+        scored = score(stream, served)
+        await self.sweeper.finish()
+        decided = {value: self.sweeper.decide(value) for value in sweep}
         return WorkloadResult(
             **msgspec.structs.asdict(scored),
             n=len(stream),
             threshold=self.threshold,
             guard_threshold=None if self.guard is None else self.guard.threshold,
+            verifier_threshold=self.service.planner.default_verify_threshold(),
+            verifier=self.mode,
             expected_hits=sum(1 for row in stream if row.expected == "hit"),
-            sweep=[
-                SweepPoint(
-                    **msgspec.structs.asdict(_score(stream, self._decide(candidates, value))),
-                    threshold=value,
-                )
-                for value in sweep
-            ]
-            or None,
+            sweep=_sweep(stream, decided) or None,
             verification=await self._verification(semantic),
+            held_out=None if held_out is None else _held_out(stream, served, decided, *held_out),
         )
 
     async def _verification(self, semantic: list[tuple[int, int]]) -> Verification | None:
@@ -320,67 +311,40 @@ class _Replay:
             covered=None if true_rate is None or not checked else low <= true_rate <= high,
         )
 
-    async def _candidates(
-        self, plan: Plan, vector: Vector, stored_at: dict[str, int]
-    ) -> list[_Candidate]:
-        prompt = plan.question or ""
+    async def _candidates(self, plan: Plan, vector: Vector, stored_at: dict[str, int]) -> None:
+        """Hand this query's KNN neighbours to the sweep, as the service sees them."""
         found = await self.store.nearest(vector, scope=plan.scope, k=self.top_k)
-        return [
-            _Candidate(
-                source=stored_at[c.entry_id],
-                cosine=c.similarity,
-                probability=(
-                    None
-                    if self.guard is None
-                    else self.guard.probability(prompt, c.prompt, c.similarity)
-                ),
-            )
-            for c in found
-        ]
-
-    def _decide(self, candidates: list[list[_Candidate]], value: float) -> list[int | None]:
-        """What the service would have served at another threshold (first passing neighbour)."""
-        floor = self.threshold if self.guard is not None else value
-        served: list[int | None] = []
-        for found in candidates:
-            choice = None
-            for c in found:
-                if c.cosine < floor:
-                    break
-                if c.probability is None or c.probability >= value:
-                    choice = c.source
-                    break
-            served.append(choice)
-        return served
+        self.sweeper.add(
+            plan.question or "", [(stored_at[c.entry_id], c.prompt, c.similarity) for c in found]
+        )
 
 
-def _score(stream: Sequence[StreamQuery], served: Sequence[int | None]) -> Served:
-    """Score served hits (the stream position each query was answered from, or None)."""
-    by_t = {row.t: row for row in stream}
-    hits = true_hits = confirmed = inferred = same_answer = 0
-    for row, source_t in zip(stream, served, strict=True):
-        if source_t is None:
-            continue
-        hits += 1
-        source = by_t[source_t]
-        if source.cluster == row.cluster:
-            true_hits += 1
-        elif source.t in row.known_non_duplicate_of:
-            confirmed += 1
-        else:
-            inferred += 1
-        if row.answer_key is not None and source.answer_key == row.answer_key:
-            same_answer += 1
-    expected = sum(1 for row in stream if row.expected == "hit")
-    has_answers = any(row.answer_key is not None for row in stream)
-    return Served(
-        served=hits,
-        true_hits=true_hits,
-        confirmed_false_positives=confirmed,
-        inferred_false_positives=inferred,
-        precision=round(true_hits / hits, 4) if hits else 1.0,
-        hit_recall=round(true_hits / expected, 4) if expected else 0.0,
-        answer_precision=round(same_answer / hits, 4) if has_answers and hits else None,
+def _sweep(
+    stream: Sequence[StreamQuery],
+    decided: dict[float, list[int | None]],
+    only: frozenset[int] | None = None,
+) -> list[SweepPoint]:
+    """Each swept threshold's decisions, scored (over the positions in `only`, if given)."""
+    return [
+        SweepPoint(**msgspec.structs.asdict(score(stream, served, only)), threshold=value)
+        for value, served in decided.items()
+    ]
+
+
+def _held_out(
+    stream: Sequence[StreamQuery],
+    served: Sequence[int | None],
+    decided: dict[float, list[int | None]],
+    name: str,
+    only: frozenset[int],
+) -> HeldOut:
+    """The replay and its sweep scored on the held-out clusters' queries alone."""
+    return HeldOut(
+        **msgspec.structs.asdict(score(stream, served, only)),
+        pairs=name,
+        n=len(only),
+        expected_hits=sum(1 for row in stream if row.t in only and row.expected == "hit"),
+        sweep=_sweep(stream, decided, only) or None,
     )
 
 
@@ -397,32 +361,45 @@ def _progress(done: int, total: int) -> None:
 
 
 def table(result: WorkloadResult) -> str:
-    """The result as a Markdown table, then the sweep's if there is one."""
+    """The result as a Markdown table, then the sweep's (and the held-out queries') if any."""
+    nested = ("sweep", "verification", "held_out")
     rows = msgspec.structs.asdict(result)
     lines = ["| measure | value |", "|---|---|"]
     lines += [
         f"| {name} | {value} |"
         for name, value in rows.items()
-        if value is not None and name not in ("sweep", "verification")
+        if value is not None and name not in nested
     ]
-    if result.verification is not None:
-        lines += [
-            f"| verification: {name} | {value} |"
-            for name, value in msgspec.structs.asdict(result.verification).items()
-        ]
-    if result.sweep:
-        lines += [
-            "",
-            "| threshold | served | true hits | precision | hit recall | answer precision |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p.threshold:.2f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
-            f"{p.hit_recall:.3f} | "
-            f"{'-' if p.answer_precision is None else f'{p.answer_precision:.3f}'} |"
-            for p in result.sweep
-        ]
+    for prefix, part in (("verification", result.verification), ("held out", result.held_out)):
+        if part is not None:
+            lines += [
+                f"| {prefix}: {name} | {value} |"
+                for name, value in msgspec.structs.asdict(part).items()
+                if name not in nested
+            ]
+    lines += _sweep_table("", result.sweep)
+    if result.held_out is not None:
+        lines += _sweep_table(
+            f"Held-out clusters ({result.held_out.pairs}):", result.held_out.sweep
+        )
     return "\n".join(lines)
+
+
+def _sweep_table(title: str, sweep: list[SweepPoint] | None) -> list[str]:
+    if not sweep:
+        return []
+    lines = ["", title] if title else [""]
+    lines += [
+        "| threshold | served | true hits | precision | hit recall | answer precision |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p.threshold:.3f} | {p.served} | {p.true_hits} | {p.precision:.3f} | "
+        f"{p.hit_recall:.3f} | "
+        f"{'-' if p.answer_precision is None else f'{p.answer_precision:.3f}'} |"
+        for p in sweep
+    ]
+    return lines
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = ROOT / "tests" / "data" / "pairs_sample.jsonl"
 STREAM = ROOT / "tests" / "data" / "workload_comqa_sample.jsonl"
+PROBES = ROOT / "tests" / "data" / "near_miss_probes.jsonl"
 
 
 def run_eval(*args: str) -> dict[str, object]:
@@ -208,3 +209,88 @@ def test_pairs_mode_decides_like_the_service_checks_or_cascade(tmp_path: Path) -
         "pairs", str(PAIRS), *on, "--max-wrong-hit-rate", "0", "--json", str(tmp_path / "b.json")
     )
     assert budget["verifier_threshold"] == calibration.threshold_for(0.0)
+
+
+def probe_stream(path: Path) -> Path:
+    """The hand-written probes as a stream: each first question once, then each second one
+    (a paraphrase: its first question's cluster; a near miss: a cluster of its own, known not
+    a duplicate of the first)."""
+    probes = [json.loads(line) for line in PROBES.read_text().splitlines() if line.strip()]
+    rows: list[dict[str, object]] = []
+    first: dict[str, int] = {}  # question1 -> its position (paraphrase and near miss share it)
+    for probe in probes:
+        if probe["question1"] not in first:
+            first[probe["question1"]] = t = len(rows)
+            rows.append({"t": t, "query": probe["question1"], "cluster": f"c{t}"})
+    for probe in probes:
+        source, t = first[probe["question1"]], len(rows)
+        same = probe["label"] == 1
+        rows.append(
+            {"t": t, "query": probe["question2"], "cluster": f"c{source if same else t}",
+             "duplicate_of": [source] if same else [],
+             "known_non_duplicate_of": [] if same else [source]}
+        )  # fmt: skip
+    for row in rows:
+        row["source"] = "probe"
+        row["expected"] = "hit" if row.get("duplicate_of") else "miss"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_workload_replays_decide_like_the_service_checks_or_cascade(tmp_path: Path) -> None:
+    # The replay must run the decision VERIFIER names (it once ran the guard alone whatever
+    # VERIFIER said), and its sweep must reproduce the replay at the decision's threshold.
+    stream = str(probe_stream(tmp_path / "probes.jsonl"))
+    runs = {
+        mode: run_eval(
+            "workload", stream, "--verifier", mode, "--sweep", "--json", str(tmp_path / mode)
+        )
+        for mode in ("off", "checks", "on")
+    }
+    calibration = Calibration.for_model()
+    assert runs["on"]["verifier_threshold"] == calibration.threshold
+    assert runs["checks"]["verifier_threshold"] is None
+    wrong = {mode: run["confirmed_false_positives"] for mode, run in runs.items()}
+    # The guard alone serves some hand-written near misses (bench/quality.md: 9 of 48).
+    assert isinstance(wrong["off"], int)
+    assert wrong["off"] >= 3
+    assert wrong["checks"] < wrong["off"]
+    assert wrong["on"] < wrong["off"]
+    for mode, run in runs.items():
+        decided_at = run["verifier_threshold"] or run["guard_threshold"]
+        sweep = run["sweep"]
+        assert isinstance(sweep, list)
+        at = [p for p in sweep if p["threshold"] == decided_at]
+        assert len(at) == 1, mode
+        for field in ("served", "true_hits", "confirmed_false_positives", "precision"):
+            assert at[0][field] == run[field], (mode, field)
+    if runs["on"]["sweep"]:
+        served = [p["served"] for p in sorted(runs["on"]["sweep"], key=lambda p: p["threshold"])]
+        assert served == sorted(served, reverse=True)
+    strict = run_eval(
+        "workload", stream, "--verifier", "on", "--max-wrong-hit-rate", "0",
+        "--json", str(tmp_path / "strict"),
+    )  # fmt: skip
+    assert strict["verifier_threshold"] == calibration.threshold_for(0.0)
+    assert strict["served"] <= runs["on"]["served"]
+
+
+def test_workload_scores_the_held_out_clusters_apart(tmp_path: Path) -> None:
+    stream = str(probe_stream(tmp_path / "probes.jsonl"))
+    pairs_file = tmp_path / "pairs.jsonl"
+    probes = [json.loads(line) for line in PROBES.read_text().splitlines() if line.strip()]
+    pairs_file.write_text("".join(json.dumps({**p, "source": "probe"}) + "\n" for p in probes))
+    result = run_eval(
+        "workload", stream, "--sweep", "--held-out", str(pairs_file),
+        "--json", str(tmp_path / "h.json"),
+    )  # fmt: skip
+    held = result["held_out"]
+    assert isinstance(held, dict)
+    assert held["pairs"] == "pairs.jsonl"
+    assert 0 < held["n"] < result["n"]  # type: ignore[operator]
+    assert 0 < held["expected_hits"] < result["expected_hits"]  # type: ignore[operator]
+    assert held["served"] <= result["served"]  # type: ignore[operator]
+    at_default = [p for p in held["sweep"] if p["threshold"] == result["guard_threshold"]]
+    assert len(at_default) == 1
+    for field in ("served", "true_hits", "precision", "hit_recall"):
+        assert at_default[0][field] == held[field], field
