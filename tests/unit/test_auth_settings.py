@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from litestar.connection import ASGIConnection
+from litestar.handlers import HTTPRouteHandler
 
-from app.api.auth import credential
+from app.api.auth import authenticate, credential
+from app.main import create_app
 from app.settings import SettingsError, load_settings, parse_api_keys
 
 
@@ -172,11 +174,6 @@ def test_list_settings_come_parsed() -> None:
 def test_every_v1_route_is_authenticated_by_the_app_hook() -> None:
     # `authenticate` is the app's before_request hook: a route with a hook of its own would
     # replace it (Litestar resolves the closest layer's) and be served without a key.
-    from litestar.handlers import HTTPRouteHandler
-
-    from app.api.auth import authenticate
-    from app.main import create_app
-
     app = create_app(load_settings({}))
     v1 = [
         handler
