@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-import app.main
+import app.main as app_main
 from app.__main__ import main
 from app.api import middleware
 from app.providers.embedders import batching
@@ -90,8 +90,8 @@ def _install() -> None:
 
     logged: Callable[..., Any] = middleware.request_log_middleware
 
-    def outer(asgi: Any) -> Any:
-        inner = logged(asgi)
+    def outer(app: Any) -> Any:  # Litestar passes `app=`
+        inner = logged(app)
 
         async def wrapped(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] != "http" or scope.get("method") != "POST":
@@ -110,7 +110,7 @@ def _install() -> None:
 
         return wrapped
 
-    app.main.request_log_middleware = outer  # type: ignore[attr-defined,assignment]
+    app_main.request_log_middleware = outer  # type: ignore[attr-defined]
 
 
 def _timeline() -> str:
