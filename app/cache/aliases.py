@@ -10,6 +10,7 @@ expired) means no hit; E's `vetoed` questions and `min_similarity` still apply (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -51,13 +52,19 @@ if not target then return {{values}} end
 return {{redis.call('HMGET', ARGV[1] .. target, unpack(fields)), alias}}
 """
 
-# KEYS: the alias, the target entry. Written only while the target lives, for as long as it
-# has left.
+# KEYS: pairs of (an alias, its target entry); ARGV: the aliases, one per pair. Each is written
+# only while its target lives, for as long as the target has left. One call for every alias
+# queued meanwhile: under load a round trip per alias cost the event loop more than the write.
 _WRITE = """
-local left = redis.call('PTTL', KEYS[2])
-if left <= 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', left)
-return 1
+local written = 0
+for i = 1, #KEYS, 2 do
+  local left = redis.call('PTTL', KEYS[i + 1])
+  if left > 0 then
+    redis.call('SET', KEYS[i], ARGV[(i + 1) / 2], 'PX', left)
+    written = written + 1
+  end
+end
+return written
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -88,11 +95,16 @@ class Aliases:
             return None, None
         return from_values(alias.target, reply[0]), alias
 
-    async def write(self, entry_id: str, alias: Alias) -> bool:
-        """Point `entry_id`'s alias at `alias.target` for the target's remaining TTL; False
-        when the target is gone."""
-        written = await self._write(
-            keys=[self._alias_prefix + entry_id, keys.entry_key(self._entry_prefix, alias.target)],
-            args=[_encode(alias)],
-        )
-        return bool(written)
+    async def write(self, aliases: Mapping[str, Alias]) -> int:
+        """Point each entry id's alias at its `target` for the target's remaining TTL, in one
+        round trip; how many were written (a gone target's alias is not)."""
+        if not aliases:
+            return 0
+        keys_: list[str] = []
+        for entry_id, alias in aliases.items():
+            keys_ += [
+                self._alias_prefix + entry_id,
+                keys.entry_key(self._entry_prefix, alias.target),
+            ]
+        written = await self._write(keys=keys_, args=[_encode(a) for a in aliases.values()])
+        return int(written)

@@ -6,7 +6,7 @@ index's lifecycle (index.py) and the admin queries (admin.py) are parts it hands
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -114,6 +114,11 @@ class CacheStore:
         self.hits.add(key)
         return entry
 
+    def count_hit(self, entry_id: str) -> None:
+        """Count one hit on an entry read some other way (a KNN search returns whole entries):
+        like take_hit's, it reaches the hash within HitCounter's interval."""
+        self.hits.add(self._key(entry_id))
+
     @redis_errors_as_unavailable
     async def take_hit_or_alias(
         self, entry_id: str, accept: Callable[[Entry, Alias], bool]
@@ -127,9 +132,10 @@ class CacheStore:
         return entry, alias
 
     @redis_errors_as_unavailable
-    async def alias(self, entry_id: str, alias: Alias) -> bool:
-        """Let `entry_id` be served by `alias.target` (False when the target is gone)."""
-        return await self.aliases.write(entry_id, alias)
+    async def alias(self, aliases: Mapping[str, Alias]) -> int:
+        """Let each entry id be served by its alias's target, in one round trip; how many were
+        written (not those whose target is gone)."""
+        return await self.aliases.write(aliases)
 
     async def nearest(
         self, vector: npt.NDArray[np.float32], *, scope: str, k: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -59,6 +59,14 @@ class RequestCache:
         layer: Layer = "exact_lookup" if accept is None else "knn"
         return await self.read(what, lambda: self.store.take_hit(entry_id, accept), layer=layer)
 
+    def found(self, entry: Entry, question_digest: str, similarity: float) -> Entry | None:
+        """An entry a KNN search read, counted as a hit if it serves this question at this
+        similarity (Entry.serves); None if it refuses."""
+        if not entry.serves(question_digest, similarity):
+            return None
+        self.store.count_hit(entry.id)
+        return entry
+
     async def exact_or_alias(
         self, entry_id: str, accept: Callable[[Entry, Alias], bool]
     ) -> tuple[Entry, Alias | None] | None:
@@ -76,13 +84,14 @@ class RequestCache:
             layer: Layer = "alias" if served_by_alias else "exact_lookup"
             self.metrics.layer(layer, time.perf_counter() - started)
 
-    async def alias(self, entry_id: str, alias: Alias) -> None:
-        """Write a paraphrase alias (off the request path: a failure is only logged)."""
+    async def alias(self, aliases: Mapping[str, Alias]) -> None:
+        """Write paraphrase aliases, entry id → alias, in one round trip (off the request
+        path: a failure is only logged)."""
         store = self.store
         try:
-            await self.write("alias write", lambda: store.alias(entry_id, alias))
+            await self.write("alias write", lambda: store.alias(aliases))
         except CacheBypassed as exc:
-            self.skipped(exc, "alias not written")
+            self.skipped(exc, "aliases not written")
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         """The k nearest entries of this scope, most similar first."""

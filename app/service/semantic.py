@@ -62,7 +62,9 @@ class SemanticLayer:
         self.judge = judge
         self.top_k = top_k
         self.alias = alias  # PARAPHRASE_ALIAS
-        self._writing: set[asyncio.Task[None]] = set()
+        # Aliases waiting for the write under way (question's entry id → alias), and that write.
+        self._queued: dict[str, Alias] = {}
+        self._writing: asyncio.Task[None] | None = None
 
     @staticmethod
     def accepts(plan: Plan) -> Callable[[Entry, Alias], bool]:
@@ -97,11 +99,14 @@ class SemanticLayer:
                 # What verification and feedback taught this entry: a floor of its own, and
                 # questions it must never answer.
                 similarity = candidate.similarity
-                entry = await self.cache.entry(
-                    candidate.entry_id,
-                    "semantic lookup",
-                    accept=lambda e: e.serves(plan.question_digest, similarity),  # noqa: B023
-                )
+                if candidate.entry is not None:  # read by the search itself: no second read
+                    entry = self.cache.found(candidate.entry, plan.question_digest, similarity)
+                else:
+                    entry = await self.cache.entry(
+                        candidate.entry_id,
+                        "semantic lookup",
+                        accept=lambda e: e.serves(plan.question_digest, similarity),  # noqa: B023
+                    )
                 if entry is not None:  # None: expired since the KNN, or refused
                     return Search(match=SemanticMatch(entry, similarity, verdict), vector=vector)
         except CacheBypassed as exc:
@@ -110,22 +115,32 @@ class SemanticLayer:
         return Search(vector=vector)
 
     def remember(self, plan: Plan, match: SemanticMatch) -> None:
-        """Alias this question to the entry that served it, after the answer (never waited for)."""
+        """Alias this question to the entry that served it, after the answer (never waited for).
+
+        Aliases queued while a write is under way go together in the next one: one round trip
+        for all of them (alone at c=1; several per write under load)."""
         if not self.alias:
             return
-        alias = Alias(
+        self._queued[plan.entry_id] = Alias(
             target=match.entry.id,
             similarity=match.similarity,
             guard_score=match.verdict.guard_score,
             verifier_score=match.verdict.verifier_score,
         )
-        task = asyncio.get_running_loop().create_task(
-            self.cache.alias(plan.entry_id, alias), name="sentinel-alias"
-        )
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        if self._writing is None:
+            self._writing = asyncio.get_running_loop().create_task(
+                self._write(), name="sentinel-alias"
+            )
+
+    async def _write(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, {}
+                await self.cache.alias(batch)
+        finally:
+            self._writing = None
 
     async def drain(self) -> None:
         """Wait for the alias writes under way (offline replays, tests)."""
-        while self._writing:
-            await asyncio.gather(*self._writing, return_exceptions=True)
+        while self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from app.cache.aliases import Alias
 from app.cache.store import CacheStore, Entry, new_entry
 
 pytestmark = pytest.mark.integration
@@ -118,6 +119,39 @@ async def test_nearest_is_scoped_and_ordered(store: CacheStore) -> None:
     assert [c.entry_id for c in other] == ["other"]
     assert other[0].similarity == pytest.approx(1.0, abs=tolerance)
     assert await store.nearest(query, scope="s3", k=3) == []
+
+
+async def test_nearest_carries_whole_entries_and_escapes_the_scope(store: CacheStore) -> None:
+    # Real scopes are tags like "t:tenant|m:groq/llama-3.1" with characters RediSearch's TAG
+    # syntax treats specially: a prefix of one scope must not match another.
+    odd = "t:a-b|m:groq/llama 3.1{x}"
+    await store.put(entry("mine", scope=odd, prompt="q"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    await store.put(entry("prefix", scope="t:a-b"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    await store.put(entry("longer", scope=odd + "z"), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    found = await store.nearest(unit([1, 0.2, 0, 0, 0, 0, 0, 0]), scope=odd, k=3)
+    assert [c.entry_id for c in found] == ["mine"]
+    read = found[0].entry
+    assert read is not None  # the search read the entry: the hit needs no second read
+    assert (read.id, read.prompt, read.scope, read.response) == ("mine", "q", odd, "response mine")
+    assert read == await store.take_hit("mine")
+
+
+async def test_aliases_are_written_together_and_only_to_live_entries(store: CacheStore) -> None:
+    target, gone = "ab" * 32, "cd" * 32  # entry ids are hex digests (the lookup relies on it)
+    await store.put(entry(target), unit([1, 0, 0, 0, 0, 0, 0, 0]), ttl=60)
+    aliases = {
+        "para-1": Alias(target=target, similarity=0.93, guard_score=0.9),
+        "para-2": Alias(target=target, similarity=0.91),
+        "para-3": Alias(target=gone, similarity=0.95),
+    }
+    assert await store.alias(aliases) == 2  # one round trip; a gone target gets none
+    accept_all = lambda entry, alias: True  # noqa: E731
+    for name in ("para-1", "para-2"):
+        held = await store.take_hit_or_alias(name, accept_all)
+        assert held is not None
+        assert (held[0].id, held[1]) == (target, aliases[name])
+    assert await store.take_hit_or_alias("para-3", accept_all) is None
+    assert await store.alias({}) == 0
 
 
 async def test_put_replaces_an_entry_and_refuses_a_wrong_dimension(store: CacheStore) -> None:

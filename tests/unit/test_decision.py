@@ -8,7 +8,7 @@ accounting of coalesced requests) is checked directly and fast.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import msgspec
@@ -83,12 +83,11 @@ class MemoryStore:
             return None
         return target[0], alias
 
-    async def alias(self, entry_id: str, alias: Alias) -> bool:
+    async def alias(self, aliases: Mapping[str, Alias]) -> int:
         self._touch()
-        if alias.target not in self.entries:
-            return False
-        self.aliases[entry_id] = alias
-        return True
+        written = {k: a for k, a in aliases.items() if a.target in self.entries}
+        self.aliases.update(written)
+        return len(written)
 
     async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
         self._touch()
