@@ -124,7 +124,7 @@ async def score_rows(rows: Sequence[Row], embedder: LocalEmbedder, verifier: Ver
 
 
 async def scores(only: Sequence[str] = ()) -> None:
-    """Score every set (or those named) once; cached under var/verifier/scores-*.json."""
+    """Score every set (or those named) once; cached under var/verifier/<model>/scores-*.json."""
     embedder = await LocalEmbedder.load(model=TUNED_MODEL)
     verifier = Verifier.load_sync(model=MODEL, symmetric=False)
     try:
