@@ -6,6 +6,9 @@ Runs in the service's venv (onnxruntime, the tuned embedder, the guard), from th
     .venv/bin/python -m training.verifier.evaluate calibrate   # validation only -> data/*.json
     .venv/bin/python -m training.verifier.evaluate tables      # held-out -> results.md
 
+Each command works on the shipped model (VERIFIER_MODEL) or on the one named by
+`--model NAME` (it must be in MODEL_SHA256); its outputs go to var/verifier/NAME/.
+
 `calibrate` reads the validation parts only (training/verifier/data.py): it measures each
 near-miss check, picks the guard floor and the default threshold, and writes the calibration
 curve next to the model. `tables` then scores the held-out parts with those choices frozen.
@@ -18,6 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -54,6 +58,15 @@ GRID = [round(t, 3) for t in (*np.arange(0.05, 0.95, 0.01), *np.arange(0.95, 0.9
 PROBES = ROOT / "tests" / "data" / "near_miss_probes.jsonl"
 RESULTS = ROOT / "training" / "verifier" / "results.md"
 Array = npt.NDArray[np.float64]
+# The verifier evaluated (--model); its scores, reports and tables go under out().
+MODEL = VERIFIER_MODEL
+
+
+def out() -> Path:
+    """var/verifier/<model>/, created on first use."""
+    path = OUT / MODEL
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class Scored(msgspec.Struct, kw_only=True):
@@ -111,16 +124,16 @@ async def score_rows(rows: Sequence[Row], embedder: LocalEmbedder, verifier: Ver
 
 
 async def scores(only: Sequence[str] = ()) -> None:
-    """Score every set (or those named) once; cached under var/verifier/scores-*.json."""
+    """Score every set (or those named) once; cached under var/verifier/<model>/scores-*.json."""
     embedder = await LocalEmbedder.load(model=TUNED_MODEL)
-    verifier = Verifier.load_sync(symmetric=False)
+    verifier = Verifier.load_sync(model=MODEL, symmetric=False)
     try:
         for name, rows in _sets().items():
             if only and name not in only:
                 continue
             started = time.perf_counter()
             result = await score_rows(rows, embedder, verifier)
-            (OUT / f"scores-{name}.json").write_bytes(msgspec.json.encode(result))
+            (out() / f"scores-{name}.json").write_bytes(msgspec.json.encode(result))
             print(f"{name}: {len(rows)} rows, {time.perf_counter() - started:.0f} s", flush=True)
     finally:
         await embedder.aclose()
@@ -129,7 +142,7 @@ async def scores(only: Sequence[str] = ()) -> None:
 
 def cached_scores(name: str) -> Scored:
     """A set's cached model scores, with the near-miss checks rerun (they are cheap)."""
-    scored = msgspec.json.decode((OUT / f"scores-{name}.json").read_bytes(), type=Scored)
+    scored = msgspec.json.decode((out() / f"scores-{name}.json").read_bytes(), type=Scored)
     scored.checks = [
         [
             str(c)
@@ -275,8 +288,8 @@ def calibrate() -> dict:
     report["min_guard"] = min_guard
     report["combine"] = combine
     calibration = Calibration(
-        model=VERIFIER_MODEL,
-        sha256=MODEL_SHA256[VERIFIER_MODEL],
+        model=MODEL,
+        sha256=MODEL_SHA256[MODEL],
         min_cosine=MIN_COSINE,
         min_guard=float(min_guard),
         checks=sorted(chosen),
@@ -300,9 +313,9 @@ def calibrate() -> dict:
     assert calibration.threshold_for(DEFAULT_BUDGET) == threshold
     report["threshold"] = threshold
     report["min_threshold"] = paws_floor
-    target = DATA_DIR / f"{VERIFIER_MODEL}.json"
+    target = DATA_DIR / f"{MODEL}.json"
     target.write_bytes(msgspec.json.format(msgspec.json.encode(calibration), indent=1) + b"\n")
-    (OUT / "calibrate.json").write_text(json.dumps(report, indent=1, default=str))
+    (out() / "calibrate.json").write_text(json.dumps(report, indent=1, default=str))
     return report
 
 
@@ -368,7 +381,7 @@ def _metrics(scores: Array, y: npt.NDArray[np.int8], threshold: float) -> dict[s
 
 def tables() -> str:
     """Held-out tables for each decision, with the calibration's choices frozen."""
-    cal = Calibration.for_model()
+    cal = Calibration.for_model(MODEL)
     rows = _sets()
     ph, wh, pr = cached_scores("pairs-held"), cached_scores("paws-held"), cached_scores("probes")
     yp, yw, yr = labels(rows["pairs-held"]), labels(rows["paws-held"]), labels(rows["probes"])
@@ -474,7 +487,7 @@ def tables() -> str:
             *probe_lines,
         ]
     )
-    (OUT / "tables.md").write_text(text + "\n")
+    (out() / "tables.md").write_text(text + "\n")
     return text
 
 
@@ -495,7 +508,7 @@ def cost() -> str:
 
     async def run() -> None:
         for sym in (False, True):
-            v = await Verifier.load(symmetric=sym)
+            v = await Verifier.load(model=MODEL, symmetric=sym)
             try:
                 for batch in (1, 3):
                     ms = await timed(v, batch)
@@ -513,11 +526,18 @@ def cost() -> str:
             near_miss.near_misses(a, b)
     us = (time.perf_counter() - started) / (20 * len(pairs)) * 1e6
     text = "\n".join(lines) + f"\n\nNear-miss checks: {us:.1f} µs per pair (all four).\n"
-    (OUT / "cost.md").write_text(text)
+    (out() / "cost.md").write_text(text)
     return text
 
 
 def main(argv: list[str]) -> None:
+    global MODEL  # noqa: PLW0603 (a command-line option of a script)
+    if "--model" in argv:
+        i = argv.index("--model")
+        MODEL = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
+        if MODEL not in MODEL_SHA256:
+            raise SystemExit(f"unknown verifier model {MODEL!r}; one of {sorted(MODEL_SHA256)}")
     cmd = argv[0] if argv else "all"
     commands: dict[str, Callable[[], object]] = {
         "scores": lambda: asyncio.run(scores(argv[1:])),

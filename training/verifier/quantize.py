@@ -32,6 +32,10 @@ Two steps, from the repo root:
     var/quant-venv/bin/python -m training.verifier.quantize convert
     # in the service's venv: agreement with the shipped model on the validation pairs
     .venv/bin/python -m training.verifier.quantize check
+
+After a retrain, name the source (train.py export's weight-only model) and the target:
+`convert SOURCE NAME` writes var/verifier/quant/NAME.onnx, and `check MODEL REFERENCE`
+compares it with that source instead of the one shipped before.
 """
 
 # Two venvs run this file (onnx for convert, the service's for check): their imports stay
@@ -246,6 +250,7 @@ def convert(src: Path | None = None, target: Path | None = None) -> dict[str, An
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    OUT.mkdir(parents=True, exist_ok=True)
     src = src or source()
     target = target or OUT / f"{TARGET_NAME}.onnx"
     report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "source": src.name}
@@ -263,11 +268,11 @@ def convert(src: Path | None = None, target: Path | None = None) -> dict[str, An
     report["target"] = str(target.relative_to(ROOT))
     report["bytes"] = target.stat().st_size
     report["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
-    (OUT / "convert.json").write_text(json.dumps(report, indent=1))
+    (OUT / f"convert-{target.stem}.json").write_text(json.dumps(report, indent=1))
     return report
 
 
-def check(candidate: Path | None = None) -> dict[str, Any]:
+def check(candidate: Path | None = None, reference: Path | None = None) -> dict[str, Any]:
     """The int8-arithmetic model against the weight-only one on the validation parts only.
 
     Both run one pair per session run, as the service does. Also measured: how far a pair's
@@ -281,6 +286,7 @@ def check(candidate: Path | None = None) -> dict[str, Any]:
     from training.verifier.data import pairs_parts, paws_parts
 
     candidate = candidate or OUT / f"{TARGET_NAME}.onnx"
+    reference = reference or source()
     tok = load_tokenizer(None, MAX_TOKENS)
     sets = {"pairs": pairs_parts().select("val"), "paws": paws_parts().select("val")}
 
@@ -302,11 +308,11 @@ def check(candidate: Path | None = None) -> dict[str, Any]:
     def prob(z: np.ndarray) -> np.ndarray:
         return 1 / (1 + np.exp(-z))
 
-    report: dict[str, Any] = {"candidate": candidate.name, "reference": SOURCE_NAME}
+    report: dict[str, Any] = {"candidate": candidate.name, "reference": str(reference)}
     for name, rows in sets.items():
         pairs = [(normalize_prompt(r.question2), normalize_prompt(r.question1)) for r in rows]
         y = [r.label for r in rows]
-        ref, new = run(source(), pairs), run(candidate, pairs)
+        ref, new = run(reference, pairs), run(candidate, pairs)
         batched = run(candidate, pairs, 16)
         report[name] = {
             "n": len(pairs),
@@ -318,7 +324,7 @@ def check(candidate: Path | None = None) -> dict[str, Any]:
                 float(np.abs(prob(batched) - prob(new)).max()), 4
             ),
         }
-    (OUT / "check.json").write_text(json.dumps(report, indent=1))
+    (OUT / f"check-{candidate.stem}.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -326,11 +332,18 @@ def main(argv: list[str]) -> None:
     cmd = argv[0] if argv else "convert"
     started = time.perf_counter()
     if cmd == "convert":
-        report = convert(Path(argv[1]) if len(argv) > 1 else None)
+        report = convert(
+            Path(argv[1]) if len(argv) > 1 else None,
+            OUT / f"{argv[2]}.onnx" if len(argv) > 2 else None,
+        )
     elif cmd == "check":
-        report = check(Path(argv[1]) if len(argv) > 1 else None)
+        report = check(
+            Path(argv[1]) if len(argv) > 1 else None, Path(argv[2]) if len(argv) > 2 else None
+        )
     else:
-        raise SystemExit(f"unknown command {cmd!r}: convert [SOURCE] or check [MODEL]")
+        raise SystemExit(
+            f"unknown command {cmd!r}: convert [SOURCE [NAME]] or check [MODEL [REFERENCE]]"
+        )
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=1))
 

