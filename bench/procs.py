@@ -54,14 +54,14 @@ async def bench_redis(name: str, *, appendonly: bool = False) -> AsyncIterator[E
 class Child:
     """A child process whose output goes to a log file; SIGTERM, then SIGKILL, on stop."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
         BENCH_VAR.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = BENCH_VAR / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -143,9 +143,11 @@ async def sentinel(
     module: str = "app",
     extra: dict[str, str] | None = None,
     started: Callable[[Child], None] | None = None,
+    tree: Path = ROOT,
 ) -> AsyncIterator[str]:
     """`python -m MODULE` (Sentinel) in its own process against Redis and the provider;
-    `started` is handed the process once it answers (to inspect its pid)."""
+    `started` is handed the process once it answers (to inspect its pid). `tree`: the
+    checkout it runs from (another commit's, for a before/after in one sitting)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update(
@@ -160,7 +162,7 @@ async def sentinel(
         }
     )
     env.update(extra or {})
-    child = Child(name, [sys.executable, "-m", module], env)
+    child = Child(name, [sys.executable, "-m", module], env, cwd=tree)
     base_url = f"http://{HOST}:{port}"
     try:
         await _wait_healthy(child, base_url, budget=120.0)

@@ -1,8 +1,11 @@
 """`python -m bench.verifier_cost`: semantic-hit latency over HTTP, VERIFIER=checks against =on.
 
 Issue 13 allows the verifier cascade to make a semantic hit at most 1.3x slower (p50, c=1,
-through HTTP). Each round starts a fresh Redis and one Sentinel per setting, in alternating
-order (drift on a shared machine falls on both), stores the questions, then asks each
+through HTTP) than today's. `--baseline-tree PATH` adds today's service as a third setting: a
+checkout of an earlier commit (e.g. `git worktree add /tmp/before <commit>`), run with its
+own defaults, so the cascade is compared with the hit users had before it in the same sitting.
+Each round starts a fresh Redis and one Sentinel per setting, in alternating
+order (drift on a shared machine falls on all), stores the questions, then asks each
 paraphrase that came back a semantic hit on its own question. The p50s are over the
 paraphrases that hit under every setting, so both sides time the same requests; the ratio is
 the median of the rounds' ratios. PARAPHRASE_ALIAS is off so every hit embeds (and verifies).
@@ -15,30 +18,38 @@ import asyncio
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision
 from app.settings import load_settings
 from bench.e2e import Reply, concurrent, sequential
 from bench.e2e import _session as keep_alive_session
-from bench.procs import bench_redis, fake_provider, sentinel
+from bench.procs import ROOT, bench_redis, fake_provider, sentinel
 from bench.questions import Pair, candidate_pairs, choose_pairs
 
 ALLOWED_RATIO = 1.3
 SETTINGS = ("checks", "on")
+BASELINE = "baseline"
 
 
 async def _round(
-    setting: str, pairs: list[Pair], repeats: int, provider_url: str
+    setting: str, pairs: list[Pair], repeats: int, provider_url: str, baseline: Path | None
 ) -> tuple[dict[str, list[float]], set[str]]:
-    """One fresh Redis and Sentinel: latencies of semantic hits per paraphrase, and which hit."""
+    """One fresh Redis and Sentinel: latencies of semantic hits per paraphrase, and which hit.
+
+    BASELINE runs the `baseline` checkout with its own default VERIFIER."""
+    extra = {"PARAPHRASE_ALIAS": "false"}
+    if setting != BASELINE:
+        extra["VERIFIER"] = setting
     async with (
         bench_redis(f"verifier-{setting}") as server,
         sentinel(
             f"sentinel-verifier-{setting}",
             redis_url=server.url,
             provider_url=provider_url,
-            extra={"PARAPHRASE_ALIAS": "false", "VERIFIER": setting},
+            extra=extra,
+            tree=baseline if setting == BASELINE and baseline is not None else ROOT,
         ) as base,
     ):
         url = f"{base}/v1/query"
@@ -59,7 +70,7 @@ async def _round(
     return latencies, hit
 
 
-async def main(rounds: int, n_pairs: int, repeats: int) -> None:
+async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -> None:
     """Alternate the settings for `rounds` rounds and print the table."""
     settings = load_settings({})
     embedder = await LocalEmbedder.load()
@@ -72,30 +83,45 @@ async def main(rounds: int, n_pairs: int, repeats: int) -> None:
     finally:
         await embedder.aclose()
     print(f"{note}; {len(pairs)} pairs", file=sys.stderr)
+    compared = (*SETTINGS, BASELINE) if baseline is not None else SETTINGS
     results: list[dict[str, tuple[dict[str, list[float]], set[str]]]] = []
     async with fake_provider(0.3) as provider_url:
         for i in range(rounds):
-            order = SETTINGS if i % 2 == 0 else SETTINGS[::-1]
-            results.append({s: await _round(s, pairs, repeats, provider_url) for s in order})
+            order = compared if i % 2 == 0 else compared[::-1]
+            results.append(
+                {s: await _round(s, pairs, repeats, provider_url, baseline) for s in order}
+            )
             print(f"round {i + 1} of {rounds} done", file=sys.stderr)
-    print("| round | paraphrases hit (checks / on / both) | checks p50 ms | on p50 ms | ratio |")
-    print("|---|---|---|---|---|")
-    ratios = []
+    against = [s for s in compared if s != "on"]
+    print(
+        f"| round | paraphrases hit ({' / '.join(compared)} / all) | "
+        + " | ".join(f"{s} p50 ms" for s in compared)
+        + " | "
+        + " | ".join(f"on ÷ {s}" for s in against)
+        + " |"
+    )
+    print("|---" * (3 + len(compared) + len(against) - 1) + "|")
+    ratios: dict[str, list[float]] = {s: [] for s in against}
     for i, by_setting in enumerate(results):
-        both = set.intersection(*(hit for _, hit in by_setting.values()))
+        every = set.intersection(*(hit for _, hit in by_setting.values()))
         p50 = {
-            s: statistics.median(ms for p in both for ms in lat.get(p, []))
+            s: statistics.median(ms for p in every for ms in lat.get(p, []))
             for s, (lat, _) in by_setting.items()
         }
-        ratios.append(p50["on"] / p50["checks"])
-        counts = " / ".join(str(len(by_setting[s][1])) for s in SETTINGS)
+        for s in against:
+            ratios[s].append(p50["on"] / p50[s])
+        counts = " / ".join(str(len(by_setting[s][1])) for s in compared)
         print(
-            f"| {i + 1} | {counts} / {len(both)} | {p50['checks']:.2f} | {p50['on']:.2f} | "
-            f"{ratios[-1]:.2f}x |"
+            f"| {i + 1} | {counts} / {len(every)} | "
+            + " | ".join(f"{p50[s]:.2f}" for s in compared)
+            + " | "
+            + " | ".join(f"{ratios[s][-1]:.2f}x" for s in against)
+            + " |"
         )
-    ratio = statistics.median(ratios)
-    verdict = "within" if ratio <= ALLOWED_RATIO else "over"
-    print(f"\nMedian ratio {ratio:.2f}x: {verdict} issue 13's {ALLOWED_RATIO}x.")
+    for s in against:
+        ratio = statistics.median(ratios[s])
+        verdict = "within" if ratio <= ALLOWED_RATIO else "over"
+        print(f"\nMedian ratio on ÷ {s}: {ratio:.2f}x ({verdict} issue 13's {ALLOWED_RATIO}x).")
 
 
 if __name__ == "__main__":
@@ -103,5 +129,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3, help="asks of each paraphrase a round")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier commit, measured as a third setting with its defaults",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.pairs, args.repeats))
+    asyncio.run(main(args.rounds, args.pairs, args.repeats, args.baseline_tree))

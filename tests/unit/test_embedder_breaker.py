@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 import app.providers.embedders.local as local
 from app.errors import EmbeddingError, EmbeddingSkipped
 from app.providers.embedders.breaker import EmbedderBreaker
-from app.providers.embedders.local import LocalEmbedder
+from app.providers.embedders.local import BASE_MODEL, LocalEmbedder
 
 TOKENIZER = Path(local.__file__).parent / "data" / "tokenizer.json"
 
@@ -60,7 +60,15 @@ class Flaky:
 async def test_a_stuck_onnx_run_holds_neither_the_loop_nor_the_request(batching: bool) -> None:
     session = StuckSession()
     tokenizer = Tokenizer.from_file(str(TOKENIZER))
-    embedder = LocalEmbedder(session, tokenizer, workers=1, batching=batching)  # type: ignore[arg-type]
+    # The base model's name: the shipped model runs texts alone and never micro-batches.
+    embedder = LocalEmbedder(
+        session,  # type: ignore[arg-type]
+        tokenizer,
+        model=BASE_MODEL,
+        workers=1,
+        batching=batching,
+    )
+    assert (embedder._batcher is not None) == batching
     breaker = EmbedderBreaker(embedder, budget=0.2, failure_threshold=2, probe_interval=60)
     ticks = 0
 

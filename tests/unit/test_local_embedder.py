@@ -14,6 +14,7 @@ from app.errors import EmbeddingError, StartupError
 from app.providers.embedders.local import (
     BASE_MODEL,
     DEFAULT_MODEL,
+    ONE_TEXT_PER_RUN,
     LocalEmbedder,
     _default_model_path,
     vendored_tokenizer_path,
@@ -40,7 +41,7 @@ def _corrupt_copy(source: Path, target: Path) -> Path:
 
 
 async def test_id_and_dimension(embedder: LocalEmbedder) -> None:
-    assert embedder.id == DEFAULT_MODEL == "minilm-l6-sentinel-ft1-int8"
+    assert embedder.id == DEFAULT_MODEL == "minilm-l6-sentinel-ft1-qint8"
     assert embedder.dimension == 384
 
 
@@ -109,7 +110,10 @@ async def test_batch_matches_single(embedder: LocalEmbedder) -> None:
     ]
     batch = await embedder.embed_many(texts)
     singles = np.stack([await embedder.embed(text) for text in texts])
-    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    # The shipped model quantizes activations per run, so it runs each text alone: a text's
+    # vector is the same bits whatever it is embedded with.
+    assert embedder.id in ONE_TEXT_PER_RUN
+    np.testing.assert_array_equal(batch, singles)
 
 
 async def test_embed_many_keeps_input_order(embedder: LocalEmbedder) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from app.errors import EmbeddingError
 from app.providers.embedders.batching import BUCKET_BOUNDS, MicroBatcher, length_bucket
-from app.providers.embedders.local import LocalEmbedder
+from app.providers.embedders.local import BASE_MODEL, DEFAULT_MODEL, ONE_TEXT_PER_RUN, LocalEmbedder
 
 QUESTIONS = [
     "What is a semantic cache?",
@@ -27,8 +27,9 @@ QUESTIONS = [
 
 
 async def test_concurrent_embeds_give_the_vectors_of_one_at_a_time() -> None:
-    alone = await LocalEmbedder.load(workers=1)
-    batched = await LocalEmbedder.load(workers=1, batching=True)
+    # The base model runs texts together (the shipped one runs each alone: no batcher).
+    alone = await LocalEmbedder.load(model=BASE_MODEL, workers=1)
+    batched = await LocalEmbedder.load(model=BASE_MODEL, workers=1, batching=True)
     try:
         expected = [await alone.embed(q) for q in QUESTIONS]
         got = await asyncio.gather(*(batched.embed(q) for q in QUESTIONS))
@@ -39,6 +40,18 @@ async def test_concurrent_embeds_give_the_vectors_of_one_at_a_time() -> None:
     finally:
         await alone.aclose()
         await batched.aclose()
+
+
+async def test_a_model_run_one_text_at_a_time_has_no_batcher() -> None:
+    assert DEFAULT_MODEL in ONE_TEXT_PER_RUN
+    embedder = await LocalEmbedder.load(workers=1, batching=True)
+    try:
+        assert embedder._batcher is None
+        got = await asyncio.gather(*(embedder.embed(q) for q in QUESTIONS[:8]))
+        for question, vector in zip(QUESTIONS[:8], got, strict=True):
+            np.testing.assert_array_equal(vector, await embedder.embed(question))
+    finally:
+        await embedder.aclose()
 
 
 def test_length_buckets_bound_the_padding() -> None:

@@ -180,8 +180,18 @@ def _calibration_pairs() -> list[tuple[str, str]]:
     return [(normalize_prompt(r.question2), normalize_prompt(r.question1)) for r in rows]
 
 
-def smooth(src: Path, dst: Path) -> dict[str, Any]:
-    """SmoothQuant the SMOOTH_NODES MatMuls: x / s before them, their weight rows * s."""
+def smooth(
+    src: Path,
+    dst: Path,
+    *,
+    feeds: list[dict[str, np.ndarray]] | None = None,
+    nodes: str = SMOOTH_NODES,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
+    """SmoothQuant the MatMuls whose names hold `nodes`: x / s before them, weight rows * s.
+
+    Activation maxima come from running `feeds` (default: the verifier's calibration pairs).
+    """
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -190,9 +200,7 @@ def smooth(src: Path, dst: Path) -> dict[str, Any]:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     targets = [
-        n
-        for n in graph.node
-        if n.op_type == "MatMul" and SMOOTH_NODES in n.name and n.input[1] in inits
+        n for n in graph.node if n.op_type == "MatMul" and nodes in n.name and n.input[1] in inits
     ]
     inputs = sorted({n.input[0] for n in targets})
     # Per-channel activation maxima: expose the inputs as outputs of an unoptimized copy.
@@ -206,17 +214,17 @@ def smooth(src: Path, dst: Path) -> dict[str, Any]:
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     amax = {name: np.zeros(0, np.float32) for name in inputs}
-    for feed in _feeds(_calibration_pairs()):
+    for feed in feeds if feeds is not None else _feeds(_calibration_pairs()):
         for name, value in zip(inputs, session.run(inputs, feed), strict=True):
             top = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             amax[name] = top if amax[name].size == 0 else np.maximum(amax[name], top)
-    report: dict[str, Any] = {"smoothed_matmuls": len(targets), "alpha": ALPHA, "outliers": {}}
+    report: dict[str, Any] = {"smoothed_matmuls": len(targets), "alpha": alpha, "outliers": {}}
     smoothed = []
     for name in inputs:
         users = [n for n in targets if n.input[0] == name]
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in users]
         wmax = np.max(np.stack([np.abs(w).max(axis=1) for w in weights]), axis=0)
-        s = np.maximum(amax[name], 1e-5) ** ALPHA / np.maximum(wmax, 1e-5) ** (1 - ALPHA)
+        s = np.maximum(amax[name], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha)
         s = (s / np.exp(np.log(s).mean())).astype(np.float32)  # geometric mean 1
         report["outliers"][name] = round(float(amax[name].max() / np.median(amax[name])), 1)
         inv, out = name + "_smooth_inv", name + "_smooth"
@@ -241,23 +249,13 @@ def smooth(src: Path, dst: Path) -> dict[str, Any]:
     return report
 
 
-def convert(src: Path | None = None, target: Path | None = None) -> dict[str, Any]:
-    """Fold, then quantize_dynamic (MatMul only, per-channel int8 weights) -> target.
-
-    `src`: a weight-only int8 export (train.py export's verifier.int8.onnx); by default the
-    one shipped before.
-    """
-    import onnxruntime
+def quantize_matmuls(src: Path, target: Path) -> None:
+    """onnxruntime's dynamic quantization of every MatMul with a constant weight: per-channel
+    int8 weights, activations quantized per run (uint8, per tensor)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    src = src or source()
-    target = target or OUT / f"{TARGET_NAME}.onnx"
-    report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "source": src.name}
-    report["fold"] = fold_matmul_weights(src, FOLDED)
-    report["smooth"] = smooth(FOLDED, SMOOTHED)
     quantize_dynamic(
-        SMOOTHED,
+        src,
         target,
         op_types_to_quantize=["MatMul"],
         per_channel=True,
@@ -265,6 +263,23 @@ def convert(src: Path | None = None, target: Path | None = None) -> dict[str, An
         weight_type=QuantType.QInt8,
         extra_options={"MatMulConstBOnly": True},
     )
+
+
+def convert(src: Path | None = None, target: Path | None = None) -> dict[str, Any]:
+    """Fold, then quantize_dynamic (MatMul only, per-channel int8 weights) -> target.
+
+    `src`: a weight-only int8 export (train.py export's verifier.int8.onnx); by default the
+    one shipped before.
+    """
+    import onnxruntime
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    src = src or source()
+    target = target or OUT / f"{TARGET_NAME}.onnx"
+    report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "source": src.name}
+    report["fold"] = fold_matmul_weights(src, FOLDED)
+    report["smooth"] = smooth(FOLDED, SMOOTHED)
+    quantize_matmuls(SMOOTHED, target)
     report["target"] = str(target.relative_to(ROOT))
     report["bytes"] = target.stat().st_size
     report["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()

