@@ -49,20 +49,22 @@ def prefetched(state: Mapping[str, Any]) -> Prefetched | None:
 def exact_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
     """The fast path as a Litestar route middleware (the route's `middleware=[...]`)."""
 
-    def wrap(app: ASGIApp) -> ASGIApp:
+    def wrap(app: ASGIApp) -> ASGIApp:  # Litestar passes the route's own stack as `app`
         route = app
+
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            app_state = scope["app"].state
             headers = _headers(scope)
             length = headers.get("content-length", "")
             if (
-                scope.get("method") != "POST"
+                not app_state.exact_fast_path
+                or scope.get("method") != "POST"
                 or not length.isdigit()
-                or int(length) > MAX_BODY_BYTES
+                or int(length) > MAX_BODY_BYTES  # refused before it is read, by the route
             ):
-                await route(scope, receive, send)  # refused or read by the route as it is
+                await route(scope, receive, send)
                 return
             state: dict[str, Any] = scope["state"]
-            app_state = scope["app"].state
             try:
                 tenant = await auth.admit_into(state, app_state.access, headers)
             except Exception:
