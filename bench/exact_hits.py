@@ -156,7 +156,7 @@ async def cpu_main(args: argparse.Namespace) -> None:
     """CPU µs per exact hit in process (bench/exact_cpu.py)."""
     from bench import exact_cpu  # noqa: PLC0415
 
-    targets = {
+    targets: dict[str, tuple[str, dict[str, Any]]] = {
         "/v1/chat/completions": ("/v1/chat/completions", CHAT),
         "/v1/query": ("/v1/query", QUERY),
     }
