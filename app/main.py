@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, exact_fast_path: bool = True
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware, json_body_middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "exact_fast_path": exact_fast_path}),
+        state=State({"settings": settings, "exact_fast_path": exact_fast_path, "exact_plans": {}}),
         openapi_config=OpenAPIConfig(title="Sentinel", version=VERSION),
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # app/logging.py configures JSON lines; Litestar must not override

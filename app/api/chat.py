@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -22,12 +21,12 @@ from app.service.plan import Ask
 from app.service.query import QueryService
 
 
-def _fast_ask(body: bytes, tenant: str, headers: Mapping[str, str]) -> Ask | None:
+def _fast_ask(body: bytes, tenant: str, controls: dict[str, Any]) -> Ask | None:
     """The Ask `chat_completions` builds, for the exact-hit fast path (None: a stream)."""
     data = msgspec.json.decode(body, type=ChatCompletionRequest)
     if data.stream:
         return None
-    return msgspec.structs.replace(data.to_ask(), **from_headers(headers), tenant=tenant)
+    return msgspec.structs.replace(data.to_ask(), **controls, tenant=tenant)
 
 
 def _body(answer: Answer) -> bytes:

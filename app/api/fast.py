@@ -23,19 +23,25 @@ from typing import Any
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from app.api import auth
+from app.api.controls import from_headers
 from app.api.errors import MAX_BODY_BYTES
 from app.api.responses import cache_headers
 from app.service.answers import Answer
 from app.service.exact import Prefetched
-from app.service.plan import Ask
+from app.service.plan import Ask, Plan
 from app.service.query import QueryService
 
 # Where the fast path leaves its lookup for the handler (the request's own state).
 PREFETCHED_STATE = "sentinel_prefetched"
 
-# A request's Ask from (body, tenant, headers); None for a request the fast path leaves alone
-# (a stream); raises for a body the route must refuse.
-AskOf = Callable[[bytes, str, Mapping[str, str]], Ask | None]
+# A request's Ask from (body, tenant, the headers' cache controls); None for a request the fast
+# path leaves alone (a stream); raises for a body the route must refuse.
+AskOf = Callable[[bytes, str, dict[str, Any]], Ask | None]
+# Plans remembered per app (create_app puts the dict in the app's state), at most this many,
+# for bodies up to this size: a plan is pure (the same route, body, tenant and controls give
+# the same plan), and a repeated question is what an exact hit usually is.
+PLANS_KEPT = 4096
+PLAN_BODY_BYTES = 16 * 1024
 # The response body of an answer, as the route's handler would encode it.
 Render = Callable[[Answer], bytes]
 
@@ -76,8 +82,7 @@ def exact_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
             # The request's latency counts from its plan, as in QueryService.answer.
             started = time.perf_counter()
             try:
-                ask = None if body is None else ask_of(body, tenant, headers)
-                plan = None if ask is None else service.plan(ask)
+                plan = None if body is None else _plan(scope, service, body, tenant, headers)
             except Exception:
                 plan = None  # the route refuses it again, as it would have
             if plan is None or not plan.read_cache:
@@ -91,6 +96,25 @@ def exact_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
             await _respond(send, render(found), cache_headers(found))
 
         return middleware
+
+    def _plan(
+        scope: Scope, service: QueryService, body: bytes, tenant: str, headers: dict[str, str]
+    ) -> Plan | None:
+        """The request's plan (None: a stream), remembered for the next identical request."""
+        controls = from_headers(headers)
+        plans: dict[tuple[Any, ...], Plan] = scope["app"].state.exact_plans
+        key = (scope["path"], body, tenant, *sorted(controls.items()))
+        if (plan := plans.get(key)) is not None:
+            return plan
+        ask = ask_of(body, tenant, controls)
+        if ask is None:
+            return None
+        plan = service.plan(ask)
+        if len(body) <= PLAN_BODY_BYTES:
+            if len(plans) >= PLANS_KEPT:
+                plans.clear()
+            plans[key] = plan
+        return plan
 
     return wrap
 

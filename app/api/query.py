@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -27,13 +26,13 @@ from app.service.query import QueryService
 _AFTER_STREAM = {"response", "usage", "cost_usd", "saved_usd", "latency_ms", "tool_calls"}
 
 
-def _fast_ask(body: bytes, tenant: str, headers: Mapping[str, str]) -> Ask | None:
+def _fast_ask(body: bytes, tenant: str, controls: dict[str, Any]) -> Ask | None:
     """The Ask `query` builds, for the exact-hit fast path (None: a stream)."""
     data = msgspec.json.decode(body, type=QueryRequest)
     if data.stream:
         return None
     refuse_control_characters(data.prompt, "prompt")
-    return data.to_ask(tenant=tenant, header_controls=from_headers(headers))
+    return data.to_ask(tenant=tenant, header_controls=controls)
 
 
 @post(
