@@ -80,6 +80,7 @@ KEYED_SCRIPT: list[Step] = [
 ]
 
 _VARYING = re.compile(rb'"(created|latency_ms)":[0-9.e-]+')
+_RETRY_IN = re.compile(rb"retry in [0-9]+ s")
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -119,7 +120,8 @@ def _masked(response: Any) -> tuple[int, dict[str, str], bytes]:
         assert int(headers.pop("content-length")) == len(response.content)
     if "retry-after" in headers:
         headers["retry-after"] = "seconds"
-    return response.status_code, headers, _VARYING.sub(rb'"\1":0', response.content)
+    content = _RETRY_IN.sub(b"retry in N s", _VARYING.sub(rb'"\1":0', response.content))
+    return response.status_code, headers, content
 
 
 async def _aliases(url: str) -> int:
