@@ -30,8 +30,12 @@ def provide_service(state: State) -> QueryService:
     return service
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the application; settings come from the environment unless given."""
+def create_app(settings: Settings | None = None, *, exact_fast_path: bool = True) -> Litestar:
+    """Build the application; settings come from the environment unless given.
+
+    `exact_fast_path=False` sends every request through Litestar's handlers (app/api/fast.py
+    answers exact hits before them otherwise): the tests compare the two.
+    """
     settings = settings or load_settings()
     return Litestar(
         route_handlers=[
@@ -56,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware, json_body_middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "exact_fast_path": exact_fast_path, "exact_plans": {}}),
         openapi_config=OpenAPIConfig(title="Sentinel", version=VERSION),
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # app/logging.py configures JSON lines; Litestar must not override

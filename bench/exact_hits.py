@@ -12,7 +12,9 @@ runs and the ratios to the trivial server. `--steps` adds the steps between the 
 (bench/trivial_server.py `--app litestar` and `litestar-redis`): how much of Sentinel's cost is
 the framework and one Redis round trip, which no application code can remove. With
 `--profile`, Sentinel (one worker) also runs under cProfile for one c=16 phase per endpoint
-(bench/profiled_app.py) and the stats go there.
+(bench/profiled_app.py) and the stats go there. With `--cpu N`, no HTTP at all: CPU µs per
+exact hit with the app driven in this process (bench/exact_cpu.py; `--concurrency`, and
+`--profile` for that loop's cProfile stats).
 """
 
 from __future__ import annotations
@@ -150,8 +152,32 @@ async def profile_phase(base_url: str, child: Child, seconds: float) -> None:
     child.process.send_signal(signal.SIGUSR2)
 
 
+async def cpu_main(args: argparse.Namespace) -> None:
+    """CPU µs per exact hit in process (bench/exact_cpu.py)."""
+    from bench import exact_cpu  # noqa: PLC0415
+
+    targets: dict[str, tuple[str, dict[str, Any]]] = {
+        "/v1/chat/completions": ("/v1/chat/completions", CHAT),
+        "/v1/query": ("/v1/query", QUERY),
+    }
+    async with bench_redis("exact-cpu") as redis, fake_provider(0.0) as provider_url:
+        results = await exact_cpu.measure(
+            targets,
+            redis_url=redis.url,
+            provider_url=provider_url,
+            n=args.cpu,
+            runs=args.runs,
+            concurrency=args.concurrency,
+            profile=args.profile,
+        )
+    exact_cpu.report(results, args.concurrency)
+
+
 async def main(args: argparse.Namespace) -> None:
     """Measure, print the medians and ratios."""
+    if args.cpu:
+        await cpu_main(args)
+        return
     workers = [int(w) for w in args.workers.split(",")]
     results: dict[str, list[tuple[float, float]]] = {}
     async with bench_redis("exact-hits") as redis, fake_provider(0.05) as provider_url:
@@ -211,4 +237,8 @@ if __name__ == "__main__":
         action="store_true",
         help="also measure a one-route Litestar app, and the same plus one Redis HMGET",
     )
+    parser.add_argument(
+        "--cpu", type=int, default=0, help="N: CPU µs per exact hit in process, N hits a run"
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="with --cpu: hits in flight")
     asyncio.run(main(parser.parse_args()))

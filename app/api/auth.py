@@ -13,6 +13,7 @@ route's exception handling), on the request itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Request
@@ -30,14 +31,37 @@ PROTECTED_PREFIX = "/v1/"
 # Metrics routes also take the admin key, which sees every tenant (the dashboard's key).
 METRICS_PREFIX = "/v1/metrics"
 ADMIN_STATE = "sentinel_admin"
+# A refusal of the fast path's admission, raised again by `authenticate`.
+REFUSED_STATE = "sentinel_refused"
 
 
 def credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The key a request presents: `Authorization: Bearer <key>`, else `X-API-Key: <key>`."""
-    scheme, _, token = connection.headers.get("authorization", "").strip().partition(" ")
+    return presented_key(connection.headers)
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """`credential` from headers (lower-case names; the first value of a repeated one)."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return connection.headers.get("x-api-key", "").strip() or None
+    return headers.get("x-api-key", "").strip() or None
+
+
+async def admit_into(
+    state: dict[str, Any], access: AccessControl, headers: Mapping[str, str]
+) -> str:
+    """The tenant of a request to a tenant route, as `authenticate` admits it, for the fast
+    path (app/api/fast.py); the outcome, a refusal included, stays in the request's `state`
+    so that `authenticate` raises it or lets the request through without admitting it twice
+    (a rate-limited key's request counts once)."""
+    try:
+        tenant = "" if access.mode == "open" else await access.admit(presented_key(headers))
+    except Exception as exc:
+        state[REFUSED_STATE] = exc
+        raise
+    state[TENANT_STATE] = tenant
+    return tenant
 
 
 async def authenticate(connection: Request[Any, Any, Any]) -> None:
@@ -49,6 +73,11 @@ async def authenticate(connection: Request[Any, Any, Any]) -> None:
     route_handler: BaseRouteHandler = connection.scope["route_handler"]
     if require_admin_key in (route_handler.guards or ()):
         return  # the admin key decides (its guard already ran), not a tenant's
+    state = connection.state
+    if (refused := state.get(REFUSED_STATE)) is not None:
+        raise refused  # the fast path's admission refused it already
+    if TENANT_STATE in state:
+        return  # admitted by the fast path already (admit_into)
     access: AccessControl = connection.app.state.access
     if access.mode == "open":
         # Everyone is tenant "": no header is read, nothing is asked of Redis.

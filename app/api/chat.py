@@ -13,12 +13,32 @@ from litestar.response import Stream
 from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
+from app.api.fast import exact_hits, prefetched
 from app.api.openai_schemas import DONE, ChatCompletionRequest, ChunkWriter, completion
 from app.api.responses import cache_headers, event_stream
+from app.service.answers import Answer
+from app.service.plan import Ask
 from app.service.query import QueryService
 
 
-@post("/v1/chat/completions", status_code=200, responses=ERROR_RESPONSES)
+def _fast_ask(body: bytes, tenant: str, controls: dict[str, Any]) -> Ask | None:
+    """The Ask `chat_completions` builds, for the exact-hit fast path (None: a stream)."""
+    data = msgspec.json.decode(body, type=ChatCompletionRequest)
+    if data.stream:
+        return None
+    return msgspec.structs.replace(data.to_ask(), **controls, tenant=tenant)
+
+
+def _body(answer: Answer) -> bytes:
+    return msgspec.json.encode(completion(answer))
+
+
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    responses=ERROR_RESPONSES,
+    middleware=[exact_hits(_fast_ask, _body)],
+)
 async def chat_completions(
     request: Request[Any, Any, Any],
     data: JSONBody[ChatCompletionRequest],
@@ -28,7 +48,7 @@ async def chat_completions(
     ask = msgspec.structs.replace(data.to_ask(), **from_headers(request.headers))
     ask = msgspec.structs.replace(ask, tenant=tenant_of(request))
     if not data.stream:
-        answer = await service.answer(ask)
+        answer = await service.answer(ask, prefetched(request.state))
         return Response(completion(answer), headers=cache_headers(answer))
     streamed = await service.stream(ask)
     include_usage = data.stream_options is not None and data.stream_options.include_usage

@@ -13,18 +13,34 @@ from litestar.response import Stream
 from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
+from app.api.fast import exact_hits, prefetched
 from app.api.openai_schemas import sse
 from app.api.responses import cache_headers, event_stream
 from app.api.schemas import QueryRequest, refuse_control_characters
 from app.providers.upstreams.base import ChatDelta
 from app.service.answers import Answer
+from app.service.plan import Ask
 from app.service.query import QueryService
 
 # Known only once a miss has been streamed, so not in the `meta` event.
 _AFTER_STREAM = {"response", "usage", "cost_usd", "saved_usd", "latency_ms", "tool_calls"}
 
 
-@post("/v1/query", status_code=200, responses=ERROR_RESPONSES)
+def _fast_ask(body: bytes, tenant: str, controls: dict[str, Any]) -> Ask | None:
+    """The Ask `query` builds, for the exact-hit fast path (None: a stream)."""
+    data = msgspec.json.decode(body, type=QueryRequest)
+    if data.stream:
+        return None
+    refuse_control_characters(data.prompt, "prompt")
+    return data.to_ask(tenant=tenant, header_controls=controls)
+
+
+@post(
+    "/v1/query",
+    status_code=200,
+    responses=ERROR_RESPONSES,
+    middleware=[exact_hits(_fast_ask, msgspec.json.encode)],
+)
 async def query(
     request: Request[Any, Any, Any],
     data: JSONBody[QueryRequest],
@@ -38,7 +54,7 @@ async def query(
     refuse_control_characters(data.prompt, "prompt")
     ask = data.to_ask(tenant=tenant_of(request), header_controls=from_headers(request.headers))
     if not data.stream:
-        answer = await service.answer(ask)
+        answer = await service.answer(ask, prefetched(request.state))
         return Response(answer, headers=cache_headers(answer))
     streamed = await service.stream(ask)
     meta = {

@@ -40,6 +40,7 @@ from app.service.answers import (
 )
 from app.service.audit import HitAudit
 from app.service.embedding import Embedding
+from app.service.exact import Prefetched, held_entry, prefetch
 from app.service.guard import Guard
 from app.service.judge import Judge, Verdict
 from app.service.plan import Ask, Plan, Planner, entry_for
@@ -166,11 +167,11 @@ class QueryService:
         """Route the model and compute scope, question and entry id; 4xx errors for bad input."""
         return self.planner.plan(ask)
 
-    async def answer(self, ask: Ask) -> Answer:
+    async def answer(self, ask: Ask, prefetched: Prefetched | None = None) -> Answer:
         """Answer from the cache when it can, from the provider when it must."""
-        started = time.perf_counter()
+        started = time.perf_counter() if prefetched is None else prefetched.started
         plan = self.plan(ask)
-        found = await self._lookup(plan, started)
+        found = await self._lookup(plan, started, prefetched)
         if found.hit is not None:
             return found.hit
 
@@ -218,6 +219,11 @@ class QueryService:
             # itself a hit): for this caller an exact hit, with its own latency and count.
             return await self._shared(flown.value, plan, started)
         return flown.value
+
+    async def exact_hit(self, plan: Plan, started: float) -> Answer | Prefetched:
+        """`answer`'s exact hit (counted, audited), else the lookup for `answer` to go on from."""
+        pre = await prefetch(self.cache, plan, self.semantic.accepts(plan), started)
+        return ((await self._lookup(plan, started, pre)).hit or pre) if pre.exact else pre
 
     async def lookup(self, ask: Ask) -> Answer | None:
         """Cache-aside read: the cached answer for this request, or None; never the provider."""
@@ -302,28 +308,28 @@ class QueryService:
             return
         await self._store(plan, result, found, started)
 
-    async def _lookup(self, plan: Plan, started: float) -> _Found:
+    async def _lookup(self, plan: Plan, started: float, prior: Prefetched | None = None) -> _Found:
         """An exact hit, else a guarded semantic hit, else a remembered failure (raised).
 
         Without a hit, the query's vector comes back too, for storing the answer later.
         """
         if not plan.read_cache:
             return _Found()
-        found = await self._find(plan, started)
+        found = await self._find(plan, started, prior)
         if found.hit is None and not found.bypass:
             await self._check_failure(plan, started)
         elif found.hit is not None and self.audit is not None:
             self.audit.maybe_check(plan, found.hit, found.vector)
         return found
 
-    async def _find(self, plan: Plan, started: float) -> _Found:
+    async def _find(self, plan: Plan, started: float, prior: Prefetched | None = None) -> _Found:
         try:
-            held = await self.cache.exact_or_alias(plan.entry_id, self.semantic.accepts(plan))
+            found = await held_entry(self.cache, plan, self.semantic.accepts(plan), prior)
         except CacheBypassed as exc:
             self.cache.skipped(exc)
             return _Found(bypass=True)
-        if held is not None:
-            entry, alias = held
+        if found is not None:
+            entry, alias = found
             if alias is None:
                 return _Found(hit=await self._hit(plan, entry, "exact", 1.0, started))
             # A repeated paraphrase: served as its first semantic hit was, without an embedding.
