@@ -24,6 +24,7 @@ from app.cache import keys
 from app.cache.entry import ENTRY_FIELDS, Entry, from_values, hash_field
 from app.cache.errors import needs_repair, redis_errors_as_unavailable
 from app.cache.vectors import VectorDtype, encode_vector
+from app.cache.wire import command, execute_packed, pack
 
 log = logging.getLogger("sentinel.cache")
 
@@ -47,6 +48,7 @@ _PROMPT = hash_field("prompt")
 _DISTANCE = "vector_distance"
 _RETURNED = (*ENTRY_FIELDS, _DISTANCE)
 _DISTANCE_AT = len(ENTRY_FIELDS)
+_RETURNED_BYTES = tuple(field.encode() for field in _RETURNED)
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -178,29 +180,14 @@ class EntryIndex:
         One FT.SEARCH with a query string built once per scope (the same query redisvl's
         VectorQuery builds: TAG filter, KNN, EF_RUNTIME, sorted by distance, DIALECT 2), its
         reply read here: redisvl's query objects and result parsing cost the event loop more
-        than the search itself takes in Redis on a small cache.
+        than the search itself takes in Redis on a small cache. The command is packed once per
+        scope too, all but the vector (cache/wire.py): redis-py packing its ~35 arguments on
+        every call cost the loop more than the rest of the search.
         """
-        reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-            "FT.SEARCH",
-            self.name,
-            _knn_query(scope, k, ef_runtime),
-            "RETURN",
-            len(_RETURNED),
-            *_RETURNED,
-            "SORTBY",
-            _DISTANCE,
-            "ASC",
-            "DIALECT",
-            2,
-            "LIMIT",
-            0,
-            k,
-            "PARAMS",
-            2,
-            "vector",
-            # The query's bytes must have the index's TYPE.
-            encode_vector(vector, self.dimension, dtype=self.dtype),
-        )
+        # The query's bytes must have the index's TYPE.
+        blob = encode_vector(vector, self.dimension, dtype=self.dtype)
+        head, count = _search_head(self.name, scope, k, ef_runtime)
+        reply = await execute_packed(self._redis, command(head, count, blob))
         candidates = []
         for key, values in _documents(reply):
             distance = values[_DISTANCE_AT]
@@ -225,6 +212,31 @@ def _knn_query(scope: str, k: int, ef_runtime: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _search_head(name: str, scope: str, k: int, ef_runtime: int) -> tuple[bytes, int]:
+    """FT.SEARCH's arguments but the vector, packed (RESP), and how many they are."""
+    args: list[str | int] = [
+        "FT.SEARCH",
+        name,
+        _knn_query(scope, k, ef_runtime),
+        "RETURN",
+        len(_RETURNED),
+        *_RETURNED,
+        "SORTBY",
+        _DISTANCE,
+        "ASC",
+        "DIALECT",
+        2,
+        "LIMIT",
+        0,
+        k,
+        "PARAMS",
+        2,
+        "vector",
+    ]
+    return pack(*args), len(args)
+
+
 def _documents(reply: Any) -> list[tuple[bytes | str, list[Any]]]:
     """(key, values in _RETURNED's order) of each document of an FT.SEARCH reply: RESP3's map
     or RESP2's flat list (the client's protocol decides)."""
@@ -238,11 +250,15 @@ def _documents(reply: Any) -> list[tuple[bytes | str, list[Any]]]:
             documents.append((key, [named.get(field) for field in _RETURNED]))
         return documents
     documents = []
-    # [total, key, [field, value, ...], key, [...], ...]
+    # [total, key, [field, value, ...], key, [...], ...]; names as bytes (or str, with a client
+    # that decodes replies), looked up as such rather than each decoded.
     for i in range(1, len(reply) - 1, 2):
         flat = reply[i + 1] or []
-        named = {keys.text(flat[j]): flat[j + 1] for j in range(0, len(flat) - 1, 2)}
-        documents.append((reply[i], [named.get(field) for field in _RETURNED]))
+        pairs: dict[Any, Any] = dict(zip(flat[::2], flat[1::2], strict=False))
+        names: tuple[Any, ...] = (
+            _RETURNED_BYTES if flat and isinstance(flat[0], bytes) else _RETURNED
+        )
+        documents.append((reply[i], [pairs.get(field) for field in names]))
     return documents
 
 
