@@ -216,14 +216,14 @@ def ask(question: str, scope: int) -> Ask:
 async def answer_all(
     service: QueryService, questions: Sequence[str], scope: int, concurrency: int
 ) -> list[str]:
-    """Each question's match kind ("exact", "semantic", "miss"), `concurrency` at a time."""
+    """Each question's match kind ("exact", "semantic", "miss"...), `concurrency` at a time."""
     out = [""] * len(questions)
     counter = iter(range(len(questions)))
 
     async def worker() -> None:
         for i in counter:
             answer = await service.answer(ask(questions[i], scope))
-            out[i] = answer.match or "miss"
+            out[i] = answer.match
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     await service.semantic.drain()
@@ -296,9 +296,9 @@ async def run(
         results: dict[str, list[float]] = defaultdict(list)
         for _ in range(rounds):
             for c in (1, 16):
-                spent, hits = await loop_cpu(lambda c=c: sentinel_pass(c))
+                spent, hits = await loop_cpu(functools.partial(sentinel_pass, c))
                 results[f"QueryService.answer c={c}"].append(spent / hits)
-                spent, hits = await loop_cpu(lambda c=c: reference_pass(c))
+                spent, hits = await loop_cpu(functools.partial(reference_pass, c))
                 results[f"in-process embed + KNN c={c}"].append(spent / hits)
         for label, values in results.items():
             runs = " ".join(f"{1e6 * v:.0f}" for v in values)
