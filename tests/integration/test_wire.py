@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.cache.wire import command, execute_packed, pack
+from app.cache.wire import PackedScript, command, execute_packed, pack
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +64,11 @@ async def test_a_cancelled_exchange_drops_its_connection(redis: Redis) -> None:
     assert await execute_packed(redis, packed("ECHO", "next")) == b"next"
     await asyncio.sleep(1.1)
     assert await execute_packed(redis, packed("ECHO", "later")) == b"later"
+
+
+async def test_a_packed_script_runs_and_is_loaded_again_after_a_flush(redis: Redis) -> None:
+    script = PackedScript(redis, "return {KEYS[1], ARGV[1], #KEYS, #ARGV}")
+    assert await script(["k"], [b"\x00v"]) == [b"k", b"\x00v", 1, 1]
+    await redis.script_flush()
+    assert await script(["a", "b"], ["x"]) == [b"a", b"x", 2, 1]
+    assert await script(["only"], []) == [b"only"]  # Lua's reply stops at the first nil
