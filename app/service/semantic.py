@@ -18,6 +18,10 @@ from app.service.judge import Judge, Verdict
 from app.service.plan import Plan
 from app.service.request_cache import RequestCache
 
+# How long an alias waits for others to share its write (seconds). Until it is written a repeated
+# paraphrase is embedded and judged again, as the first time: slower, never wrong.
+ALIAS_WINDOW = 0.02
+
 
 class SemanticMatch(NamedTuple):
     """The entry a question is served semantically, how similar, and what judged it."""
@@ -117,8 +121,8 @@ class SemanticLayer:
     def remember(self, plan: Plan, match: SemanticMatch) -> None:
         """Alias this question to the entry that served it, after the answer (never waited for).
 
-        Aliases queued while a write is under way go together in the next one: one round trip
-        for all of them (alone at c=1; several per write under load)."""
+        Aliases queued within ALIAS_WINDOW of the first, or while a write is under way, go
+        together: one round trip for all of them (several per write under load)."""
         if not self.alias:
             return
         self._queued[plan.entry_id] = Alias(
@@ -134,6 +138,9 @@ class SemanticLayer:
 
     async def _write(self) -> None:
         try:
+            # Let the aliases of the next few hits join this write (under load a round trip
+            # per alias cost the event loop more than the write itself).
+            await asyncio.sleep(ALIAS_WINDOW)
             while self._queued:
                 batch, self._queued = self._queued, {}
                 await self.cache.alias(batch)
