@@ -46,9 +46,9 @@ _PROMPT = hash_field("prompt")
 # (an HMGET round trip per semantic hit: ~0.2 ms of latency and ~0.1 ms of the event loop's
 # CPU under load, bench/profile-semantic.md), then its distance.
 _DISTANCE = "vector_distance"
-_RETURNED = (*ENTRY_FIELDS, _DISTANCE)
+_RETURNED: tuple[Any, ...] = (*ENTRY_FIELDS, _DISTANCE)
 _DISTANCE_AT = len(ENTRY_FIELDS)
-_RETURNED_BYTES = tuple(field.encode() for field in _RETURNED)
+_RETURNED_BYTES: tuple[Any, ...] = tuple(field.encode() for field in _RETURNED)
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -173,9 +173,16 @@ class EntryIndex:
 
     @redis_errors_as_unavailable
     async def nearest(
-        self, vector: npt.NDArray[np.float32], *, scope: str, k: int, ef_runtime: int
+        self,
+        vector: npt.NDArray[np.float32],
+        *,
+        scope: str,
+        k: int,
+        ef_runtime: int,
+        floor: float | None = None,
     ) -> list[Candidate]:
-        """KNN over the HNSW index within one scope, best first, each with its entry.
+        """KNN over the HNSW index within one scope, best first, each with its entry; with
+        `floor`, only the neighbours at least that similar (the others' fields are not read).
 
         One FT.SEARCH with a query string built once per scope (the same query redisvl's
         VectorQuery builds: TAG filter, KNN, EF_RUNTIME, sorted by distance, DIALECT 2), its
@@ -189,7 +196,7 @@ class EntryIndex:
         head, count = _search_head(self.name, scope, k, ef_runtime)
         reply = await execute_packed(self._redis, command(head, count, blob))
         candidates = []
-        for key, values in _documents(reply):
+        for key, values in _documents(reply, floor):
             distance = values[_DISTANCE_AT]
             if distance is None:  # expired while the search ran
                 continue
@@ -237,28 +244,33 @@ def _search_head(name: str, scope: str, k: int, ef_runtime: int) -> tuple[bytes,
     return pack(*args), len(args)
 
 
-def _documents(reply: Any) -> list[tuple[bytes | str, list[Any]]]:
+def _documents(reply: Any, floor: float | None = None) -> list[tuple[bytes | str, list[Any]]]:
     """(key, values in _RETURNED's order) of each document of an FT.SEARCH reply: RESP3's map
-    or RESP2's flat list (the client's protocol decides)."""
+    or RESP2's flat list (the client's protocol decides); with `floor`, the documents less
+    similar than that are left out (their fields not read). Field names are looked up as the
+    reply spells them (bytes, or str with a client that decodes replies), not each decoded."""
     if isinstance(reply, dict):
         results = reply.get(b"results", reply.get("results")) or []
-        documents = []
-        for result in results:
-            key = result.get(b"id", result.get("id"))
-            fields = result.get(b"extra_attributes", result.get("extra_attributes")) or {}
-            named = {keys.text(name): value for name, value in fields.items()}
-            documents.append((key, [named.get(field) for field in _RETURNED]))
-        return documents
+        found = [
+            (
+                result.get(b"id", result.get("id")),
+                result.get(b"extra_attributes", result.get("extra_attributes")) or {},
+            )
+            for result in results
+        ]
+    else:
+        # [total, key, [field, value, ...], key, [...], ...]
+        found = []
+        for i in range(1, len(reply) - 1, 2):
+            flat = reply[i + 1] or []
+            found.append((reply[i], dict(zip(flat[::2], flat[1::2], strict=False))))
     documents = []
-    # [total, key, [field, value, ...], key, [...], ...]; names as bytes (or str, with a client
-    # that decodes replies), looked up as such rather than each decoded.
-    for i in range(1, len(reply) - 1, 2):
-        flat = reply[i + 1] or []
-        pairs: dict[Any, Any] = dict(zip(flat[::2], flat[1::2], strict=False))
-        names: tuple[Any, ...] = (
-            _RETURNED_BYTES if flat and isinstance(flat[0], bytes) else _RETURNED
-        )
-        documents.append((reply[i], [pairs.get(field) for field in names]))
+    for key, fields in found:
+        names = _RETURNED_BYTES if isinstance(key, bytes) else _RETURNED
+        distance = fields.get(names[_DISTANCE_AT])
+        if floor is not None and distance is not None and 1.0 - float(distance) < floor:
+            continue
+        documents.append((key, [fields.get(name) for name in names]))
     return documents
 
 

@@ -91,7 +91,9 @@ class SemanticLayer:
         if vector is None:
             return Search(embed_failed=True)
         try:
-            candidates = await self.cache.nearest(vector, scope=plan.scope, k=self.top_k)
+            candidates = await self.cache.nearest(
+                vector, scope=plan.scope, k=self.top_k, floor=plan.threshold
+            )
             for rank, candidate in enumerate(candidates):
                 if candidate.similarity < plan.threshold:
                     break
