@@ -18,8 +18,9 @@ from app.service.judge import Judge, Verdict
 from app.service.plan import Plan
 from app.service.request_cache import RequestCache
 
-# How long an alias waits for others to share its write (seconds). Until it is written a repeated
-# paraphrase is embedded and judged again, as the first time: slower, never wrong.
+# How long an alias waits for others to share its write (seconds) when other searches are under
+# way; alone (c=1) it is written at once, rather than later beside another request's ONNX run.
+# Until it is written a repeated paraphrase is embedded and judged again: slower, never wrong.
 ALIAS_WINDOW = 0.02
 
 
@@ -69,6 +70,8 @@ class SemanticLayer:
         # Aliases waiting for the write under way (question's entry id → alias), and that write.
         self._queued: dict[str, Alias] = {}
         self._writing: asyncio.Task[None] | None = None
+        # Searches under way (other requests whose aliases may share a write).
+        self._searching = 0
 
     @staticmethod
     def accepts(plan: Plan) -> Callable[[Entry, Alias], bool]:
@@ -87,6 +90,13 @@ class SemanticLayer:
 
     async def search(self, plan: Plan, question: str) -> Search:
         """The best candidate the judge serves and the entry still allows, else none."""
+        self._searching += 1
+        try:
+            return await self._search(plan, question)
+        finally:
+            self._searching -= 1
+
+    async def _search(self, plan: Plan, question: str) -> Search:
         vector = await self.embed(question)
         if vector is None:
             return Search(embed_failed=True)
@@ -123,8 +133,9 @@ class SemanticLayer:
     def remember(self, plan: Plan, match: SemanticMatch) -> None:
         """Alias this question to the entry that served it, after the answer (never waited for).
 
-        Aliases queued within ALIAS_WINDOW of the first, or while a write is under way, go
-        together: one round trip for all of them (several per write under load)."""
+        While other searches are under way an alias waits ALIAS_WINDOW for theirs; aliases
+        queued meanwhile, or while a write is under way, go together: one round trip for all of
+        them (several per write under load, one at c=1)."""
         if not self.alias:
             return
         self._queued[plan.entry_id] = Alias(
@@ -134,15 +145,17 @@ class SemanticLayer:
             verifier_score=match.verdict.verifier_score,
         )
         if self._writing is None:
+            window = ALIAS_WINDOW if self._searching else 0.0
             self._writing = asyncio.get_running_loop().create_task(
-                self._write(), name="sentinel-alias"
+                self._write(window), name="sentinel-alias"
             )
 
-    async def _write(self) -> None:
+    async def _write(self, window: float) -> None:
         try:
-            # Let the aliases of the next few hits join this write (under load a round trip
-            # per alias cost the event loop more than the write itself).
-            await asyncio.sleep(ALIAS_WINDOW)
+            if window:
+                # Let the aliases of the hits under way join this write (under load a round
+                # trip per alias cost the event loop more than the write itself).
+                await asyncio.sleep(window)
             while self._queued:
                 batch, self._queued = self._queued, {}
                 await self.cache.alias(batch)
