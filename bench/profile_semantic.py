@@ -38,6 +38,7 @@ from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision
 from app.settings import load_settings
+from bench import semantic_stages
 from bench.procs import BENCH_VAR, bench_redis, fake_provider, sentinel
 from bench.questions import candidate_pairs, choose_pairs
 from bench.tput_http import CHAT_PATH, chat_body, load
@@ -207,6 +208,15 @@ async def amain(args: argparse.Namespace) -> None:
     pairs = await choose_pairs(
         embedder, candidates, want=200, threshold=floor, guard=guard, seed=1234
     )
+    if args.stages:
+        await embedder.aclose()
+        await semantic_stages.run(
+            [(p.original, p.paraphrase) for p in pairs],
+            scope=SCOPE,
+            rounds=args.rounds,
+            cprofile=args.cprofile,
+        )
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     pid: list[int] = []
     async with (
@@ -346,6 +356,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per c=16 measurement")
     parser.add_argument("--py-spy", action="store_true", help="and a flame summary")
     parser.add_argument("--native", action="store_true", help="py-spy --native")
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="instead: the loop's CPU per stage, in process (bench/semantic_stages.py)",
+    )
+    parser.add_argument(
+        "--cprofile", type=int, default=0, help="with --stages: cProfile N passes at c=16"
+    )
     parser.add_argument("--top", type=int, default=30, help="frames in the flame summary")
     asyncio.run(amain(parser.parse_args()))
 

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from app.cache import keys
 from app.cache.entry import ENTRY_FIELDS, Entry, from_values
+from app.cache.wire import PackedScript
 
 
 class Alias(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -37,7 +38,8 @@ _RESPONSE = ENTRY_FIELDS.index("response") + 1  # Lua counts from 1
 # is a single Redis, not a cluster). Replies {fields} for the entry itself (whole or not),
 # {fields of the target, alias} when an alias points on. `no-writes`: a read like HMGET, so
 # under maxmemory it neither triggers evictions nor is refused (a script without flags counts
-# as a write).
+# as a write). Both scripts go out packed (cache/wire.py): redis-py's EVALSHA packs each argument
+# and sends through a wait_for task of its own.
 if not all(field.isidentifier() for field in ENTRY_FIELDS):  # nothing to quote in Lua
     raise RuntimeError("entry field names must be identifiers")
 _FIELDS = ", ".join(f"'{field}'" for field in ENTRY_FIELDS)
@@ -77,15 +79,14 @@ class Aliases:
     def __init__(self, redis: Redis, *, entry_prefix: str, alias_prefix: str) -> None:
         self._entry_prefix = entry_prefix
         self._alias_prefix = alias_prefix
-        self._lookup = redis.register_script(_LOOKUP)
-        self._write = redis.register_script(_WRITE)
+        self._lookup = PackedScript(redis, _LOOKUP)
+        self._write = PackedScript(redis, _WRITE)
 
     async def read(self, entry_id: str) -> tuple[Entry | None, Alias | None]:
         """The entry under `entry_id` (None if not whole), else (the alias's target, the alias);
         (None, None) when neither is there. Redis errors are the caller's to map."""
         reply: list[Any] = await self._lookup(
-            keys=[self._entry_prefix + entry_id, self._alias_prefix + entry_id],
-            args=[self._entry_prefix],
+            [self._entry_prefix + entry_id, self._alias_prefix + entry_id], [self._entry_prefix]
         )
         if len(reply) == 1:
             return from_values(entry_id, reply[0]), None
@@ -106,5 +107,5 @@ class Aliases:
                 self._alias_prefix + entry_id,
                 keys.entry_key(self._entry_prefix, alias.target),
             ]
-        written = await self._write(keys=keys_, args=[_encode(a) for a in aliases.values()])
+        written = await self._write(keys_, [_encode(a) for a in aliases.values()])
         return int(written)

@@ -24,6 +24,7 @@ from app.cache import keys
 from app.cache.entry import ENTRY_FIELDS, Entry, from_values, hash_field
 from app.cache.errors import needs_repair, redis_errors_as_unavailable
 from app.cache.vectors import VectorDtype, encode_vector
+from app.cache.wire import command, execute_packed, pack
 
 log = logging.getLogger("sentinel.cache")
 
@@ -45,8 +46,9 @@ _PROMPT = hash_field("prompt")
 # (an HMGET round trip per semantic hit: ~0.2 ms of latency and ~0.1 ms of the event loop's
 # CPU under load, bench/profile-semantic.md), then its distance.
 _DISTANCE = "vector_distance"
-_RETURNED = (*ENTRY_FIELDS, _DISTANCE)
+_RETURNED: tuple[Any, ...] = (*ENTRY_FIELDS, _DISTANCE)
 _DISTANCE_AT = len(ENTRY_FIELDS)
+_RETURNED_BYTES: tuple[Any, ...] = tuple(field.encode() for field in _RETURNED)
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -171,38 +173,30 @@ class EntryIndex:
 
     @redis_errors_as_unavailable
     async def nearest(
-        self, vector: npt.NDArray[np.float32], *, scope: str, k: int, ef_runtime: int
+        self,
+        vector: npt.NDArray[np.float32],
+        *,
+        scope: str,
+        k: int,
+        ef_runtime: int,
+        floor: float | None = None,
     ) -> list[Candidate]:
-        """KNN over the HNSW index within one scope, best first, each with its entry.
+        """KNN over the HNSW index within one scope, best first, each with its entry; with
+        `floor`, only the neighbours at least that similar (the others' fields are not read).
 
         One FT.SEARCH with a query string built once per scope (the same query redisvl's
         VectorQuery builds: TAG filter, KNN, EF_RUNTIME, sorted by distance, DIALECT 2), its
         reply read here: redisvl's query objects and result parsing cost the event loop more
-        than the search itself takes in Redis on a small cache.
+        than the search itself takes in Redis on a small cache. The command is packed once per
+        scope too, all but the vector (cache/wire.py): redis-py packing its ~35 arguments on
+        every call cost the loop more than the rest of the search.
         """
-        reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-            "FT.SEARCH",
-            self.name,
-            _knn_query(scope, k, ef_runtime),
-            "RETURN",
-            len(_RETURNED),
-            *_RETURNED,
-            "SORTBY",
-            _DISTANCE,
-            "ASC",
-            "DIALECT",
-            2,
-            "LIMIT",
-            0,
-            k,
-            "PARAMS",
-            2,
-            "vector",
-            # The query's bytes must have the index's TYPE.
-            encode_vector(vector, self.dimension, dtype=self.dtype),
-        )
+        # The query's bytes must have the index's TYPE.
+        blob = encode_vector(vector, self.dimension, dtype=self.dtype)
+        head, count = _search_head(self.name, scope, k, ef_runtime)
+        reply = await execute_packed(self._redis, command(head, count, blob))
         candidates = []
-        for key, values in _documents(reply):
+        for key, values in _documents(reply, floor):
             distance = values[_DISTANCE_AT]
             if distance is None:  # expired while the search ran
                 continue
@@ -225,24 +219,58 @@ def _knn_query(scope: str, k: int, ef_runtime: int) -> str:
     )
 
 
-def _documents(reply: Any) -> list[tuple[bytes | str, list[Any]]]:
+@functools.lru_cache(maxsize=4096)
+def _search_head(name: str, scope: str, k: int, ef_runtime: int) -> tuple[bytes, int]:
+    """FT.SEARCH's arguments but the vector, packed (RESP), and how many they are."""
+    args: list[str | int] = [
+        "FT.SEARCH",
+        name,
+        _knn_query(scope, k, ef_runtime),
+        "RETURN",
+        len(_RETURNED),
+        *_RETURNED,
+        "SORTBY",
+        _DISTANCE,
+        "ASC",
+        "DIALECT",
+        2,
+        "LIMIT",
+        0,
+        k,
+        "PARAMS",
+        2,
+        "vector",
+    ]
+    return pack(*args), len(args)
+
+
+def _documents(reply: Any, floor: float | None = None) -> list[tuple[bytes | str, list[Any]]]:
     """(key, values in _RETURNED's order) of each document of an FT.SEARCH reply: RESP3's map
-    or RESP2's flat list (the client's protocol decides)."""
+    or RESP2's flat list (the client's protocol decides); with `floor`, the documents less
+    similar than that are left out (their fields not read). Field names are looked up as the
+    reply spells them (bytes, or str with a client that decodes replies), not each decoded."""
     if isinstance(reply, dict):
         results = reply.get(b"results", reply.get("results")) or []
-        documents = []
-        for result in results:
-            key = result.get(b"id", result.get("id"))
-            fields = result.get(b"extra_attributes", result.get("extra_attributes")) or {}
-            named = {keys.text(name): value for name, value in fields.items()}
-            documents.append((key, [named.get(field) for field in _RETURNED]))
-        return documents
+        found = [
+            (
+                result.get(b"id", result.get("id")),
+                result.get(b"extra_attributes", result.get("extra_attributes")) or {},
+            )
+            for result in results
+        ]
+    else:
+        # [total, key, [field, value, ...], key, [...], ...]
+        found = []
+        for i in range(1, len(reply) - 1, 2):
+            flat = reply[i + 1] or []
+            found.append((reply[i], dict(zip(flat[::2], flat[1::2], strict=False))))
     documents = []
-    # [total, key, [field, value, ...], key, [...], ...]
-    for i in range(1, len(reply) - 1, 2):
-        flat = reply[i + 1] or []
-        named = {keys.text(flat[j]): flat[j + 1] for j in range(0, len(flat) - 1, 2)}
-        documents.append((reply[i], [named.get(field) for field in _RETURNED]))
+    for key, fields in found:
+        names = _RETURNED_BYTES if isinstance(key, bytes) else _RETURNED
+        distance = fields.get(names[_DISTANCE_AT])
+        if floor is not None and distance is not None and 1.0 - float(distance) < floor:
+            continue
+        documents.append((key, [fields.get(name) for name in names]))
     return documents
 
 

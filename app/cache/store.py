@@ -138,10 +138,13 @@ class CacheStore:
         return await self.aliases.write(aliases)
 
     async def nearest(
-        self, vector: npt.NDArray[np.float32], *, scope: str, k: int
+        self, vector: npt.NDArray[np.float32], *, scope: str, k: int, floor: float | None = None
     ) -> list[Candidate]:
-        """KNN over the HNSW index within one scope, best first."""
-        return await self.index.nearest(vector, scope=scope, k=k, ef_runtime=self._ef_runtime)
+        """KNN over the HNSW index within one scope, best first (with `floor`: only the
+        neighbours at least that similar)."""
+        return await self.index.nearest(
+            vector, scope=scope, k=k, ef_runtime=self._ef_runtime, floor=floor
+        )
 
     @redis_errors_as_unavailable
     async def put(

@@ -5,17 +5,19 @@ misses paraphrases. The guard is a logistic regression over the cosine and lexic
 differences a cosine blurs: rare words that differ, numbers, negation, the question word.
 Its parameters are fit by `training/guard_fit.py` on labeled dev pairs for one embedder (the
 cosine's scale is the embedder's) and shipped in `data/guard-<embedder>.json`; see
-bench/quality.md for what it buys on held-out data. It costs ~20 µs per candidate and never
-runs on exact hits.
+bench/quality.md for what it buys on held-out data. It costs ~20 µs per candidate (less for a
+cached prompt it has read before) and never runs on exact hits.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -55,27 +57,62 @@ def idf_table(texts: Sequence[str]) -> dict[str, float]:
     return {word: math.log((n + 1) / (count + 1)) + 1 for word, count in df.items()}
 
 
+class Words(NamedTuple):
+    """What the features read of one text, worked out once (a cached prompt's, once per text
+    while it stays in `prepared`'s cache)."""
+
+    tokens: list[str]
+    distinct: set[str]
+    wh: str  # the first question word, "" for none
+    digits: frozenset[str]
+    negated: bool
+
+
+def words_of(text: str) -> Words:
+    """One text's side of the features."""
+    a = tokens(text)
+    sa = set(a)
+    return Words(
+        a,
+        sa,
+        next((w for w in a if w in _WH), ""),
+        frozenset(w for w in sa if w.isdigit()),
+        bool(sa & _NEGATIONS),
+    )
+
+
+# Cached prompts come back as KNN candidates again and again: their side is read once.
+prepared = functools.lru_cache(maxsize=4096)(words_of)
+
+
 def features(
     first: str, second: str, cosine: float, idf: Mapping[str, float], unseen: float
 ) -> list[float]:
     """One pair's feature row, in the order of FEATURES."""
-    a, b = tokens(first), tokens(second)
-    sa, sb = set(a), set(b)
+    return pair_features(words_of(first), words_of(second), cosine, idf, unseen)
+
+
+def pair_features(
+    first: Words, second: Words, cosine: float, idf: Mapping[str, float], unseen: float
+) -> list[float]:
+    """`features` from both texts' prepared sides. The sets are built and summed in the same
+    order as ever: the same floats, bit for bit, within a process."""
+    sa, sb = first.distinct, second.distinct
     union, diff = sa | sb, sa ^ sb
-    weight = {w: idf.get(w, unseen) for w in union}
+    get = idf.get
+    weight = {w: get(w, unseen) for w in union}
     total = sum(weight.values()) or 1.0
-    wh_a = next((w for w in a if w in _WH), "")
-    wh_b = next((w for w in b if w in _WH), "")
+    diff_weights = [weight[w] for w in diff]
     return [
         cosine,
         cosine * cosine,
         len(sa & sb) / len(union) if union else 1.0,
-        sum(weight[w] for w in diff) / total,
-        max((weight[w] for w in diff), default=0.0) / unseen,
-        float({w for w in sa if w.isdigit()} != {w for w in sb if w.isdigit()}),
-        float(bool(sa & _NEGATIONS) != bool(sb & _NEGATIONS)),
-        float(wh_a != wh_b),
-        abs(math.log((len(a) + 1) / (len(b) + 1))),
+        sum(diff_weights) / total,
+        max(diff_weights, default=0.0) / unseen,
+        float(first.digits != second.digits),
+        float(first.negated != second.negated),
+        float(first.wh != second.wh),
+        abs(math.log((len(first.tokens) + 1) / (len(second.tokens) + 1))),
     ]
 
 
@@ -126,8 +163,12 @@ class Guard:
 
     def probability(self, query: str, cached: str, cosine: float) -> float:
         """P(same question) for a normalized query and a cached normalized prompt."""
-        row = features(query, cached, cosine, self.model.idf, self._unseen)
-        z = self._bias + sum(w * x for w, x in zip(self._weights, row, strict=True))
+        return self.probability_of(words_of(query), prepared(cached), cosine)
+
+    def probability_of(self, query: Words, cached: Words, cosine: float) -> float:
+        """`probability` from both texts' prepared sides (words_of, prepared)."""
+        row = pair_features(query, cached, cosine, self.model.idf, self._unseen)
+        z = self._bias + sum(map(operator.mul, self._weights, row))
         # Clamp: exp overflows past ~709 and the probability is 0 or 1 long before.
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 

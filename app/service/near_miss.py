@@ -13,10 +13,11 @@ save its call when they veto.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 
 class Check(StrEnum):
@@ -190,86 +191,17 @@ for _a, _b in _OPPOSITES:
     _OPPOSITE[_b] = _OPPOSITE.get(_b, frozenset()) | {_a}
 
 # Words that carry no role: left out when comparing which content words changed sides.
-_FUNCTION: Final = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "do",
-        "does",
-        "did",
-        "doing",
-        "have",
-        "has",
-        "had",
-        "having",
-        "i",
-        "you",
-        "he",
-        "she",
-        "it",
-        "we",
-        "they",
-        "me",
-        "my",
-        "your",
-        "his",
-        "her",
-        "its",
-        "our",
-        "their",
-        "this",
-        "that",
-        "these",
-        "those",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "there",
-        "here",
-        "some",
-        "any",
-        "much",
-        "many",
-        "very",
-        "so",
-        "just",
-        "really",
-        "also",
-        "too",
-        "of",
-        "at",
-        "by",
-        "as",
-        "if",
-        "or",
-        "and",
-        "but",
-    ]
-)
+# fmt: off
+_FUNCTION: Final = frozenset([
+    "a", "an", "the", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does",
+    "did", "doing", "have", "has", "had", "having", "i", "you", "he", "she", "it", "we",
+    "they", "me", "my", "your", "his", "her", "its", "our", "their", "this", "that", "these",
+    "those", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "can",
+    "could", "should", "would", "will", "shall", "may", "might", "must", "there", "here",
+    "some", "any", "much", "many", "very", "so", "just", "really", "also", "too", "of", "at",
+    "by", "as", "if", "or", "and", "but",
+])
+# fmt: on
 # Asymmetric relation words: A <w> B and B <w> A mean different things. ("and", "or", "vs",
 # "versus", "with", "between" are symmetric and left out on purpose.)
 _PIVOTS: Final = frozenset(
@@ -326,6 +258,7 @@ def numbers(tokens: Iterable[str]) -> frozenset[str]:
     return frozenset(v for v in map(_number, tokens) if v is not None)
 
 
+@functools.lru_cache(maxsize=16384)
 def _stem(word: str) -> str:
     """A light plural strip, so "pounds" and "pound", "inches" and "inch" compare equal."""
     if len(word) > 3 and word.endswith("ies"):
@@ -337,11 +270,46 @@ def _stem(word: str) -> str:
     return word
 
 
+class Text(NamedTuple):
+    """What the checks read of one text, worked out once (a cached prompt's, once per text
+    while it stays in `prepared`'s cache)."""
+
+    words: list[str]
+    distinct: frozenset[str]
+    numbers: frozenset[str]
+    negated: bool
+    content: frozenset[str]  # plural-stripped words, negations left out (for _overlap)
+    stems: list[str]  # every word plural-stripped, in order (for roles_swapped)
+
+
+def text_of(text: str) -> Text:
+    """One text's side of the checks."""
+    a = words(text)
+    return Text(
+        a,
+        frozenset(a),
+        numbers(a),
+        bool(_NEGATIONS.intersection(a)),
+        frozenset(_stem(w) for w in a if w not in _NEGATIONS),
+        [_stem(w) for w in a],
+    )
+
+
+# Cached prompts come back as KNN candidates again and again: their side is read once.
+prepared = functools.lru_cache(maxsize=4096)(text_of)
+
+
+def _overlap_of(sa: frozenset[str], sb: frozenset[str]) -> float:
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 1.0
+
+
 def _overlap(a: Sequence[str], b: Sequence[str]) -> float:
     """Jaccard overlap of the two texts' (plural-stripped) words, negations left out."""
-    sa = {_stem(w) for w in a if w not in _NEGATIONS}
-    sb = {_stem(w) for w in b if w not in _NEGATIONS}
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+    return _overlap_of(
+        frozenset(_stem(w) for w in a if w not in _NEGATIONS),
+        frozenset(_stem(w) for w in b if w not in _NEGATIONS),
+    )
 
 
 def number_changed(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -350,7 +318,10 @@ def number_changed(a: Sequence[str], b: Sequence[str]) -> bool:
     A number only one side adds ("laptops under 60000" / "... under 60000 in 2016") is left
     to the verifier: on validation pairs such additions were as often paraphrases as not.
     """
-    na, nb = numbers(a), numbers(b)
+    return _number_changed(numbers(a), numbers(b))
+
+
+def _number_changed(na: frozenset[str], nb: frozenset[str]) -> bool:
     return bool(na - nb) and bool(nb - na)
 
 
@@ -366,7 +337,10 @@ def negation_differs(a: Sequence[str], b: Sequence[str]) -> bool:
 
 def antonym_flip(a: Sequence[str], b: Sequence[str]) -> bool:
     """A word only on one side has its curated opposite only on the other side."""
-    sa, sb = set(a), set(b)
+    return _antonym_flip(frozenset(a), frozenset(b))
+
+
+def _antonym_flip(sa: frozenset[str], sb: frozenset[str]) -> bool:
     only_a, only_b = sa - sb, sb - sa
     return any(_OPPOSITE.get(w, frozenset()) & only_b for w in only_a)
 
@@ -380,8 +354,10 @@ def roles_swapped(a: Sequence[str], b: Sequence[str]) -> bool:
     """
     if _overlap(a, b) < _SAME_WORDS:
         return False
-    sa = [_stem(w) for w in a]
-    sb = [_stem(w) for w in b]
+    return _roles_swapped([_stem(w) for w in a], [_stem(w) for w in b])
+
+
+def _roles_swapped(sa: list[str], sb: list[str]) -> bool:
     for pivot in _PIVOTS.intersection(sa).intersection(sb):
         ia, ib = sa.index(pivot), sb.index(pivot)
         left_a = {w for w in sa[:ia] if w not in _FUNCTION and w not in _PIVOTS}
@@ -400,21 +376,31 @@ DEFAULT_CHECKS: Final = frozenset(Check)
 
 def near_misses(query: str, cached: str, checks: Iterable[Check] = DEFAULT_CHECKS) -> list[Check]:
     """Every check (of those asked for) that fires on the pair, in Check order."""
-    wanted = set(checks)
-    a, b = words(query), words(cached)
-    fired = []
-    if Check.NUMBER in wanted and number_changed(a, b):
-        fired.append(Check.NUMBER)
-    if Check.NEGATION in wanted and negation_differs(a, b):
-        fired.append(Check.NEGATION)
-    if Check.ANTONYM in wanted and antonym_flip(a, b):
-        fired.append(Check.ANTONYM)
-    if Check.SWAP in wanted and roles_swapped(a, b):
-        fired.append(Check.SWAP)
-    return fired
+    return fired(text_of(query), prepared(cached), checks)
+
+
+def fired(a: Text, b: Text, checks: Iterable[Check] = DEFAULT_CHECKS) -> list[Check]:
+    """`near_misses` from both texts' prepared sides (text_of, prepared)."""
+    wanted = checks if isinstance(checks, frozenset) else frozenset(checks)
+    out = []
+    if Check.NUMBER in wanted and _number_changed(a.numbers, b.numbers):
+        out.append(Check.NUMBER)
+    overlap: float | None = None
+    if Check.NEGATION in wanted and a.negated != b.negated:
+        overlap = _overlap_of(a.content, b.content)
+        if overlap >= _SAME_WORDS:
+            out.append(Check.NEGATION)
+    if Check.ANTONYM in wanted and _antonym_flip(a.distinct, b.distinct):
+        out.append(Check.ANTONYM)
+    if Check.SWAP in wanted:
+        if overlap is None:
+            overlap = _overlap_of(a.content, b.content)
+        if overlap >= _SAME_WORDS and _roles_swapped(a.stems, b.stems):
+            out.append(Check.SWAP)
+    return out
 
 
 def veto(query: str, cached: str, checks: Iterable[Check] = DEFAULT_CHECKS) -> Check | None:
     """The first check that vetoes serving `cached`'s answer for `query`, or None."""
-    fired = near_misses(query, cached, checks)
-    return fired[0] if fired else None
+    vetoes = near_misses(query, cached, checks)
+    return vetoes[0] if vetoes else None

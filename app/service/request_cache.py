@@ -93,10 +93,15 @@ class RequestCache:
         except CacheBypassed as exc:
             self.skipped(exc, "aliases not written")
 
-    async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
-        """The k nearest entries of this scope, most similar first."""
+    async def nearest(
+        self, vector: Vector, *, scope: str, k: int, floor: float | None = None
+    ) -> list[Candidate]:
+        """The k nearest entries of this scope, most similar first (only those at least `floor`
+        similar: the others are not read)."""
         return await self.read(
-            "semantic lookup", lambda: self.store.nearest(vector, scope=scope, k=k), layer="knn"
+            "semantic lookup",
+            lambda: self.store.nearest(vector, scope=scope, k=k, floor=floor),
+            layer="knn",
         )
 
     async def keep(self, entry: Entry, vector: Vector | None, *, ttl: int, store: bool) -> None:

@@ -18,6 +18,11 @@ from app.service.judge import Judge, Verdict
 from app.service.plan import Plan
 from app.service.request_cache import RequestCache
 
+# How long an alias waits for others to share its write (seconds) when other searches are under
+# way; alone (c=1) it is written at once, rather than later beside another request's ONNX run.
+# Until it is written a repeated paraphrase is embedded and judged again: slower, never wrong.
+ALIAS_WINDOW = 0.02
+
 
 class SemanticMatch(NamedTuple):
     """The entry a question is served semantically, how similar, and what judged it."""
@@ -65,6 +70,8 @@ class SemanticLayer:
         # Aliases waiting for the write under way (question's entry id → alias), and that write.
         self._queued: dict[str, Alias] = {}
         self._writing: asyncio.Task[None] | None = None
+        # Searches under way (other requests whose aliases may share a write).
+        self._searching = 0
 
     @staticmethod
     def accepts(plan: Plan) -> Callable[[Entry, Alias], bool]:
@@ -83,11 +90,20 @@ class SemanticLayer:
 
     async def search(self, plan: Plan, question: str) -> Search:
         """The best candidate the judge serves and the entry still allows, else none."""
+        self._searching += 1
+        try:
+            return await self._search(plan, question)
+        finally:
+            self._searching -= 1
+
+    async def _search(self, plan: Plan, question: str) -> Search:
         vector = await self.embed(question)
         if vector is None:
             return Search(embed_failed=True)
         try:
-            candidates = await self.cache.nearest(vector, scope=plan.scope, k=self.top_k)
+            candidates = await self.cache.nearest(
+                vector, scope=plan.scope, k=self.top_k, floor=plan.threshold
+            )
             for rank, candidate in enumerate(candidates):
                 if candidate.similarity < plan.threshold:
                     break
@@ -117,8 +133,9 @@ class SemanticLayer:
     def remember(self, plan: Plan, match: SemanticMatch) -> None:
         """Alias this question to the entry that served it, after the answer (never waited for).
 
-        Aliases queued while a write is under way go together in the next one: one round trip
-        for all of them (alone at c=1; several per write under load)."""
+        While other searches are under way an alias waits ALIAS_WINDOW for theirs; aliases
+        queued meanwhile, or while a write is under way, go together: one round trip for all of
+        them (several per write under load, one at c=1)."""
         if not self.alias:
             return
         self._queued[plan.entry_id] = Alias(
@@ -128,12 +145,17 @@ class SemanticLayer:
             verifier_score=match.verdict.verifier_score,
         )
         if self._writing is None:
+            window = ALIAS_WINDOW if self._searching else 0.0
             self._writing = asyncio.get_running_loop().create_task(
-                self._write(), name="sentinel-alias"
+                self._write(window), name="sentinel-alias"
             )
 
-    async def _write(self) -> None:
+    async def _write(self, window: float) -> None:
         try:
+            if window:
+                # Let the aliases of the hits under way join this write (under load a round
+                # trip per alias cost the event loop more than the write itself).
+                await asyncio.sleep(window)
             while self._queued:
                 batch, self._queued = self._queued, {}
                 await self.cache.alias(batch)

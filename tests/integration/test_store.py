@@ -115,6 +115,11 @@ async def test_nearest_is_scoped_and_ordered(store: CacheStore) -> None:
         float(query @ unit([1, 0.1, 0, 0, 0, 0, 0, 0])), abs=tolerance
     )
     assert found[1].similarity == pytest.approx(0.0, abs=tolerance)
+    # A floor leaves out (unread) the neighbours less similar than it; the others as they were.
+    assert await store.nearest(query, scope="s1", k=3, floor=0.5) == found[:1]
+    exactly = await store.nearest(query, scope="s1", k=3, floor=found[0].similarity)
+    assert exactly == found[:1]
+    assert await store.nearest(query, scope="s1", k=3, floor=found[0].similarity + 1e-6) == []
     other = await store.nearest(query, scope="s2", k=3)
     assert [c.entry_id for c in other] == ["other"]
     assert other[0].similarity == pytest.approx(1.0, abs=tolerance)

@@ -89,14 +89,17 @@ class MemoryStore:
         self.aliases.update(written)
         return len(written)
 
-    async def nearest(self, vector: Vector, *, scope: str, k: int) -> list[Candidate]:
+    async def nearest(
+        self, vector: Vector, *, scope: str, k: int, floor: float | None = None
+    ) -> list[Candidate]:
         self._touch()
         scored = [
             Candidate(entry.id, float(np.dot(vector, stored)), entry.prompt)
             for entry, stored in self.entries.values()
             if stored is not None and entry.scope == scope
         ]
-        return sorted(scored, key=lambda c: -c.similarity)[:k]
+        nearest = sorted(scored, key=lambda c: -c.similarity)[:k]
+        return [c for c in nearest if floor is None or c.similarity >= floor]
 
     async def put(self, entry: Entry, vector: Vector | None, *, ttl: int) -> None:
         self._touch()

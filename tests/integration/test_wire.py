@@ -1,0 +1,74 @@
+"""Commands packed once and sent as bytes (cache/wire.py) against a real Redis Stack: the same
+replies as redis-py's execute_command, its errors, and a connection dropped when cut short."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from app.cache.wire import PackedScript, command, execute_packed, pack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def packed(*args: str | int | bytes) -> bytes:
+    """A whole command, its last argument as the tail (as the KNN search sends its vector)."""
+    last = args[-1]
+    tail = last if isinstance(last, bytes) else str(last).encode()
+    return command(pack(*args[:-1]), len(args) - 1, tail)
+
+
+def test_pack_writes_resp() -> None:
+    assert pack("SET", 1, b"\x00\r\n") == b"$3\r\nSET\r\n$1\r\n1\r\n$3\r\n\x00\r\n\r\n"
+    assert command(pack("GET"), 1, b"k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+
+
+async def test_replies_are_execute_commands(redis: Redis) -> None:
+    blob = bytes(range(256)) * 3  # every byte value, CR LF included
+    await redis.delete("wire:h")
+    assert await execute_packed(redis, packed("HSET", "wire:h", "f", blob)) == 1
+    reply = await execute_packed(redis, packed("HMGET", "wire:h", "f", "missing"))
+    assert reply == await redis.execute_command("HMGET", "wire:h", "f", "missing")
+    assert reply == [blob, None]
+    # Many in a row on the pool's connections: each reply is its own command's.
+    replies = await asyncio.gather(
+        *(execute_packed(redis, packed("ECHO", f"m{i}")) for i in range(50))
+    )
+    assert replies == [f"m{i}".encode() for i in range(50)]
+
+
+async def test_an_error_reply_raises_and_the_connection_stays_usable(redis: Redis) -> None:
+    with pytest.raises(ResponseError, match=r"no such index|Unknown index"):
+        await execute_packed(redis, packed("FT.SEARCH", "wire-missing-index", "*"))
+    assert await execute_packed(redis, packed("ECHO", "after")) == b"after"
+
+
+async def test_a_cancelled_exchange_drops_its_connection(redis: Redis) -> None:
+    # BLPOP on an empty list: the reply comes only after its 1 s timeout, past the cut.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await execute_packed(redis, packed("BLPOP", "wire:empty", 1))
+    # Its late reply (nil, after 1 s) must not be read as the next command's: that connection
+    # was closed rather than given back to the pool as it was.
+    assert await execute_packed(redis, packed("ECHO", "next")) == b"next"
+    await asyncio.sleep(1.1)
+    assert await execute_packed(redis, packed("ECHO", "later")) == b"later"
+
+
+async def test_a_packed_script_runs_and_is_loaded_again_after_a_flush(redis: Redis) -> None:
+    script = PackedScript(redis, "return {KEYS[1], ARGV[1], #KEYS, #ARGV}")
+    assert await script(["k"], [b"\x00v"]) == [b"k", b"\x00v", 1, 1]
+    await redis.script_flush()
+    assert await script(["a", "b"], ["x"]) == [b"a", b"x", 2, 1]
+    assert await script(["only"], []) == [b"only"]  # Lua's reply stops at the first nil
