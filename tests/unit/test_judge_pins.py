@@ -3,7 +3,8 @@
 Speed work on the judge (issue 15: caching tokens and features, vectorizing) must not change a
 decision: every guard probability and every check that fires is compared with what the code
 produced before that work (tests/data/judge_pins.json, written by
-`python -m tests.unit.test_judge_pins` from the code of commit c8a2d67). Probabilities are
+`python -m tests.unit.test_judge_pins` from the code of commit c8a2d67, with the guard shipped
+for the int8 embedder loaded into it). Probabilities are
 compared to 1e-12: before that work the guard summed IDF weights in set order, which string
 hashing randomizes per process, so its last bit already differed from one process to the next.
 """
