@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,20 +56,12 @@ MAX_TOKENS = 256  # app/providers/embedders/local.py MAX_TOKENS
 
 def source() -> Path:
     """The weight-only build, from git history into var/ (checked against its hash)."""
-    path = OUT / f"{SOURCE_NAME}.onnx"
-    if not path.exists():
-        OUT.mkdir(parents=True, exist_ok=True)
-        blob = subprocess.run(
-            ["git", "show", f"{SOURCE_COMMIT}:app/providers/embedders/data/{SOURCE_NAME}.onnx"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-        path.write_bytes(blob)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SOURCE_SHA256:
-        raise SystemExit(f"{path} has sha256 {digest}, expected {SOURCE_SHA256}")
-    return path
+    return verifier_quantize.from_history(
+        SOURCE_COMMIT,
+        f"app/providers/embedders/data/{SOURCE_NAME}.onnx",
+        OUT / f"{SOURCE_NAME}.onnx",
+        SOURCE_SHA256,
+    )
 
 
 def _calibration_texts() -> list[str]:

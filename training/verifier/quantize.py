@@ -74,21 +74,25 @@ CALIBRATION_SEED = 0
 MAX_TOKENS = 96  # app/service/verifier.py MAX_TOKENS
 
 
+def from_history(commit: str, path: str, dest: Path, sha256: str) -> Path:
+    """A file as committed at `commit`, written to `dest` once and checked against its hash."""
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        blob = subprocess.run(
+            ["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        dest.write_bytes(blob)
+    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise SystemExit(f"{dest} has sha256 {digest}, expected {sha256}")
+    return dest
+
+
 def source() -> Path:
     """The weight-only int8 verifier, from git history into var/ (checked against its hash)."""
-    if not SOURCE.exists():
-        OUT.mkdir(parents=True, exist_ok=True)
-        blob = subprocess.run(
-            ["git", "show", f"{SOURCE_COMMIT}:app/service/data/{SOURCE_NAME}.onnx"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-        SOURCE.write_bytes(blob)
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
-    if digest != SOURCE_SHA256:
-        raise SystemExit(f"{SOURCE} has sha256 {digest}, expected {SOURCE_SHA256}")
-    return SOURCE
+    return from_history(
+        SOURCE_COMMIT, f"app/service/data/{SOURCE_NAME}.onnx", SOURCE, SOURCE_SHA256
+    )
 
 
 def fold_matmul_weights(src: Path, dst: Path) -> dict[str, int]:
