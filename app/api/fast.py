@@ -39,9 +39,11 @@ PREFETCHED_STATE = "sentinel_prefetched"
 AskOf = Callable[[bytes, str, dict[str, Any]], Ask | None]
 # Plans remembered per app (create_app puts the dict in the app's state), at most this many,
 # for bodies up to this size: a plan is pure (the same route, body, tenant and controls give
-# the same plan), and a repeated question is what an exact hit usually is.
+# the same plan), and a repeated question is what an exact hit usually is. Each kept plan holds
+# its body twice (the key, the request inside the plan), so these bound the memory per worker
+# at ~32 MB; a chat question is well under 4 KiB, a longer body is planned every time.
 PLANS_KEPT = 4096
-PLAN_BODY_BYTES = 16 * 1024
+PLAN_BODY_BYTES = 4 * 1024
 # The response body of an answer, as the route's handler would encode it.
 Render = Callable[[Answer], bytes]
 
