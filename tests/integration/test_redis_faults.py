@@ -292,13 +292,16 @@ def test_evictions_under_maxmemory_are_misses_never_errors(
 def test_restart_while_the_index_loads_is_degraded_not_failing(
     redis_server: RedisServer, fake_llm: FakeOpenAI, start: StartOn
 ) -> None:
-    http = start(redis_server, fake_llm)
+    # The breaker probes Redis every 50 ms here, so /health reports the loading state within a
+    # small part of the replay instead of (at 200 ms) perhaps after it ended.
+    http = start(redis_server, fake_llm, CACHE_PROBE_INTERVAL_MS="50")
     stored = "What is the tallest mountain in Africa?"
     assert cache_of(ask(http, stored)) == "MISS"
-    # Enough indexed entries that replaying the AOF (an HNSW insert each) takes seconds.
+    # Enough indexed entries that replaying the AOF (an HNSW insert each) takes a second or more
+    # (6,000 sometimes replayed between two polls and the loading state was never seen).
     prefix = entry_prefix(http)
     plain = redis_server.client()
-    vectors = np.random.default_rng(3).standard_normal((6000, 384)).astype(np.float32)
+    vectors = np.random.default_rng(3).standard_normal((40000, 384)).astype(np.float32)
     pipe = plain.pipeline(transaction=False)
     for i, vector in enumerate(vectors):
         key = f"{prefix}filler{i}"
@@ -312,7 +315,7 @@ def test_restart_while_the_index_loads_is_degraded_not_failing(
             },
         )
         pipe.expire(key, 3600)
-        if i % 500 == 499:
+        if i % 2000 == 1999:
             pipe.execute()
     pipe.execute()
     plain.close()
