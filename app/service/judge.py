@@ -1,19 +1,23 @@
 """Is a KNN candidate above the cosine floor the same question? The guard, then the verifier.
 
 Without a verifier the guard decides (its probability >= GUARD_THRESHOLD), and with
-`checks` the near-miss checks veto what it would serve. With one,
-the cascade its calibration was measured in decides: cheap screens first (the cosine and
-guard floors, the near-miss checks for changed numbers, negation, antonyms and swapped
-roles), then the cross-encoder reads the pair, and the guard's and the verifier's evidence
-combined must reach the threshold a wrong-hit budget maps to (see service/verifier.py).
-The verifier runs only on candidates the screens let through: the only ones where it can
-change the decision.
+`checks` the near-miss checks veto what it would serve. `gated` (VERIFIER=overlap, the
+default) adds the verifier where only it can tell: a candidate the guard and the checks would
+serve whose words (nearly) all recur in the question must also pass the cross-encoder, since
+then word order is what decides and neither the embedding nor the guard reads it. With the
+verifier on every candidate (VERIFIER=on), the cascade its calibration was measured in
+decides: cheap screens first (the cosine and guard floors, the near-miss checks for changed
+numbers, negation, antonyms and swapped roles), then the cross-encoder reads the pair, and
+the guard's and the verifier's evidence combined must reach the threshold a wrong-hit budget
+maps to (see service/verifier.py). Either way the verifier runs only on candidates the
+cheaper stages let through: the only ones where it can change the decision.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 import msgspec
 
@@ -49,6 +53,7 @@ class Judge:
         calibration: Calibration | None = None,
         *,
         checks: bool = False,
+        gated: bool = False,
     ) -> None:
         if (verifier is None) != (calibration is None):
             raise ValueError("a verifier needs its calibration, and a calibration its verifier")
@@ -59,6 +64,17 @@ class Judge:
         self.calibration = calibration
         # Without the verifier: veto the guard's hits that a near-miss check fires on.
         self.checks = checks
+        # The guard and the checks decide; the verifier reads only the high-overlap pairs.
+        self.gated = gated and verifier is not None
+        if gated and not checks:
+            raise ValueError("VERIFIER=overlap runs the near-miss checks before the verifier")
+
+    @property
+    def mode(self) -> Literal["on", "overlap", "checks", "off"]:
+        """VERIFIER as this judge runs it: "on", "overlap", "checks" or "off"."""
+        if self.verifier is not None:
+            return "overlap" if self.gated else "on"
+        return "checks" if self.checks else "off"
 
     async def __call__(
         self, question: str, cached: str, similarity: float, threshold: float | None
@@ -68,18 +84,33 @@ class Judge:
         if guard is None:
             return Verdict(serve=True)
         score = guard.probability(question, cached, similarity)
-        if self.verifier is None or self.calibration is None or threshold is None:
-            if score < guard.threshold:
-                return Verdict(serve=False, guard_score=score, refused_by="guard")
-            vetoed = veto(question, cached) if self.checks else None
-            if vetoed is not None:
-                return Verdict(serve=False, guard_score=score, refused_by=vetoed.value)
-            return Verdict(serve=True, guard_score=score)
-        refused = self.calibration.screen(question, cached, similarity, score)
-        if refused is not None:
+        calibration = self.calibration
+        if self.verifier is None or calibration is None or threshold is None:
+            return self._guarded(guard, question, cached, score)
+        if self.gated:
+            verdict = self._guarded(guard, question, cached, score)
+            if not verdict.serve or not calibration.gated(question, cached):
+                return verdict
+        elif (refused := calibration.screen(question, cached, similarity, score)) is not None:
             return Verdict(serve=False, guard_score=score, refused_by=refused)
+        return await self._verified(self.verifier, question, cached, score, threshold)
+
+    def _guarded(self, guard: Guard, question: str, cached: str, score: float) -> Verdict:
+        """The guard's decision, with the near-miss checks' veto when they run."""
+        if score < guard.threshold:
+            return Verdict(serve=False, guard_score=score, refused_by="guard")
+        vetoed = veto(question, cached) if self.checks else None
+        if vetoed is not None:
+            return Verdict(serve=False, guard_score=score, refused_by=vetoed.value)
+        return Verdict(serve=True, guard_score=score)
+
+    async def _verified(
+        self, verifier: Verifier, question: str, cached: str, score: float, threshold: float
+    ) -> Verdict:
+        """The verifier's verdict on a candidate the cheaper stages let through."""
+        assert self.calibration is not None  # set with the verifier
         try:
-            probability = await self.verifier.probability(question, cached)
+            probability = await verifier.probability(question, cached)
         except SentinelError as exc:
             # Unverified is not served: a miss costs a provider call, a wrong hit trust.
             log.warning("candidate not verified, not served: %s", exc.message)

@@ -400,6 +400,12 @@ def fired(a: Text, b: Text, checks: Iterable[Check] = DEFAULT_CHECKS) -> list[Ch
     return out
 
 
+def overlap(query: str, cached: str) -> float:
+    """Jaccard overlap of the two texts' plural-stripped words, negations left out: near 1 for
+    a pair whose words are the same and whose meaning only their order can tell apart."""
+    return _overlap_of(text_of(query).content, prepared(cached).content)
+
+
 def veto(query: str, cached: str, checks: Iterable[Check] = DEFAULT_CHECKS) -> Check | None:
     """The first check that vetoes serving `cached`'s answer for `query`, or None."""
     vetoes = near_misses(query, cached, checks)

@@ -37,7 +37,7 @@ from app.providers.embedders.local import (
     onnx_session,
     read_verified,
 )
-from app.service.near_miss import Check, veto
+from app.service.near_miss import Check, overlap, veto
 
 DATA_DIR: Final = Path(__file__).parent / "data"
 VERIFIER_MODEL: Final = "verifier-minilm-l6-sentinel-v1-qint8"
@@ -96,6 +96,11 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_wrong_hit_rate: float
     points: list[CalibrationPoint]
     provenance: str
+    # VERIFIER=overlap: the guard decides, and a candidate it would serve whose words overlap
+    # the question's at least this much (near_miss.overlap) must also pass the verifier. Word
+    # order is what the embedder and the guard cannot read, and it matters only where the
+    # words are (nearly) the same. 0: every candidate the guard serves is verified.
+    overlap_gate: float = 0.0
 
     def threshold_for(self, max_wrong_hit_rate: float) -> float:
         """The lowest threshold at and above which the measured wrong-hit rate stays in budget.
@@ -129,6 +134,21 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             return "guard"
         vetoed = veto(query, cached, [Check(c) for c in self.checks])
         return None if vetoed is None else vetoed.value
+
+    def gated(self, query: str, cached: str) -> bool:
+        """VERIFIER=overlap: whether the verifier must also pass a candidate the guard serves."""
+        return overlap(query, cached) >= self.overlap_gate
+
+    @staticmethod
+    def gated_score(
+        guard_probability: float, combined: float, guard_threshold: float, threshold: float
+    ) -> float:
+        """VERIFIER=overlap's one number for a gated candidate: the guard's probability, or
+        the verifier's combined score moved so that its threshold lands on the guard's, if
+        lower. It reaches `guard_threshold` exactly when the guard's probability does and the
+        combined score reaches `threshold`, so one threshold sweeps both decisions."""
+        moved = _logit(combined) + _logit(guard_threshold) - _logit(threshold)
+        return min(guard_probability, 1.0 / (1.0 + math.exp(-moved)))
 
     @classmethod
     def for_model(cls, model: str = VERIFIER_MODEL) -> Calibration:
@@ -266,14 +286,16 @@ class Verifier:
         return await self._pool.run(self.probabilities_sync, pairs)
 
 
+def _logit(p: float, eps: float = 1e-7) -> float:
+    p = min(max(p, eps), 1 - eps)
+    return math.log(p / (1 - p))
+
+
 def combined_score(
     guard_probability: float, verifier_probability: float, combine: str = "odds"
 ) -> float:
     """The verifier's probability, or with "odds" sigmoid(logit(guard) + logit(verifier))."""
     if combine == "verifier":
         return verifier_probability
-    eps = 1e-7
-    g = min(max(guard_probability, eps), 1 - eps)
-    v = min(max(verifier_probability, eps), 1 - eps)
-    z = math.log(g / (1 - g)) + math.log(v / (1 - v))
+    z = _logit(guard_probability) + _logit(verifier_probability)
     return 1.0 / (1.0 + math.exp(-z))

@@ -54,6 +54,7 @@ GUARD_FLOORS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85)
 PAWS_LIMIT = 0.05
 # A check may wrongly veto at most this share of the validation paraphrases served today.
 MAX_CHECK_COST = 0.025
+OVERLAP_GATES = [round(float(g), 2) for g in np.arange(0.0, 1.001, 0.05)]
 GRID = [round(t, 3) for t in (*np.arange(0.05, 0.95, 0.01), *np.arange(0.95, 0.999, 0.002))]
 PROBES = ROOT / "tests" / "data" / "near_miss_probes.jsonl"
 RESULTS = ROOT / "training" / "verifier" / "results.md"
@@ -77,6 +78,8 @@ class Scored(msgspec.Struct, kw_only=True):
     one_order: list[float]  # verifier on (question2, question1), the eval's (query, cached)
     both_orders: list[float]
     checks: list[list[str]]
+    # near_miss.overlap of the pair (rerun on load, like the checks: it is cheap).
+    overlap: list[float] = []
 
 
 def _sets() -> dict[str, list[Row]]:
@@ -152,6 +155,10 @@ def cached_scores(name: str) -> Scored:
         ]
         for r in _sets()[name]
     ]
+    scored.overlap = [
+        near_miss.overlap(normalize_prompt(r.question2), normalize_prompt(r.question1))
+        for r in _sets()[name]
+    ]
     return scored
 
 
@@ -171,8 +178,15 @@ def decision(
     min_guard: float,
     checks: frozenset[str],
     combine: str = "verifier",
+    gate: float = 0.0,
+    verify_at: float = 0.5,
 ) -> Array:
-    """The score a decision thresholds; 0 where an earlier stage already said no."""
+    """The score a decision thresholds; 0 where an earlier stage already said no.
+
+    "gated" is VERIFIER=overlap, thresholded at GUARD_THRESHOLD: the guard's probability after
+    the checks, and where the pair's word overlap reaches `gate` no more than the verifier's
+    combined score moved so that `verify_at` lands on GUARD_THRESHOLD (Calibration.gated_score).
+    """
     cos, guard = np.array(s.cosine), np.array(s.guard)
     verifier = np.array(s.both_orders if symmetric else s.one_order)
     if stage == "guard":
@@ -183,6 +197,13 @@ def decision(
         return verifier
     if stage == "floor+verifier":
         return np.where(cos >= MIN_COSINE, verifier, 0.0)
+    if stage == "gated":
+        base = np.where((cos >= MIN_COSINE) & ~vetoed(s, checks), guard, 0.0)
+        moved = [
+            Calibration.gated_score(g, combined_score(g, v, combine), GUARD_THRESHOLD, verify_at)
+            for g, v in zip(guard, verifier, strict=True)
+        ]
+        return np.where(np.array(s.overlap) >= gate, np.minimum(base, moved), base)
     if stage == "cascade":
         keep = (cos >= MIN_COSINE) & (guard >= min_guard) & ~vetoed(s, checks)
         final = [combined_score(g, v, combine) for g, v in zip(guard, verifier, strict=True)]
@@ -287,6 +308,29 @@ def calibrate() -> dict:
     _, min_guard, combine, threshold, paws_floor, points = max(options, key=lambda o: (o[0], o[1]))
     report["min_guard"] = min_guard
     report["combine"] = combine
+    # 4. VERIFIER=overlap: the guard and the checks decide, and the candidates they serve whose
+    #    words overlap the question's at least `overlap_gate` must also reach the threshold
+    #    above. The gate is the highest of OVERLAP_GATES at which no more validation PAWS
+    #    different-meaning pairs are served than with every served candidate verified (gate
+    #    0): the verifier reads as few hits as it can without losing what it catches there.
+    gated = {"checks": chosen, "combine": combine, "verify_at": threshold}
+    paws_neg = {
+        gate: int(
+            (
+                (
+                    decision(
+                        wv, stage="gated", symmetric=symmetric, min_guard=0, gate=gate, **gated
+                    )
+                    >= GUARD_THRESHOLD
+                )
+                & (yw == 0)
+            ).sum()
+        )
+        for gate in OVERLAP_GATES
+    }
+    overlap_gate = max(g for g, n in paws_neg.items() if n <= paws_neg[0.0])
+    report["overlap_gate"] = overlap_gate
+    report["paws_negatives_served_by_gate"] = paws_neg
     calibration = Calibration(
         model=MODEL,
         sha256=MODEL_SHA256[MODEL],
@@ -299,6 +343,7 @@ def calibrate() -> dict:
         threshold=threshold,
         max_wrong_hit_rate=DEFAULT_BUDGET,
         points=points,
+        overlap_gate=overlap_gate,
         provenance=(
             "training/verifier/evaluate.py calibrate: wrong-hit rate of served pairs among the "
             f"{len(yp)} validation pairs of pairs.jsonl (QQP, MQP, ComQA; half of them "
@@ -307,7 +352,8 @@ def calibrate() -> dict:
             f"({', '.join(sorted(chosen))}), score ({combine}) >= threshold. "
             "paws_served_negative: share of the "
             f"{int((yw == 0).sum())} PAWS validation different-meaning pairs served; "
-            f"min_threshold keeps it <= {PAWS_LIMIT}"
+            f"min_threshold keeps it <= {PAWS_LIMIT}. overlap_gate (VERIFIER=overlap): the "
+            "highest gate serving no more of those PAWS pairs than verifying every hit"
         ),
     )
     assert calibration.threshold_for(DEFAULT_BUDGET) == threshold
