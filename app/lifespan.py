@@ -119,7 +119,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                 verifier=verifier,
                 calibration=calibration,
                 max_wrong_hit_rate=settings.max_wrong_hit_rate,
-                near_miss_checks=settings.verifier == "checks",
+                near_miss_checks=settings.verifier in ("checks", "overlap"),
+                gated=settings.verifier == "overlap",
                 negative=NegativeCache(redis, ttl=settings.negative_ttl),
                 flight=flight,
                 # A waiter gives up once the leader's provider call must have ended.
@@ -165,8 +166,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
 async def _verifier(
     settings: Settings, guard: Guard | None, stack: AsyncExitStack
 ) -> tuple[Verifier | None, Calibration | None]:
-    """The hit verifier and its calibration, when VERIFIER=on and a guard runs before it."""
-    if settings.verifier != "on" or guard is None:
+    """The hit verifier and its calibration, when VERIFIER is on or overlap and a guard runs
+    before it."""
+    if settings.verifier not in ("on", "overlap") or guard is None:
         return None, None
     calibration = Calibration.for_model()
     verifier = await Verifier.load()

@@ -170,12 +170,13 @@ class Settings(
     # Unset: the probability the shipped guard was tuned for (bench/quality.md).
     guard_threshold: Threshold | None = None
     # After the guard: "checks", deterministic near-miss checks (a changed number, negation,
-    # an antonym, swapped roles; 18 µs a candidate); "on", those and the cross-encoder that
-    # reads both questions (~4.4 ms a candidate; GUARD_THRESHOLD then gives way to the
-    # calibrated cascade and MAX_WRONG_HIT_RATE applies); "off", the guard alone. "checks" by
-    # default: "on" refuses far more near misses but slowed semantic hits ~1.8x here
-    # (bench/quality.md). All of them need the guard.
-    verifier: Literal["on", "checks", "off"] = "checks"
+    # an antonym, swapped roles; 18 µs a candidate); "overlap" (the default), those and the
+    # cross-encoder that reads both questions (~4.4 ms a candidate) on the candidates the guard
+    # would serve whose words are nearly all the question's (where word order decides: ~1 in 7
+    # paraphrase hits); "on", the cross-encoder on every candidate, GUARD_THRESHOLD then giving
+    # way to the calibrated cascade (slower and refuses more; bench/quality.md); "off", the
+    # guard alone. MAX_WRONG_HIT_RATE sets the verifier's threshold. All of them need the guard.
+    verifier: Literal["on", "overlap", "checks", "off"] = "overlap"
     # The wrong-hit rate semantic hits may have, mapped to the verifier's threshold by its
     # calibration curve (measured on validation pairs, half of them near misses: a harder mix
     # than live traffic). Unset: the calibration's default (0.10). Per request:

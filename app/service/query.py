@@ -90,6 +90,7 @@ class QueryService:
         calibration: Calibration | None = None,
         max_wrong_hit_rate: float | None = None,
         near_miss_checks: bool = False,
+        gated: bool = False,  # VERIFIER=overlap: verify only high-overlap hits (Judge)
         negative: NegativeCache | None = None,
         flight: SingleFlight | None = None,
         wait_timeout: float = 30.0,
@@ -121,7 +122,7 @@ class QueryService:
             calibration=calibration,
             max_wrong_hit_rate=max_wrong_hit_rate,
         )
-        self.judge = Judge(guard, verifier, calibration, checks=near_miss_checks)
+        self.judge = Judge(guard, verifier, calibration, checks=near_miss_checks, gated=gated)
         self.embedder = embedder
         self.providers = providers
         self.guard = guard

@@ -65,8 +65,10 @@ class Health(msgspec.Struct, kw_only=True):
     guard_threshold: float | None
     # "on": candidates the guard lets through are screened for near misses and read by the
     # verifier, served when the combined score reaches verify_threshold (MAX_WRONG_HIT_RATE's);
-    # "checks": the near-miss checks veto what the guard serves; "off": the guard alone.
-    verifier: Literal["on", "checks", "off"]
+    # "overlap": the guard and the near-miss checks decide, and the verifier must also pass
+    # the candidates they serve whose words nearly all recur in the question; "checks": the
+    # near-miss checks veto what the guard serves; "off": the guard alone.
+    verifier: Literal["on", "overlap", "checks", "off"]
     verify_threshold: float | None
     # The default provider (model names without a `provider/` prefix go there)...
     upstream: str
@@ -181,13 +183,7 @@ async def health(
         similarity_threshold=service.similarity_threshold,
         guard="off" if service.guard is None else "on",
         guard_threshold=None if service.guard is None else service.guard.threshold,
-        verifier=(
-            "on"
-            if service.judge.verifier is not None
-            else "checks"
-            if service.judge.checks
-            else "off"
-        ),
+        verifier=service.judge.mode,
         verify_threshold=service.planner.default_verify_threshold(),
         upstream=default.name,
         upstream_status="configured" if default.configured else "not_configured",
@@ -280,7 +276,7 @@ async def prometheus_state(service: QueryService) -> State:
                         wrong[(row.tenant, row.model_id)] = (row.rate, row.high)
         except CacheUnavailable as exc:
             log.warning("metrics scrape without Redis: %s", exc.message)
-    verifier = "on" if service.judge.verifier else "checks" if service.judge.checks else "off"
+    verifier = service.judge.mode
     return State(
         entries=entries,
         redis_up=redis_up,
