@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--verifier",
-        choices=["on", "checks", "off"],
-        help="after the guard: the cross-encoder cascade, the near-miss checks, or nothing "
+        choices=["on", "overlap", "checks", "off"],
+        help="after the guard: the cross-encoder cascade, the near-miss checks and the "
+        "cross-encoder on high-overlap hits, the near-miss checks, or nothing "
         "(default: VERIFIER)",
     )
     parser.add_argument(
@@ -100,14 +101,14 @@ async def run(args: argparse.Namespace) -> str:
         embedder = await build_embedder(settings, session)
         try:
             guard, floor = configured_decision(settings, embedder.id)
-            calibration = Calibration.for_model() if settings.verifier == "on" and guard else None
+            verified = settings.verifier in ("on", "overlap") and guard is not None
+            calibration = Calibration.for_model() if verified else None
             verify_at = _verifier_threshold(settings, calibration)
+            cascade = settings.verifier == "on" and verify_at is not None
             threshold = floor if guard is None else guard.threshold
-            if verify_at is not None:
+            if cascade and verify_at is not None:
                 threshold = verify_at
-            values = sweep.grid(
-                guarded=guard is not None, cascade=verify_at is not None, decision=threshold
-            )
+            values = sweep.grid(guarded=guard is not None, cascade=cascade, decision=threshold)
             decision = _Decision(
                 guard=guard,
                 floor=floor,
@@ -115,7 +116,7 @@ async def run(args: argparse.Namespace) -> str:
                 verify_at=verify_at,
                 threshold=threshold,
                 sweep=values if args.sweep or args.plot else [],
-                title=f"{args.file.stem}: {_what(guard is not None, verify_at, embedder.id)}",
+                title=f"{args.file.stem}: {_what(guard, settings.verifier, embedder.id)}",
             )
             if args.mode == "pairs":
                 result, text = await _pairs(args, settings, embedder, decision)
@@ -143,15 +144,17 @@ async def _pairs(
         cosines,
         guard,
         decision.floor,
-        checks=settings.verifier == "checks",
+        checks=settings.verifier in ("checks", "overlap"),
         calibration=decision.calibration,
+        gated_at=decision.verify_at if settings.verifier == "overlap" else None,
     )
     result = pairs.evaluate(
         data,
         scores,
         decision.floor,
         None if guard is None else guard.threshold,
-        decision.verify_at,
+        decision.verify_at if settings.verifier == "on" else None,
+        gated=_gated(settings, decision),
     )
     text = pairs.table(result)
     if decision.sweep:
@@ -228,12 +231,18 @@ async def _scores(
     *,
     checks: bool,
     calibration: Calibration | None,
+    gated_at: float | None = None,
 ) -> npt.NDArray[np.float64]:
-    """The scores the service thresholds (with the verifier: the cascade's combined score)."""
+    """The scores the service thresholds (with the verifier on every candidate: the cascade's
+    combined score; on high-overlap ones, `gated_at`: the guard's, lowered where it reads)."""
     if calibration is None or guard is None:
         return pairs.decision_scores(data, cosines, guard, floor, checks=checks)
     verifier = await Verifier.load()
     try:
+        if gated_at is not None:
+            return await pairs.gated_scores(
+                data, cosines, guard, verifier, calibration, floor=floor, verify_at=gated_at
+            )
         return await pairs.verified_scores(data, cosines, guard, verifier, calibration)
     finally:
         await verifier.aclose()
@@ -247,10 +256,21 @@ def _verifier_threshold(settings: Settings, calibration: Calibration | None) -> 
     return calibration.threshold if budget is None else calibration.threshold_for(budget)
 
 
-def _what(guarded: bool, verify_at: float | None, embedder: str) -> str:
-    if verify_at is not None:
+def _gated(settings: Settings, decision: _Decision) -> tuple[float, float] | None:
+    """VERIFIER=overlap's gate and threshold, for the report (None in other modes)."""
+    if settings.verifier != "overlap" or decision.calibration is None:
+        return None
+    if decision.verify_at is None:
+        return None
+    return decision.calibration.overlap_gate, decision.verify_at
+
+
+def _what(guard: Guard | None, verifier: str, embedder: str) -> str:
+    if guard is not None and verifier == "on":
         return f"{embedder}, guard x verifier (cascade)"
-    return f"{embedder}, " + ("guard probability" if guarded else "cosine")
+    if guard is not None and verifier == "overlap":
+        return f"{embedder}, guard probability (verifier on high-overlap pairs)"
+    return f"{embedder}, " + ("guard probability" if guard is not None else "cosine")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,6 +45,10 @@ class PairsResult(PairReport, kw_only=True):
     guard_threshold: float | None = None
     # With the verifier: the combined score's threshold (it decides, not guard_threshold).
     verifier_threshold: float | None = None
+    # VERIFIER=overlap: pairs whose word overlap reaches overlap_gate must also reach
+    # gated_threshold (guard x verifier); the guard's threshold still decides the rest.
+    overlap_gate: float | None = None
+    gated_threshold: float | None = None
     by_source: dict[str, PairReport]
 
 
@@ -107,6 +111,32 @@ async def verified_scores(
     return scores
 
 
+async def gated_scores(
+    pairs: Sequence[Pair],
+    cosines: npt.NDArray[np.float64],
+    guard: Guard,
+    verifier: Verifier,
+    calibration: Calibration,
+    *,
+    floor: float,
+    verify_at: float,
+) -> npt.NDArray[np.float64]:
+    """What the service thresholds with VERIFIER=overlap: the guard's probability after the
+    near-miss checks, lowered on the pairs whose words overlap past the calibration's gate to
+    the verifier's combined score moved onto the guard's scale (Calibration.gated_score)."""
+    scores = decision_scores(pairs, cosines, guard, floor, checks=True)
+    gated: list[tuple[int, str, str]] = []
+    for i, pair in enumerate(pairs):
+        query, cached = normalize_prompt(pair.question2), normalize_prompt(pair.question1)
+        if scores[i] > 0 and calibration.gated(query, cached):
+            gated.append((i, query, cached))
+    verified = await verifier.probabilities([(query, cached) for _, query, cached in gated])
+    for (i, _, _), checked in zip(gated, verified, strict=True):
+        combined = calibration.score(scores[i], float(checked))
+        scores[i] = calibration.gated_score(scores[i], combined, guard.threshold, verify_at)
+    return scores
+
+
 def report(scores: npt.NDArray[np.float64], labels: Sequence[int], threshold: float) -> PairReport:
     """AUC, recall at each target precision, and at the threshold: precision, recall and the
     share of negative pairs served (PAWS and near-miss sets read directly from it)."""
@@ -134,6 +164,8 @@ def evaluate(
     threshold: float,
     guard_threshold: float | None = None,
     verifier_threshold: float | None = None,
+    *,
+    gated: tuple[float, float] | None = None,
 ) -> PairsResult:
     """Overall and per-source reports; decisions at guard_threshold when a guard scored, at
     verifier_threshold when the verifier did."""
@@ -151,6 +183,8 @@ def evaluate(
         threshold=threshold,
         guard_threshold=guard_threshold,
         verifier_threshold=verifier_threshold,
+        overlap_gate=None if gated is None else gated[0],
+        gated_threshold=None if gated is None else gated[1],
         by_source=by_source,
     )
 
@@ -166,6 +200,11 @@ def table(result: PairsResult) -> str:
         )
     elif result.guard_threshold is not None:
         decision += f" and guard probability >= {result.guard_threshold} (scores: the guard's)"
+        if result.overlap_gate is not None:
+            decision += (
+                f"; no near-miss veto; where the words overlap >= {result.overlap_gate}, also "
+                f"guard x verifier >= {result.gated_threshold} (VERIFIER=overlap)"
+            )
     lines = [
         f"Decision: {decision}",
         "",

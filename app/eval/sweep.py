@@ -46,7 +46,10 @@ class Sweeper:
     Without a guard the score is the cosine (the swept threshold is the floor); with one it is
     the guard's probability above the cosine floor, None where a near-miss check vetoes
     (`checks`); with the verifier, the calibrated combined score of the candidates the screens
-    let through (the cross-encoder runs once, in batches, at `finish`).
+    let through (the cross-encoder runs once, in batches, at `finish`). `gated_at` (VERIFIER=
+    overlap, the verifier's threshold) keeps the guard's probability after the checks as the
+    score, lowered where the pair's words overlap past the calibration's gate to the
+    verifier's moved score (Calibration.gated_score).
     """
 
     def __init__(
@@ -57,9 +60,11 @@ class Sweeper:
         checks: bool = False,
         verifier: Verifier | None = None,
         calibration: Calibration | None = None,
+        gated_at: float | None = None,
     ) -> None:
         if (verifier is None) != (calibration is None) or (verifier and guard is None):
             raise ValueError("the cascade needs the guard, the verifier and its calibration")
+        self.gated_at = gated_at if calibration is not None else None
         self.guard = guard
         self.floor = floor
         self.checks = checks
@@ -81,6 +86,12 @@ class Sweeper:
         if guard is None:
             return cosine
         probability = guard.probability(query, cached, cosine)
+        if self.gated_at is not None and self.calibration is not None:
+            if veto(query, cached) is not None:
+                return None
+            if self.calibration.gated(query, cached):
+                self._pending.append((len(self.queries), rank, query, cached, probability))
+            return probability  # lowered at `finish` if the verifier reads it
         if self.calibration is not None:
             if self.calibration.screen(query, cached, cosine, probability) is not None:
                 return None
@@ -99,6 +110,10 @@ class Sweeper:
         for (i, rank, _, _, guard), probability in zip(self._pending, verified, strict=True):
             scored = self.queries[i][rank]
             score = self.calibration.score(guard, float(probability))
+            if self.gated_at is not None and self.guard is not None:
+                score = self.calibration.gated_score(
+                    guard, score, self.guard.threshold, self.gated_at
+                )
             self.queries[i][rank] = msgspec.structs.replace(scored, score=score)
         self._pending = []
 

@@ -62,7 +62,7 @@ class WorkloadResult(Served, kw_only=True):
     guard_threshold: float | None = None
     # With the verifier: the combined score's threshold (it decides, not guard_threshold).
     verifier_threshold: float | None = None
-    # After the guard: "checks", "on" (the cascade) or "off" (VERIFIER).
+    # After the guard: "checks", "overlap", "on" (the cascade) or "off" (VERIFIER).
     verifier: str = "off"
     expected_hits: int
     sweep: list[SweepPoint] | None = None
@@ -169,9 +169,11 @@ class _Replay:
         verifier: Verifier | None = None,
         calibration: Calibration | None = None,
     ) -> None:
-        if settings.verifier == "on" and guard is not None and verifier is None:
-            raise ValueError("VERIFIER=on: the replay needs the verifier and its calibration")
-        cascade = verifier if settings.verifier == "on" else None
+        verified = settings.verifier in ("on", "overlap")
+        if verified and guard is not None and verifier is None:
+            raise ValueError("VERIFIER=on/overlap: the replay needs the verifier and calibration")
+        cascade = verifier if verified else None
+        checks = settings.verifier in ("checks", "overlap")
         self.stream = stream
         self.verify = verify
         self.embedder = embedder
@@ -181,7 +183,7 @@ class _Replay:
         self.sweeper = Sweeper(
             guard,
             threshold,
-            checks=settings.verifier == "checks",
+            checks=checks,
             verifier=cascade,
             calibration=None if cascade is None else calibration,
         )
@@ -204,11 +206,15 @@ class _Replay:
             verifier=cascade,
             calibration=None if cascade is None else calibration,
             max_wrong_hit_rate=settings.max_wrong_hit_rate,
-            near_miss_checks=settings.verifier == "checks",
+            near_miss_checks=checks,
+            gated=settings.verifier == "overlap",
             ttl=REPLAY_TTL,
             top_k=settings.knn_top_k,
             max_prompt_chars=sys.maxsize,
         )
+        if settings.verifier == "overlap" and cascade is not None:
+            # The sweep lowers the gated candidates' scores around the service's threshold.
+            self.sweeper.gated_at = self.service.planner.default_verify_threshold()
         if verify is not None:
             answers = {row.t: row.answer_key for row in stream}
 
