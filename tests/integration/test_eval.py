@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAIRS = ROOT / "tests" / "data" / "pairs_sample.jsonl"
 STREAM = ROOT / "tests" / "data" / "workload_comqa_sample.jsonl"
 PROBES = ROOT / "tests" / "data" / "near_miss_probes.jsonl"
+PAWS = ROOT / "tests" / "data" / "paws_sample.jsonl"
 
 
 def run_eval(*args: str) -> dict[str, object]:
@@ -194,7 +195,8 @@ def test_pairs_mode_decides_like_the_service_checks_or_cascade(tmp_path: Path) -
     assert cascade["verifier_threshold"] == calibration.threshold
     off = ["--verifier", "off"]
     guarded = run_eval("pairs", str(PAIRS), *off, "--json", str(tmp_path / "g.json"))
-    checked = run_eval("pairs", str(PAIRS), "--json", str(tmp_path / "c.json"))  # the default
+    checks = ["--verifier", "checks"]
+    checked = run_eval("pairs", str(PAIRS), *checks, "--json", str(tmp_path / "c.json"))
     assert checked["verifier_threshold"] is None
     at_cascade, at_guard = cascade["at_default"], guarded["at_default"]
     at_checks = checked["at_default"]
@@ -209,6 +211,24 @@ def test_pairs_mode_decides_like_the_service_checks_or_cascade(tmp_path: Path) -
         "pairs", str(PAIRS), *on, "--max-wrong-hit-rate", "0", "--json", str(tmp_path / "b.json")
     )
     assert budget["verifier_threshold"] == calibration.threshold_for(0.0)
+
+
+def test_pairs_mode_overlap_refuses_word_swaps_the_checks_serve(tmp_path: Path) -> None:
+    # The default, VERIFIER=overlap, on 24 held-out PAWS pairs (16 different in meaning).
+    calibration = Calibration.for_model()
+    gated = run_eval("pairs", str(PAWS), "--json", str(tmp_path / "overlap.json"))
+    checks = ["--verifier", "checks"]
+    checked = run_eval("pairs", str(PAWS), *checks, "--json", str(tmp_path / "checks.json"))
+    assert gated["overlap_gate"] == calibration.overlap_gate
+    assert gated["gated_threshold"] == calibration.threshold
+    assert gated["guard_threshold"] == checked["guard_threshold"]
+    assert gated["verifier_threshold"] is None  # the guard's threshold decides
+    at_gated, at_checks = gated["at_default"], checked["at_default"]
+    assert isinstance(at_gated, dict)
+    assert isinstance(at_checks, dict)
+    assert at_checks["negatives_served"] >= 0.25
+    assert at_gated["negatives_served"] <= at_checks["negatives_served"] / 2
+    assert at_gated["recall"] <= at_checks["recall"]  # it only ever refuses more
 
 
 def probe_stream(path: Path) -> Path:
@@ -245,19 +265,22 @@ def test_workload_replays_decide_like_the_service_checks_or_cascade(tmp_path: Pa
         mode: run_eval(
             "workload", stream, "--verifier", mode, "--sweep", "--json", str(tmp_path / mode)
         )
-        for mode in ("off", "checks", "on")
+        for mode in ("off", "checks", "overlap", "on")
     }
     calibration = Calibration.for_model()
     assert runs["on"]["verifier_threshold"] == calibration.threshold
+    assert runs["overlap"]["verifier_threshold"] == calibration.threshold
     assert runs["checks"]["verifier_threshold"] is None
     wrong = {mode: run["confirmed_false_positives"] for mode, run in runs.items()}
     # The guard alone serves some hand-written near misses (bench/quality.md: 9 of 48).
     assert isinstance(wrong["off"], int)
     assert wrong["off"] >= 3
     assert wrong["checks"] < wrong["off"]
+    assert wrong["overlap"] <= wrong["checks"]
     assert wrong["on"] < wrong["off"]
     for mode, run in runs.items():
-        decided_at = run["verifier_threshold"] or run["guard_threshold"]
+        # VERIFIER=overlap decides at the guard's threshold (gated scores are moved onto it).
+        decided_at = run["verifier_threshold"] if mode == "on" else run["guard_threshold"]
         sweep = run["sweep"]
         assert isinstance(sweep, list)
         at = [p for p in sweep if p["threshold"] == decided_at]

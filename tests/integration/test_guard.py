@@ -60,7 +60,7 @@ async def test_without_the_guard_the_cosine_alone_serves_the_near_miss(
     assert fake_llm.call_count == 1
 
 
-@pytest.mark.parametrize("verifier", ["checks", "on"])
+@pytest.mark.parametrize("verifier", ["checks", "overlap", "on"])
 async def test_near_misses_with_changed_numbers_or_order_are_refused_and_a_paraphrase_served(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI, verifier: str
 ) -> None:
@@ -82,7 +82,8 @@ async def test_near_misses_with_changed_numbers_or_order_are_refused_and_a_parap
             "How do I stop being so hard on myself?",
         )
         await http.post("/v1/query", json={"prompt": asked})
-        if verifier == "on":
+        # Nearly the same words (overlap 0.8): with VERIFIER=overlap the verifier reads it too.
+        if verifier in ("on", "overlap"):
             # A request's own budget: 0 maps to the strictest threshold the calibration knows.
             strict = await http.post(
                 "/v1/query",
@@ -93,7 +94,7 @@ async def test_near_misses_with_changed_numbers_or_order_are_refused_and_a_parap
         hit = (await http.post("/v1/query", json={"prompt": paraphrase})).json()
         assert hit["match"] == "semantic", hit
         assert hit["matched_prompt"] == asked
-        if verifier == "on":
+        if verifier in ("on", "overlap"):
             assert hit["verifier_score"] >= health["verify_threshold"]
         else:
             assert hit["verifier_score"] is None
