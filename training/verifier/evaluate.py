@@ -460,9 +460,20 @@ def tables() -> str:
             None,
         ),
         (
-            f"**cascade: cosine >= 0.70, guard >= {g}, checks, {cal.combine} (shipped default)**",
+            f"cascade: cosine >= 0.70, guard >= {g}, checks, {cal.combine} (VERIFIER=on)",
             {"stage": "cascade", "min_guard": g, "combine": cal.combine},
             cal.threshold,
+        ),
+        (
+            f"**guard + checks, verifier on overlap >= {cal.overlap_gate} (VERIFIER=overlap, "
+            "the default)**",
+            {
+                "stage": "gated",
+                "gate": cal.overlap_gate,
+                "verify_at": cal.threshold,
+                "combine": cal.combine,
+            },
+            GUARD_THRESHOLD,
         ),
     ]
     pv, wv = cached_scores("pairs-val"), cached_scores("paws-val")
@@ -517,9 +528,18 @@ def tables() -> str:
         probe_lines.append(
             f"| {label} | {len(served_neg)} | {int(((r >= t) & (yr == 1)).sum())} | {by_kind} |"
         )
+    read = []
+    for name, scored in (("pairs", ph), ("PAWS", wh), ("probes", pr)):
+        guarded = decision(scored, stage="guard+checks", symmetric=sym, min_guard=0, checks=checks)
+        served = guarded >= GUARD_THRESHOLD
+        gated = served & (np.array(scored.overlap) >= cal.overlap_gate)
+        read.append(f"{name} {int(gated.sum())} of {int(served.sum())}")
     text = "\n".join(
         [
             "### Held-out pairs (1,663 pairs of pairs.jsonl, 30% of question groups)",
+            "",
+            "VERIFIER=overlap: of the held-out pairs the guard and the checks serve, the "
+            f"verifier read {', '.join(read)}.",
             "",
             *lines,
             "",
