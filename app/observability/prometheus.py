@@ -25,6 +25,8 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0)
 _SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+# The verifier's thresholds lie near the top (0.976 by default).
+_VERIFIER_BUCKETS = (0.1, 0.5, 0.9, 0.95, 0.97, 0.976, 0.98, 0.99, 0.995, 1.0)
 
 
 class PrometheusMetrics:
@@ -100,6 +102,13 @@ class PrometheusMetrics:
             "The guard's probability for judged candidates",
             ("decision",),
             buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.verifier_score = Histogram(
+            "sentinel_verifier_score",
+            "Guard x verifier score of the candidates the verifier read (count: its runs)",
+            ("decision",),
+            buckets=_VERIFIER_BUCKETS,
             registry=r,
         )
 

@@ -192,6 +192,7 @@ class Recorder(PeriodicFlush):
         similarity: float,
         guard_score: float | None,
         near_miss: NearMiss | None,
+        verifier_score: float | None = None,
     ) -> None:
         """A candidate the judge decided on; a refused one is kept as a near miss."""
         decision = "served" if served else "rejected"
@@ -199,6 +200,8 @@ class Recorder(PeriodicFlush):
         prom.similarity.labels(decision).observe(similarity)
         if guard_score is not None:
             prom.guard_score.labels(decision).observe(guard_score)
+        if verifier_score is not None:
+            prom.verifier_score.labels(decision).observe(verifier_score)
         if near_miss is not None:
             tenant = self.tenant_label(near_miss.tenant)
             prom.near_misses.labels(tenant or "-", near_miss.model, near_miss.stage).inc()

@@ -152,5 +152,6 @@ class Judge:
             similarity=candidate.similarity,
             guard_score=verdict.guard_score,
             near_miss=near_miss,
+            verifier_score=verdict.verifier_score,
         )
         return verdict

@@ -116,6 +116,8 @@ def test_prometheus_tells_bypass_and_negative_hits_apart() -> None:
             stage="guard",
         ),
     )
+    metrics.judged(served=True, similarity=0.95, guard_score=0.9, near_miss=None,
+                   verifier_score=0.985)  # fmt: skip
     state = State(entries=5, redis_up=True, cache_breaker_open=False,
                   embedder_breaker_open=True, info={"version": "x"},
                   wrong_hits={("a", "m"): (0.01, 0.05)}, wrong_hit_budget=0.02)  # fmt: skip
@@ -141,3 +143,9 @@ def test_prometheus_tells_bypass_and_negative_hits_apart() -> None:
         page[("sentinel_near_misses_total", (("model", "m"), ("stage", "guard"), ("tenant", "-")))]
         == 1
     )
+    # Only the candidate the verifier read is counted there, in its decision's series.
+    assert page[("sentinel_verifier_score_count", (("decision", "served"),))] == 1
+    assert ("sentinel_verifier_score_count", (("decision", "rejected"),)) not in page
+    assert page[("sentinel_guard_score_count", (("decision", "served"),))] == 1
+    assert page[("sentinel_verifier_score_bucket", (("decision", "served"), ("le", "0.98")))] == 0
+    assert page[("sentinel_verifier_score_bucket", (("decision", "served"), ("le", "0.99")))] == 1
