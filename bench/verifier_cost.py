@@ -9,7 +9,8 @@ Each round starts a fresh Redis and one Sentinel per setting, in alternating
 order (drift on a shared machine falls on all), stores the questions, then asks each
 paraphrase that came back a semantic hit on its own question. The p50s are over the
 paraphrases that hit under every setting, so both sides time the same requests; the ratio is
-the median of the rounds' ratios. PARAPHRASE_ALIAS is off so every hit embeds (and verifies).
+the median of the rounds' ratios. Then the same paraphrases twice over with 16 in flight:
+semantic hits/s per setting. PARAPHRASE_ALIAS is off so every hit embeds (and verifies).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision
@@ -35,10 +37,19 @@ VERIFYING = ("overlap", "on")
 BASELINE = "baseline"
 
 
+class Round(NamedTuple):
+    """One setting's round: c=1 latencies per paraphrase, which hit, semantic hits/s at c=16."""
+
+    latencies: dict[str, list[float]]
+    hit: set[str]
+    rate: float
+
+
 async def _round(
     setting: str, pairs: list[Pair], repeats: int, provider_url: str, baseline: Path | None
-) -> tuple[dict[str, list[float]], set[str]]:
-    """One fresh Redis and Sentinel: latencies of semantic hits per paraphrase, and which hit.
+) -> Round:
+    """One fresh Redis and Sentinel: latencies of semantic hits per paraphrase, which hit, and
+    semantic hits/s with 16 in flight.
 
     BASELINE runs the `baseline` checkout with its own default VERIFIER."""
     extra = {"PARAPHRASE_ALIAS": "false"}
@@ -65,11 +76,14 @@ async def _round(
             }
             asked = [p.paraphrase for p in pairs if p.paraphrase in hit] * repeats
             replies: list[Reply] = await sequential(one, url, asked)
+        # Throughput: the same paraphrases, 16 in flight (every one embeds: no alias).
+        loaded, wall = await concurrent(url, asked * 2, 16)
     latencies: dict[str, list[float]] = defaultdict(list)
     for prompt, reply in zip(asked, replies, strict=True):
         if reply.match == "semantic":
             latencies[prompt].append(reply.latency_ms)
-    return latencies, hit
+    rate = sum(1 for r in loaded if r.match == "semantic") / wall
+    return Round(latencies, hit, rate)
 
 
 async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -> None:
@@ -86,7 +100,7 @@ async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -
         await embedder.aclose()
     print(f"{note}; {len(pairs)} pairs", file=sys.stderr)
     compared = (*SETTINGS, BASELINE) if baseline is not None else SETTINGS
-    results: list[dict[str, tuple[dict[str, list[float]], set[str]]]] = []
+    results: list[dict[str, Round]] = []
     async with fake_provider(0.3) as provider_url:
         for i in range(rounds):
             order = compared if i % 2 == 0 else compared[::-1]
@@ -105,14 +119,14 @@ async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -
     print("|---" * (3 + len(compared) + len(against) - 1) + "|")
     ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in against}
     for i, by_setting in enumerate(results):
-        every = set.intersection(*(hit for _, hit in by_setting.values()))
+        every = set.intersection(*(r.hit for r in by_setting.values()))
         p50 = {
-            s: statistics.median(ms for p in every for ms in lat.get(p, []))
-            for s, (lat, _) in by_setting.items()
+            s: statistics.median(ms for p in every for ms in r.latencies.get(p, []))
+            for s, r in by_setting.items()
         }
         for v, s in against:
             ratios[v, s].append(p50[v] / p50[s])
-        counts = " / ".join(str(len(by_setting[s][1])) for s in compared)
+        counts = " / ".join(str(len(by_setting[s].hit)) for s in compared)
         print(
             f"| {i + 1} | {counts} / {len(every)} | "
             + " | ".join(f"{p50[s]:.2f}" for s in compared)
@@ -120,6 +134,12 @@ async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -
             + " | ".join(f"{ratios[pair][-1]:.2f}x" for pair in against)
             + " |"
         )
+    print("\n| round | " + " | ".join(f"{s} hits/s (c=16)" for s in compared) + " |")
+    print("|---" * (1 + len(compared)) + "|")
+    for i, by_setting in enumerate(results):
+        print(f"| {i + 1} | " + " | ".join(f"{by_setting[s].rate:.0f}" for s in compared) + " |")
+    medians = {s: statistics.median(r[s].rate for r in results) for s in compared}
+    print("| median | " + " | ".join(f"{medians[s]:.0f}" for s in compared) + " |")
     for v, s in against:
         ratio = statistics.median(ratios[v, s])
         verdict = "within" if ratio <= ALLOWED_RATIO else "over"
