@@ -30,11 +30,11 @@ def provide_service(state: State) -> QueryService:
     return service
 
 
-def create_app(settings: Settings | None = None, *, exact_fast_path: bool = True) -> Litestar:
+def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> Litestar:
     """Build the application; settings come from the environment unless given.
 
-    `exact_fast_path=False` sends every request through Litestar's handlers (app/api/fast.py
-    answers exact hits before them otherwise): the tests compare the two.
+    `fast_path=False` sends every request through Litestar's handlers (app/api/fast.py
+    answers cache hits before them otherwise): the tests compare the two.
     """
     settings = settings or load_settings()
     return Litestar(
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, exact_fast_path: bool = True
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware, json_body_middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "exact_fast_path": exact_fast_path, "exact_plans": {}}),
+        state=State({"settings": settings, "fast_path": fast_path, "exact_plans": {}}),
         openapi_config=OpenAPIConfig(title="Sentinel", version=VERSION),
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # app/logging.py configures JSON lines; Litestar must not override

@@ -13,7 +13,7 @@ from litestar.response import Stream
 from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
-from app.api.fast import exact_hits, prefetched
+from app.api.fast import cache_hits, prefetched
 from app.api.openai_schemas import DONE, ChatCompletionRequest, ChunkWriter, completion
 from app.api.responses import cache_headers, event_stream
 from app.service.answers import Answer
@@ -37,7 +37,7 @@ def _body(answer: Answer) -> bytes:
     "/v1/chat/completions",
     status_code=200,
     responses=ERROR_RESPONSES,
-    middleware=[exact_hits(_fast_ask, _body)],
+    middleware=[cache_hits(_fast_ask, _body)],
 )
 async def chat_completions(
     request: Request[Any, Any, Any],

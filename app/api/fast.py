@@ -1,17 +1,19 @@
-"""The exact-hit fast path of POST /v1/chat/completions and POST /v1/query.
+"""The cache-hit fast path of POST /v1/chat/completions and POST /v1/query.
 
-An exact hit is most of a busy cache's traffic, and Litestar's per-request machinery (body
+Hits are most of a busy cache's traffic, and Litestar's per-request machinery (body
 extraction, signature model, dependency resolution, Response building) cost about as much CPU
-as everything Sentinel does for it. This route middleware answers exact hits itself, between
-the app's middlewares (request id, access log, the 415 check: they run for it as for any
-request) and the route: it admits the caller as `authenticate` does, reads the body, builds
-the same Ask the handler would, and makes the service's exact lookup. On an exact hit it sends
-the response the handler would have sent; in every other case it hands the request to the
-route with the body replayed, and with what it already did kept in the request's state: the
-admission (`auth.admit_into`: a refusal is raised by `authenticate`, a rate limit counts once)
-and the lookup (`Prefetched`: Redis is not asked twice). Anything it does not handle itself
-(a stream, an invalid body, a refused key, a miss, a semantic hit, a bypassed cache, a body
-sent in pieces past MAX_BODY_BYTES) takes the normal path, which decides as it always has.
+as everything Sentinel does for an exact hit. This route middleware answers hits itself,
+between the app's middlewares (request id, access log, the 415 check: they run for it as for
+any request) and the route: it admits the caller as `authenticate` does, reads the body,
+builds the same Ask the handler would, and makes the service's lookup (exact, alias, then
+semantic: `QueryService.cached_hit`). On a hit it sends the response the handler would have
+sent; in every other case it hands the request to the route with the body replayed, and with
+what it already did kept in the request's state: the admission (`auth.admit_into`: a refusal
+is raised by `authenticate`, a rate limit counts once) and the lookup (`Prefetched`: neither
+Redis nor the embedder is asked twice; a failure remembered for the request is raised by the
+handler). Anything it does not handle itself (a stream, an invalid body, a refused key, a
+miss, a bypassed cache, a body sent in pieces past MAX_BODY_BYTES) takes the normal path,
+which decides as it always has.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def prefetched(state: Mapping[str, Any]) -> Prefetched | None:
     return found if isinstance(found, Prefetched) else None
 
 
-def exact_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
+def cache_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
     """The fast path as a Litestar route middleware (the route's `middleware=[...]`)."""
 
     def wrap(app: ASGIApp) -> ASGIApp:  # Litestar passes the route's own stack as `app`
@@ -65,7 +67,7 @@ def exact_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
             headers = _headers(scope)
             length = headers.get("content-length", "")
             if (
-                not app_state.exact_fast_path
+                not app_state.fast_path
                 or scope.get("method") != "POST"
                 or not length.isdigit()
                 or int(length) > MAX_BODY_BYTES  # refused before it is read, by the route
@@ -90,7 +92,7 @@ def exact_hits(ask_of: AskOf, render: Render) -> Callable[[ASGIApp], ASGIApp]:
             if plan is None or not plan.read_cache:
                 await route(scope, replay, send)
                 return
-            found = await service.exact_hit(plan, started)
+            found = await service.cached_hit(plan, started)
             if isinstance(found, Prefetched):
                 state[PREFETCHED_STATE] = found
                 await route(scope, replay, send)

@@ -13,7 +13,7 @@ from litestar.response import Stream
 from app.api.auth import tenant_of
 from app.api.controls import from_headers
 from app.api.errors import ERROR_RESPONSES
-from app.api.fast import exact_hits, prefetched
+from app.api.fast import cache_hits, prefetched
 from app.api.openai_schemas import sse
 from app.api.responses import cache_headers, event_stream
 from app.api.schemas import QueryRequest, refuse_control_characters
@@ -39,7 +39,7 @@ def _fast_ask(body: bytes, tenant: str, controls: dict[str, Any]) -> Ask | None:
     "/v1/query",
     status_code=200,
     responses=ERROR_RESPONSES,
-    middleware=[exact_hits(_fast_ask, msgspec.json.encode)],
+    middleware=[cache_hits(_fast_ask, msgspec.json.encode)],
 )
 async def query(
     request: Request[Any, Any, Any],

@@ -1,8 +1,9 @@
-"""The exact lookup, made once per request even when the fast path (app/api/fast.py) made it.
+"""The cache lookup, made once per request even when the fast path (app/api/fast.py) made it.
 
-The fast path looks the exact key up before Litestar sees the request; without an exact hit
-it hands the request on with what it found (`Prefetched`), and `QueryService.answer` goes on
-from there instead of asking Redis a second time.
+The fast path looks the request up (exact, alias, semantic) before Litestar sees it; without
+a hit it hands the request on with what it found (`Prefetched`), and `QueryService.answer`
+goes on from there (the provider, then storing with the vector already computed) instead of
+asking Redis or the embedder a second time.
 """
 
 from __future__ import annotations
@@ -12,20 +13,38 @@ from typing import NamedTuple
 
 from app.cache.aliases import Alias
 from app.cache.errors import CacheBypassed
+from app.cache.negative import RememberedFailure
 from app.cache.store import Entry
+from app.providers.embedders.base import Vector
+from app.service.answers import Answer
 from app.service.plan import Plan
 from app.service.request_cache import RequestCache
 
 Held = tuple[Entry, Alias | None]
 
 
+class Found(NamedTuple):
+    """What a lookup found: a hit, else the query's vector (for storing), whether the cache
+    was bypassed (then no more cache reads for this request) and whether embedding failed
+    (then it is not tried again for the store: the answer is kept for exact hits)."""
+
+    hit: Answer | None = None
+    vector: Vector | None = None
+    bypass: bool = False
+    embed_failed: bool = False
+
+
 class Prefetched(NamedTuple):
-    """What the fast path's exact lookup found for a request it handed on (no exact hit)."""
+    """What the fast path's lookup found for a request it handed on (no hit)."""
 
     entry_id: str
     started: float  # when the fast path started answering: the request's latency counts from it
     held: Held | None = None
     bypassed: CacheBypassed | None = None
+    # The whole lookup when the fast path made it and found no hit (`answer` goes on from it),
+    # or the failure remembered for this request that it raised instead.
+    found: Found | None = None
+    failure: RememberedFailure | None = None
 
     @property
     def exact(self) -> bool:

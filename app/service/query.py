@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import NamedTuple, Unpack
+from typing import Unpack
 
 import msgspec
 
@@ -25,7 +25,7 @@ from app.cache.negative import NegativeCache, RememberedFailure
 from app.cache.store import CacheStore, Entry
 from app.errors import SentinelError, UpstreamError, UpstreamNotConfigured
 from app.observability.recorder import Recorder
-from app.providers.embedders.base import Embedder, Vector
+from app.providers.embedders.base import Embedder
 from app.providers.embedders.breaker import EmbedderBreaker
 from app.providers.upstreams.base import ChatDelta, ChatResult
 from app.providers.upstreams.router import ProviderRouter, is_transient
@@ -40,7 +40,7 @@ from app.service.answers import (
 )
 from app.service.audit import HitAudit
 from app.service.embedding import Embedding
-from app.service.exact import Prefetched, held_entry, prefetch
+from app.service.exact import Found, Prefetched, held_entry, prefetch
 from app.service.guard import Guard
 from app.service.judge import Judge, Verdict
 from app.service.plan import Ask, Plan, Planner, entry_for
@@ -52,17 +52,6 @@ from app.service.verifier import Calibration, Verifier
 from app.settings import DEFAULT_LOOKUP_TIMEOUT_MS, DEFAULT_WRITE_TIMEOUT_MS
 
 log = logging.getLogger("sentinel.service")
-
-
-class _Found(NamedTuple):
-    """What a lookup found: a hit, else the query's vector (for storing), whether the cache
-    was bypassed (then no more cache reads for this request) and whether embedding failed
-    (then it is not tried again for the store: the answer is kept for exact hits)."""
-
-    hit: Answer | None = None
-    vector: Vector | None = None
-    bypass: bool = False
-    embed_failed: bool = False
 
 
 class QueryService:
@@ -172,7 +161,7 @@ class QueryService:
         """Answer from the cache when it can, from the provider when it must."""
         started = time.perf_counter() if prefetched is None else prefetched.started
         plan = self.plan(ask)
-        found = await self._lookup(plan, started, prefetched)
+        found = await self._looked_up(plan, started, prefetched)
         if found.hit is not None:
             return found.hit
 
@@ -184,12 +173,9 @@ class QueryService:
                 raise
             return await self._store(plan, result, found, started)
 
-        if (
-            self.flight is None
-            or found.bypass  # Redis is failing: coalescing through it would only wait
-            or self.breaker.is_open
-            or not (plan.read_cache and plan.write_cache)
-        ):
+        if self.flight is None or self.breaker.is_open or not plan.read_cache:
+            return await lead()
+        if found.bypass or not plan.write_cache:  # Redis failing: coalescing would only wait
             return await lead()
 
         async def follow() -> Answer | None:
@@ -221,10 +207,22 @@ class QueryService:
             return await self._shared(flown.value, plan, started)
         return flown.value
 
-    async def exact_hit(self, plan: Plan, started: float) -> Answer | Prefetched:
-        """`answer`'s exact hit (counted, audited), else the lookup for `answer` to go on from."""
+    async def cached_hit(self, plan: Plan, started: float) -> Answer | Prefetched:
+        """`answer`'s lookup for the fast path: its hit, else what it found for `answer`."""
         pre = await prefetch(self.cache, plan, self.semantic.accepts(plan), started)
-        return ((await self._lookup(plan, started, pre)).hit or pre) if pre.exact else pre
+        try:
+            found = await self._lookup(plan, started, pre)
+        except RememberedFailure as exc:
+            return pre._replace(failure=exc)
+        return found.hit or pre._replace(found=found)
+
+    async def _looked_up(self, plan: Plan, started: float, pre: Prefetched | None) -> Found:
+        """`_lookup`, or what the fast path's lookup of this plan found (or raised)."""
+        if pre is None or pre.entry_id != plan.entry_id:
+            return await self._lookup(plan, started)
+        if pre.failure is not None:
+            raise pre.failure
+        return pre.found or await self._lookup(plan, started, pre)
 
     async def lookup(self, ask: Ask) -> Answer | None:
         """Cache-aside read: the cached answer for this request, or None; never the provider."""
@@ -283,7 +281,7 @@ class QueryService:
         plan: Plan,
         first: ChatDelta,
         deltas: AsyncIterator[ChatDelta],
-        found: _Found,
+        found: Found,
         started: float,
     ) -> AsyncIterator[ChatDelta]:
         """Pass the provider's pieces on, assembling the answer; store it once complete."""
@@ -309,13 +307,13 @@ class QueryService:
             return
         await self._store(plan, result, found, started)
 
-    async def _lookup(self, plan: Plan, started: float, prior: Prefetched | None = None) -> _Found:
+    async def _lookup(self, plan: Plan, started: float, prior: Prefetched | None = None) -> Found:
         """An exact hit, else a guarded semantic hit, else a remembered failure (raised).
 
         Without a hit, the query's vector comes back too, for storing the answer later.
         """
         if not plan.read_cache:
-            return _Found()
+            return Found()
         found = await self._find(plan, started, prior)
         if found.hit is None and not found.bypass:
             await self._check_failure(plan, started)
@@ -323,33 +321,33 @@ class QueryService:
             self.audit.maybe_check(plan, found.hit, found.vector)
         return found
 
-    async def _find(self, plan: Plan, started: float, prior: Prefetched | None = None) -> _Found:
+    async def _find(self, plan: Plan, started: float, prior: Prefetched | None = None) -> Found:
         try:
             found = await held_entry(self.cache, plan, self.semantic.accepts(plan), prior)
         except CacheBypassed as exc:
             self.cache.skipped(exc)
-            return _Found(bypass=True)
+            return Found(bypass=True)
         if found is not None:
             entry, alias = found
             if alias is None:
-                return _Found(hit=await self._hit(plan, entry, "exact", 1.0, started))
+                return Found(hit=await self._hit(plan, entry, "exact", 1.0, started))
             # A repeated paraphrase: served as its first semantic hit was, without an embedding.
-            return _Found(hit=await self._semantic_hit(plan, from_alias(entry, alias), started))
+            return Found(hit=await self._semantic_hit(plan, from_alias(entry, alias), started))
         if plan.question is None:
-            return _Found()
+            return Found()
         search = await self.semantic.search(plan, plan.question)
         if search.match is None:
-            return _Found(None, search.vector, search.bypass, search.embed_failed)
+            return Found(None, search.vector, search.bypass, search.embed_failed)
         self.semantic.remember(plan, search.match)
         hit = await self._semantic_hit(plan, search.match, started)
-        return _Found(hit=hit, vector=search.vector)
+        return Found(hit=hit, vector=search.vector)
 
     async def _semantic_hit(self, plan: Plan, match: SemanticMatch, started: float) -> Answer:
         return await self._hit(
             plan, match.entry, "semantic", match.similarity, started, verdict=match.verdict
         )
 
-    async def _store(self, plan: Plan, result: ChatResult, found: _Found, started: float) -> Answer:
+    async def _store(self, plan: Plan, result: ChatResult, found: Found, started: float) -> Answer:
         """Keep a successful answer (if the cache can) and report the miss.
 
         After a bypassed lookup the store is still tried while the breaker is closed: a

@@ -1,4 +1,4 @@
-"""The exact-hit fast path (app/api/fast.py) answers as the handlers do: the same requests, sent
+"""The cache-hit fast path (app/api/fast.py) answers as the handlers do: the same requests, sent
 to an app with it and to one without it (each on an emptied Redis), get the same statuses,
 bodies and headers, the same access-log lines, the same Prometheus counts and the same
 provider calls; only what differs by nature (request ids, latencies, timestamps) is masked."""
@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +30,11 @@ PARAPHRASE = "How do I stop being so hard on myself?"
 KEY_A = "sk-fast-team-a-0123456789abcdef"
 KEYS = f"{KEY_A}=team-a"
 A = {"Authorization": f"Bearer {KEY_A}"}
+
+FAILING = "What will the provider fail to answer?"
+# A provider failure is remembered for the request (negative cache): the fast path's lookup
+# finds it, and the handler raises it; the paraphrase then misses, and its answer is stored.
+FAILURE_SCRIPT_FAULTS = [Fault.status(503)] * 3  # the first try and both retries
 
 # (method, path, JSON body or raw bytes, headers)
 Step = tuple[str, str, Any, dict[str, str]]
@@ -66,6 +71,14 @@ OPEN_SCRIPT: list[Step] = [
     ("POST", "/v1/chat/completions", chat(QUESTION, n=1, seed=7), {}),  # hit
     ("POST", "/v1/chat/completions", chat("x" * 40_000), {}),  # prompt too large
     ("GET", "/v1/query", None, {}),  # 405
+]
+
+FAILURE_SCRIPT: list[Step] = [
+    ("POST", "/v1/query", {"prompt": FAILING}, {}),  # the provider's 503s: 502, remembered
+    ("POST", "/v1/query", {"prompt": FAILING}, {}),  # the remembered 502: no provider call
+    ("POST", "/v1/chat/completions", chat(FAILING), {}),  # the same request: remembered too
+    ("POST", "/v1/query", {"prompt": QUESTION}, {}),  # a miss, stored
+    ("POST", "/v1/query", {"prompt": PARAPHRASE}, {}),  # a semantic hit, answered fast
 ]
 
 KEYED_SCRIPT: list[Step] = [
@@ -133,16 +146,22 @@ async def _aliases(url: str) -> int:
 
 
 async def _run(
-    settings: Settings, fake_llm: FakeOpenAI, script: list[Step], *, fast: bool
+    settings: Settings,
+    fake_llm: FakeOpenAI,
+    script: list[Step],
+    *,
+    fast: bool,
+    faults: list[Fault] | None = None,
 ) -> Observed:
     _empty(settings.redis_url)
     fake_llm.reset()
+    fake_llm.script(faults or [])
     seen = Observed()
     lines = _Lines()
     access = logging.getLogger("sentinel.access")
     access.addHandler(lines)
     level, access.level = access.level, logging.INFO
-    app = create_app(settings, exact_fast_path=fast)
+    app = create_app(settings, fast_path=fast)
     try:
         async with AsyncTestClient(app=app) as http:
             for method, path, body, headers in script:
@@ -208,3 +227,21 @@ async def test_keyed_mode_admits_refuses_and_rate_limits_the_same(
     statuses = [status for status, _, _ in fast.responses]
     # A key's request counts once against its limit, whichever path answered it.
     assert statuses == [401, 401, 401, 200, 200, 200, 200, 429]
+
+
+async def test_remembered_failures_and_semantic_hits_answer_the_same(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    settings = make_settings()
+    faults = FAILURE_SCRIPT_FAULTS
+    fast = await _run(settings, fake_llm, FAILURE_SCRIPT, fast=True, faults=list(faults))
+    slow = await _run(settings, fake_llm, FAILURE_SCRIPT, fast=False, faults=list(faults))
+    _assert_same(fast, slow, FAILURE_SCRIPT)
+    statuses = [status for status, _, _ in fast.responses]
+    assert statuses[:3] == [502, 502, 502]
+    caches = [headers.get("x-sentinel-cache") for _, headers, _ in fast.responses]
+    assert caches[-1] == "HIT-SEMANTIC"
+    negative = [line for line in fast.counts if 'outcome="negative_hit"' in line]
+    assert negative
+    # Three tries of the failing request, none for its repeats, one for the question.
+    assert fast.provider_calls == 4
