@@ -86,7 +86,13 @@ async def _round(
     return Round(latencies, hit, rate)
 
 
-async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -> None:
+async def main(
+    rounds: int,
+    n_pairs: int,
+    repeats: int,
+    baseline: Path | None,
+    settings_timed: tuple[str, ...] = SETTINGS,
+) -> None:
     """Alternate the settings for `rounds` rounds and print the table."""
     settings = load_settings({})
     embedder = await LocalEmbedder.load()
@@ -99,7 +105,7 @@ async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -
     finally:
         await embedder.aclose()
     print(f"{note}; {len(pairs)} pairs", file=sys.stderr)
-    compared = (*SETTINGS, BASELINE) if baseline is not None else SETTINGS
+    compared = (*settings_timed, BASELINE) if baseline is not None else settings_timed
     results: list[dict[str, Round]] = []
     async with fake_provider(0.3) as provider_url:
         for i in range(rounds):
@@ -108,7 +114,8 @@ async def main(rounds: int, n_pairs: int, repeats: int, baseline: Path | None) -
                 {s: await _round(s, pairs, repeats, provider_url, baseline) for s in order}
             )
             print(f"round {i + 1} of {rounds} done", file=sys.stderr)
-    against = [(v, s) for v in VERIFYING for s in compared if s not in VERIFYING]
+    verifying = [v for v in VERIFYING if v in compared]
+    against = [(v, s) for v in verifying for s in compared if s not in VERIFYING]
     print(
         f"| round | paraphrases hit ({' / '.join(compared)} / all) | "
         + " | ".join(f"{s} p50 ms" for s in compared)
@@ -157,5 +164,11 @@ if __name__ == "__main__":
         default=None,
         help="a checkout of an earlier commit, measured as a third setting with its defaults",
     )
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help="the VERIFIER settings to time, comma-separated (default: all three)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.pairs, args.repeats, args.baseline_tree))
+    chosen = tuple(s for s in args.settings.split(",") if s)
+    asyncio.run(main(args.rounds, args.pairs, args.repeats, args.baseline_tree, chosen))
