@@ -10,7 +10,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.cache.wire import PackedScript, command, execute_packed, pack
+from app.cache import wire
+from app.cache.wire import PackedScript, command, execute_packed, pack, release_kept
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +73,29 @@ async def test_a_packed_script_runs_and_is_loaded_again_after_a_flush(redis: Red
     await redis.script_flush()
     assert await script(["a", "b"], ["x"]) == [b"a", b"x", 2, 1]
     assert await script(["only"], []) == [b"only"]  # Lua's reply stops at the first nil
+
+
+async def test_connections_are_kept_and_a_closed_one_is_not_sent_on(redis: Redis) -> None:
+    await asyncio.gather(*(execute_packed(redis, packed("ECHO", f"k{i}")) for i in range(8)))
+    kept = wire._idle[redis.connection_pool]
+    assert 1 <= len(kept) <= 8
+    # Redis closes them (as a restart would): each is found closed before use, not sent on.
+    assert await redis.client_kill_filter(_type="normal", skipme=True) >= len(kept)
+    await asyncio.sleep(0.1)  # the event loop sees their EOF
+    replies = await asyncio.gather(
+        *(execute_packed(redis, packed("ECHO", f"after{i}")) for i in range(8))
+    )
+    assert replies == [f"after{i}".encode() for i in range(8)]
+
+
+async def test_kept_connections_go_back_to_the_pool(redis: Redis) -> None:
+    await execute_packed(redis, packed("ECHO", "x"))
+    pool = redis.connection_pool
+    kept = list(wire._idle[pool])
+    assert kept
+    await release_kept(redis)
+    assert wire._idle[pool] == []
+    assert all(c in pool._available_connections for c in kept)
+    # The pool's idle connections can be dropped (the breaker's probe does) and all still works.
+    await pool.disconnect(inuse_connections=False)
+    assert await execute_packed(redis, packed("ECHO", "y")) == b"y"
