@@ -11,6 +11,8 @@ hot path's Lua scripts (the alias-aware lookup, the alias writes) go the same wa
 
 from __future__ import annotations
 
+import asyncio
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +21,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+
+from app.breaker import cut_before
 
 
 def pack(*args: str | int | bytes) -> bytes:
@@ -69,8 +73,13 @@ async def execute_packed(redis: Redis, packed: bytes) -> Any:
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
-        # Disconnects on its own failures (timeout, OSError, cancellation).
-        reply = await connection.read_response()
+        # Disconnects on its own failures (timeout, OSError, cancellation). Its socket timeout
+        # (an asyncio.timeout per read) is left out when a breaker's budget cuts the read first.
+        timeout = connection.socket_timeout
+        if timeout and cut_before(asyncio.get_running_loop().time() + timeout):
+            reply = await connection.read_response(timeout=math.inf)
+        else:
+            reply = await connection.read_response()
         done = True
         return reply
     finally:
