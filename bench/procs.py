@@ -144,10 +144,14 @@ async def sentinel(
     extra: dict[str, str] | None = None,
     started: Callable[[Child], None] | None = None,
     tree: Path = ROOT,
+    workers: str | None = "1",
 ) -> AsyncIterator[str]:
     """`python -m MODULE` (Sentinel) in its own process against Redis and the provider;
     `started` is handed the process once it answers (to inspect its pid). `tree`: the
-    checkout it runs from (another commit's, for a before/after in one sitting)."""
+    checkout it runs from (another commit's, for a before/after in one sitting). `workers`:
+    its WEB_CONCURRENCY (one uvicorn worker by default, results.md's setting); None leaves
+    this process's own WEB_CONCURRENCY to it, or none (app/serving.py's default: one worker
+    per core), as `make run` would."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update(
@@ -157,10 +161,10 @@ async def sentinel(
             "GROQ_BASE_URL": provider_url,
             "HOST": HOST,
             "PORT": str(port),
-            # One uvicorn worker (results.md's setting) unless `extra` says otherwise.
-            "WEB_CONCURRENCY": "1",
         }
     )
+    if workers is not None:
+        env["WEB_CONCURRENCY"] = workers
     env.update(extra or {})
     child = Child(name, [sys.executable, "-m", module], env, cwd=tree)
     base_url = f"http://{HOST}:{port}"

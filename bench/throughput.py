@@ -1,9 +1,12 @@
 """`python -m bench.throughput [--quick]`: issue 15's table, measured in one run.
 
-Sentinel (`python -m app` as `make run` serves it) against a trivial HTTP server (the floor)
+Sentinel (`python -m app` as `make run` serves it: WEB_CONCURRENCY passed through when set,
+else app/serving.py's default of one worker per core) against a trivial HTTP server (the floor)
 and an in-process embed + KNN of the same model on the same Redis: exact and semantic hits,
 p50 at concurrency 1 and hits/s at concurrency 16, three interleaved repetitions, medians.
-Writes bench/throughput.md with the ratios the issue's targets use.
+A second Sentinel with WEB_CONCURRENCY=1 is measured beside it in the same repetitions.
+Writes bench/throughput.md with the ratios the issue's targets use (on the default Sentinel;
+the one-worker Sentinel's beside them).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from app.cache.store import CacheStore
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision
+from app.serving import worker_count
 from app.settings import load_settings
 from bench.procs import ROOT, bench_redis, fake_provider
 from bench.questions import Pair, candidate_pairs, choose_pairs
@@ -44,6 +48,10 @@ from bench.tput_report import Ratio, write_report
 HERE = Path(__file__).resolve().parent
 C16 = 16
 CHECK_SCOPE = 512  # max_tokens of the scope for the exact phase and the paraphrase check
+# The one-worker Sentinel's semantic scopes (max_tokens) start this far above the default's:
+# a paraphrase asked once leaves an alias, so the two must never ask in the same scope.
+ONE_WORKER_SCOPES = 100
+ONE_WORKER = "w1_"  # sample-key prefix of the one-worker Sentinel's measurements
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,12 @@ SYSTEMS = {
     "trivial": "trivial Python HTTP server (floor: raw ASGI on uvicorn, answers every call)",
     "inproc": "in-process embed + KNN (LocalEmbedder + CacheStore.nearest, same index)",
     "redisvl": "redisvl SemanticCache in process (CustomVectorizer on LocalEmbedder)",
-    "sentinel": "**Sentinel** (`/v1/chat/completions`, `python -m app`), first-time paraphrases",
-    "sentinel_repeat": "Sentinel, the same paraphrases asked again (repeated)",
+    "sentinel": "**Sentinel** (`/v1/chat/completions`, `python -m app` as `make run`: {workers}), "
+    "first-time paraphrases",
+    "sentinel_repeat": "Sentinel ({workers}), the same paraphrases asked again (repeated)",
+    "w1_sentinel": "Sentinel with WEB_CONCURRENCY=1 (one worker, for comparison), first-time "
+    "paraphrases",
+    "w1_sentinel_repeat": "Sentinel with WEB_CONCURRENCY=1, the same paraphrases asked again",
 }
 RATIOS = [
     Ratio("exact hits/s ÷ trivial req/s (c=16)", "exact_rate", "trivial_rate", 0.40, True, "0.12"),
@@ -99,6 +111,7 @@ class Context:
     pairs: list[Pair]
     trivial_url: str
     sentinel: SentinelInfo
+    one_worker: SentinelInfo
     embedder: LocalEmbedder
     redis: Redis
     store: CacheStore
@@ -155,20 +168,20 @@ async def check_paraphrases(ctx: Context, candidates: list[Pair]) -> list[Pair]:
 
 
 def _record(sample: dict[str, float], prefix: str, c1: Run | OpRun, c16: Run | OpRun) -> None:
-    kind = {"trivial": None, "exact": "HIT-EXACT"}.get(prefix, "HIT-SEMANTIC")
+    what = prefix.removeprefix(ONE_WORKER)
+    kind = {"trivial": None, "exact": "HIT-EXACT"}.get(what, "HIT-SEMANTIC")
     sample[f"{prefix}_p50"] = c1.latency_of(kind).p50
     sample[f"{prefix}_rate"] = c16.rate_of(kind)
 
 
 async def repetition(ctx: Context, rep: int) -> None:
-    """One pass over every measurement; the semantic ones in a scope of their own."""
+    """One pass over every measurement; the semantic ones in scopes of their own. The two
+    Sentinels take turns going first."""
     plan = ctx.plan
     sample: dict[str, float] = {}
-    originals = [p.original for p in ctx.pairs]
     paraphrases = [p.paraphrase for p in ctx.pairs]
-    exact = _bodies(originals, CHECK_SCOPE)
-    # Warms each connection untimed: an exact hit (the trivial server answers anything).
-    probe = exact[0]
+    exact = _bodies([p.original for p in ctx.pairs], CHECK_SCOPE)
+    probe = exact[0]  # warms each connection untimed (the trivial server answers anything)
 
     async def http(name: str, url: str, bodies: list[bytes], c: int) -> Run:
         say(f"  rep {rep}: {name} ({len(bodies)} requests, c={c})")
@@ -178,37 +191,15 @@ async def repetition(ctx: Context, rep: int) -> None:
         say(f"  rep {rep}: {name} ({n} ops, c={c})")
         return await drive(op, n, c)
 
-    url = ctx.sentinel.url
     _record(
         sample,
         "trivial",
         await http("trivial c=1", ctx.trivial_url, _cycle(exact, plan.trivial_c1), 1),
         await http("trivial c=16", ctx.trivial_url, _cycle(exact, plan.trivial_c16), C16),
     )
-    exact_c1 = await http("exact c=1", url, _cycle(exact, plan.exact_c1), 1)
-    exact_c16 = await http("exact c=16", url, _cycle(exact, plan.exact_c16), C16)
-    _record(sample, "exact", exact_c1, exact_c16)
-    first_c1 = first_c16 = Run([], 0.0)
-    for j in range(plan.first_scopes):
-        scope = CHECK_SCOPE + 10 * rep + j
-        say(f"  rep {rep}: warming scope max_tokens={scope} with {len(originals)} questions")
-        await warm(url, originals, scope, ctx.notes)
-        asked = _bodies(paraphrases, scope)
-        if j == 0:
-            first_c1 = await http("first-time semantic c=1", url, asked[: plan.first_c1], 1)
-            asked = asked[plan.first_c1 :]
-        more = await http("first-time semantic c=16", url, asked, C16)
-        first_c16 = Run(first_c16.shots + more.shots, first_c16.wall + more.wall)
-    _record(sample, "first", first_c1, first_c16)
-    asked = _bodies(paraphrases, scope)
-    repeat_c1 = await http("repeated semantic c=1", url, _cycle(asked, plan.repeat_c1), 1)
-    repeat_c16 = await http("repeated semantic c=16", url, _cycle(asked, plan.repeat_c16), C16)
-    _record(sample, "repeat", repeat_c1, repeat_c16)
-    ctx.hit_counts.append(
-        f"rep {rep}: other outcomes — exact phases {_others('HIT-EXACT', exact_c1, exact_c16)}; "
-        f"first-time paraphrases {_others('HIT-SEMANTIC', first_c1, first_c16)}; repeated "
-        f"{_others('HIT-SEMANTIC', repeat_c1, repeat_c16)}"
-    )
+    turns = [("", ctx.sentinel, 0), (ONE_WORKER, ctx.one_worker, ONE_WORKER_SCOPES)]
+    for prefix, info, offset in turns if rep % 2 else turns[::-1]:
+        await sentinel_phases(ctx, rep, sample, http, prefix, info.url, CHECK_SCOPE + offset)
     knn = embed_knn(
         ctx.embedder, ctx.store, scope=ctx.scope, k=ctx.top_k, floor=ctx.floor, texts=paraphrases
     )
@@ -227,6 +218,51 @@ async def repetition(ctx: Context, rep: int) -> None:
             await ops("redisvl acheck c=16", check, plan.inproc_c16, C16),
         )
     ctx.samples.append(sample)
+
+
+async def sentinel_phases(
+    ctx: Context,
+    rep: int,
+    sample: dict[str, float],
+    http: Callable[[str, str, list[bytes], int], Awaitable[Run]],
+    prefix: str,
+    url: str,
+    base: int,
+) -> None:
+    """One Sentinel's exact, first-time and repeated semantic measurements (sample keys
+    `prefix` + exact/first/repeat); its semantic scopes are max_tokens `base` + 10 rep + j."""
+    plan = ctx.plan
+    who = "Sentinel, 1 worker" if prefix else "Sentinel, default"
+    originals = [p.original for p in ctx.pairs]
+    paraphrases = [p.paraphrase for p in ctx.pairs]
+    exact = _bodies(originals, CHECK_SCOPE)
+    exact_c1 = await http(f"{who}: exact c=1", url, _cycle(exact, plan.exact_c1), 1)
+    exact_c16 = await http(f"{who}: exact c=16", url, _cycle(exact, plan.exact_c16), C16)
+    _record(sample, prefix + "exact", exact_c1, exact_c16)
+    first_c1 = first_c16 = Run([], 0.0)
+    for j in range(plan.first_scopes):
+        scope = base + 10 * rep + j
+        say(f"  rep {rep}: {who}: warming scope max_tokens={scope} with {len(originals)} questions")
+        await warm(url, originals, scope, ctx.notes)
+        asked = _bodies(paraphrases, scope)
+        if j == 0:
+            first_c1 = await http(f"{who}: first-time semantic c=1", url, asked[: plan.first_c1], 1)
+            asked = asked[plan.first_c1 :]
+        more = await http(f"{who}: first-time semantic c=16", url, asked, C16)
+        first_c16 = Run(first_c16.shots + more.shots, first_c16.wall + more.wall)
+    _record(sample, prefix + "first", first_c1, first_c16)
+    asked = _bodies(paraphrases, scope)
+    repeat_c1 = await http(f"{who}: repeated semantic c=1", url, _cycle(asked, plan.repeat_c1), 1)
+    repeat_c16 = await http(
+        f"{who}: repeated semantic c=16", url, _cycle(asked, plan.repeat_c16), C16
+    )
+    _record(sample, prefix + "repeat", repeat_c1, repeat_c16)
+    ctx.hit_counts.append(
+        f"rep {rep}, {who}: other outcomes — exact phases "
+        f"{_others('HIT-EXACT', exact_c1, exact_c16)}; first-time paraphrases "
+        f"{_others('HIT-SEMANTIC', first_c1, first_c16)}; repeated "
+        f"{_others('HIT-SEMANTIC', repeat_c1, repeat_c16)}"
+    )
 
 
 def _others(kind: str, *runs: Run) -> str:
@@ -276,6 +312,7 @@ async def amain(args: argparse.Namespace) -> int:
             fake_provider(plan.delay) as provider,
             serve_trivial() as trivial_url,
             serve_sentinel(server.url, provider) as info,
+            serve_sentinel(server.url, provider, one_worker=True) as one_worker,
         ):
             machine.add("servers", await server_versions(server.url))
             redis = await connect_redis(server.url)
@@ -290,6 +327,7 @@ async def amain(args: argparse.Namespace) -> int:
                 pairs,
                 trivial_url,
                 info,
+                one_worker,
                 embedder,
                 redis,
                 store,
@@ -301,6 +339,11 @@ async def amain(args: argparse.Namespace) -> int:
             try:
                 say("checking which paraphrases Sentinel serves semantically")
                 ctx.pairs = await check_paraphrases(ctx, pairs)
+                # Every worker of both Sentinels has its exact bodies' plans remembered before
+                # the first measurement (untimed; the check asked them on one connection).
+                exact = _bodies([p.original for p in ctx.pairs], CHECK_SCOPE)
+                for served in (info, one_worker):
+                    await load(served.url, exact * 2, C16)
                 if args.redisvl:
                     try:
                         redisvl = RedisvlCache(server.url, embedder, floor)
@@ -311,7 +354,7 @@ async def amain(args: argparse.Namespace) -> int:
                 for rep in range(1, plan.reps + 1):
                     say(f"repetition {rep} of {plan.reps}")
                     await repetition(ctx, rep)
-                workers = info.workers()
+                workers, workers_1 = info.workers(), one_worker.workers()
             finally:
                 if redisvl is not None:
                     await redisvl.aclose()
@@ -322,9 +365,23 @@ async def amain(args: argparse.Namespace) -> int:
     machine.add("load average at end (1/5/15 min)", " / ".join(f"{x:.2f}" for x in os.getloadavg()))
     machine.add("total runtime", f"{elapsed / 60:.1f} min")
     setup = Table("How each system was run", ["item", "value"])
-    setup.add("Sentinel", "`python -m app`, default settings, REDIS_URL = the bench Redis")
-    setup.add("WEB_CONCURRENCY given to Sentinel", info.web_concurrency)
+    setup.add(
+        "Sentinel",
+        "`python -m app` (what `make run` runs), default settings, REDIS_URL = the bench Redis",
+    )
+    setup.add(
+        "WEB_CONCURRENCY given to Sentinel",
+        f"{info.web_concurrency} (`make run`'s default: one worker per core, "
+        f"{worker_count({})} here)"
+        if info.web_concurrency == "unset"
+        else info.web_concurrency,
+    )
     setup.add("Sentinel worker processes seen after the run", workers)
+    setup.add(
+        "comparison Sentinel (second process, same Redis)",
+        f"WEB_CONCURRENCY=1; worker processes seen after the run: {workers_1}; its semantic "
+        f"scopes are max_tokens +{ONE_WORKER_SCOPES} from the default Sentinel's",
+    )
     setup.add("server stack (Sentinel and floor)", server_stack())
     setup.add("embedder", f"{embedder.id} ({settings_line(settings)}, cosine floor {floor})")
     setup.add("guard", "off" if guard is None else f"on, p ≥ {guard.threshold}")
@@ -342,8 +399,12 @@ async def amain(args: argparse.Namespace) -> int:
         quick=args.quick,
         machine=machine,
         setup=setup,
-        systems=SYSTEMS,
+        systems={
+            k: v.format(workers=f"{workers} worker{'s' if workers != 1 else ''}")
+            for k, v in SYSTEMS.items()
+        },
         ratios=RATIOS,
+        workers=workers,
         samples=ctx.samples,
         notes=ctx.notes + ctx.hit_counts,
         plan=plan.__dict__,

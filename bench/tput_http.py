@@ -154,7 +154,7 @@ def child_workers(pid: int) -> int:
 
 @dataclass
 class SentinelInfo:
-    """How the Sentinel under test was served."""
+    """How a Sentinel under test was served."""
 
     url: str = ""
     web_concurrency: str = "unset"
@@ -166,23 +166,27 @@ class SentinelInfo:
 
 
 @asynccontextmanager
-async def serve_sentinel(redis_url: str, provider_url: str) -> AsyncIterator[SentinelInfo]:
-    """`python -m app` as `make run` serves it (default settings) on the bench Redis; passes
-    WEB_CONCURRENCY through when this process has it."""
+async def serve_sentinel(
+    redis_url: str, provider_url: str, *, one_worker: bool = False
+) -> AsyncIterator[SentinelInfo]:
+    """`python -m app` on the bench Redis, default settings. As `make run` serves it: this
+    process's WEB_CONCURRENCY passed through when set, else none (app/serving.py's default,
+    one worker per core); with `one_worker`, WEB_CONCURRENCY=1."""
     info = SentinelInfo()
-    extra = {}
-    if "WEB_CONCURRENCY" in os.environ:
-        info.web_concurrency = extra["WEB_CONCURRENCY"] = os.environ["WEB_CONCURRENCY"]
+    if one_worker:
+        info.web_concurrency = "1"
+    elif "WEB_CONCURRENCY" in os.environ:
+        info.web_concurrency = os.environ["WEB_CONCURRENCY"]
 
     def started(child: Child) -> None:
         info.pid = child.process.pid
 
     async with sentinel(
-        "sentinel-throughput",
+        "sentinel-throughput-1w" if one_worker else "sentinel-throughput",
         redis_url=redis_url,
         provider_url=provider_url,
-        extra=extra,
         started=started,
+        workers="1" if one_worker else None,
     ) as url:
         info.url = url + CHAT_PATH
         yield info

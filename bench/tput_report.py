@@ -11,6 +11,10 @@ from typing import Any
 from bench.stats import Table, ms, verdict
 
 NAN = float("nan")
+ONE_WORKER = "w1_"  # sample-key prefix of the one-worker Sentinel's measurements
+SENTINEL_KEYS = {
+    f"{what}_{kind}" for what in ("exact", "first", "repeat") for kind in ("p50", "rate")
+}
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,13 @@ class Ratio:
     at_least: bool = True
     issue: str = "-"  # the value issue 15 measured when it was filed
 
-    def of(self, sample: Mapping[str, float]) -> float:
-        """This ratio in one repetition (NaN when either side is missing)."""
-        num, den = sample.get(self.numerator, NAN), sample.get(self.denominator, NAN)
+    def of(self, sample: Mapping[str, float], prefix: str = "") -> float:
+        """This ratio in one repetition (NaN when either side is missing); with `prefix`, of
+        that Sentinel's numerator (e.g. `w1_`: the one-worker Sentinel's)."""
+        if prefix and self.numerator not in SENTINEL_KEYS:
+            return NAN
+        numerator = prefix + self.numerator
+        num, den = sample.get(numerator, NAN), sample.get(self.denominator, NAN)
         return num / den if den == den and den != 0 else NAN
 
     def target_text(self) -> str:
@@ -71,10 +79,14 @@ COLUMNS: dict[str, tuple[str | None, str | None, str | None, str | None]] = {
     "redisvl": (None, None, "redisvl_p50", "redisvl_rate"),
     "sentinel": ("exact_p50", "exact_rate", "first_p50", "first_rate"),
     "sentinel_repeat": (None, None, "repeat_p50", "repeat_rate"),
+    "w1_sentinel": ("w1_exact_p50", "w1_exact_rate", "w1_first_p50", "w1_first_rate"),
+    "w1_sentinel_repeat": (None, None, "w1_repeat_p50", "w1_repeat_rate"),
 }
 KEYS = [
     "trivial_p50", "trivial_rate", "exact_p50", "exact_rate", "first_p50", "first_rate",
-    "repeat_p50", "repeat_rate", "inproc_p50", "inproc_rate", "redisvl_p50", "redisvl_rate",
+    "repeat_p50", "repeat_rate", "w1_exact_p50", "w1_exact_rate", "w1_first_p50",
+    "w1_first_rate", "w1_repeat_p50", "w1_repeat_rate", "inproc_p50", "inproc_rate",
+    "redisvl_p50", "redisvl_rate",
 ]  # fmt: skip
 
 
@@ -93,26 +105,41 @@ def main_table(systems: Mapping[str, str], samples: Sequence[Mapping[str, float]
     return table
 
 
-def ratio_table(ratios: Sequence[Ratio], samples: Sequence[Mapping[str, float]]) -> Table:
-    """Each target ratio per repetition (paired: both sides from the same repetition)."""
+def ratio_table(
+    ratios: Sequence[Ratio], samples: Sequence[Mapping[str, float]], workers: int = 1
+) -> Table:
+    """Each target ratio per repetition (paired: both sides from the same repetition), on the
+    Sentinel `make run` serves (`workers` workers), the one-worker Sentinel's beside it."""
+    served = f"{workers} worker{'s' if workers != 1 else ''}"
     table = Table(
         "Target ratios (each computed within one repetition; median of the repetitions)",
-        ["ratio", "target", "when the issue was filed", "per repetition", "median", "verdict"],
-    )
+        ["ratio", "target", "when the issue was filed", f"per repetition ({served})",
+         f"median ({served}, `make run`)", "verdict", "1 worker: per repetition",
+         "1 worker: median"],
+    )  # fmt: skip
     for ratio in ratios:
         values = [ratio.of(s) for s in samples]
         if all(v != v for v in values):
             continue
         mid = median(values)
+        solo = [ratio.of(s, ONE_WORKER) for s in samples]
+        solo_text = ["-", "-"]
+        if any(v == v for v in solo):
+            solo_text = [_list(solo), f"{median(solo):.2f} ({ratio.verdict(median(solo))})"]
         table.add(
             ratio.name,
             ratio.target_text(),
             ratio.issue,
-            ", ".join("-" if v != v else f"{v:.2f}" for v in values),
+            _list(values),
             f"**{mid:.2f}**",
             ratio.verdict(mid),
+            *solo_text,
         )
     return table
+
+
+def _list(values: Sequence[float]) -> str:
+    return ", ".join("-" if v != v else f"{v:.2f}" for v in values)
 
 
 def reps_table(samples: Sequence[Mapping[str, float]]) -> Table:
@@ -132,7 +159,9 @@ METHOD = """## Method
 
 - One run, one machine: an embedded Redis Stack (`var/bench/throughput`, no persistence), the
   fake OpenAI-compatible provider (`tests/fakes/openai_server.py`, fixed delay, only misses reach
-  it), Sentinel as `python -m app` with its default settings, and the floor
+  it), Sentinel as `python -m app` with its default settings (as `make run`: WEB_CONCURRENCY
+  passed through when set, else one worker per core), a second Sentinel with
+  WEB_CONCURRENCY=1 for comparison (same Redis; semantic scopes of its own), and the floor
   (`bench/trivial_server.py`: a raw ASGI app on uvicorn, one worker, Sentinel's uvicorn options),
   each its own process; the load generator (aiohttp, keep-alive, one connection per client) and
   the in-process references run in the bench process. Everything shares the machine's cores.
@@ -153,8 +182,10 @@ METHOD = """## Method
   `CacheStore.nearest` on the same index and scope, from asyncio tasks in one process; an op
   counts when the top cosine reaches the service's floor. redisvl's SemanticCache gets the same
   embedder through a `CustomVectorizer`, its own FLAT index and a range query at the same floor.
-- Three repetitions, interleaved (every system once per repetition), so drift on the shared
-  machine hits all systems alike; the ratios pair numbers from the same repetition.
+- Three repetitions, interleaved (every system once per repetition; the two Sentinels take
+  turns going first), so drift on the shared machine hits all systems alike; the ratios pair
+  numbers from the same repetition. The target verdicts are the default Sentinel's; the
+  one-worker Sentinel's ratios use the same repetition's floor and in-process numbers.
 """
 
 
@@ -169,6 +200,7 @@ def write_report(
     samples: Sequence[Mapping[str, float]],
     notes: Sequence[str],
     plan: Mapping[str, Any],
+    workers: int,
 ) -> None:
     """Write and print the report."""
     table = main_table(systems, samples)
@@ -185,7 +217,7 @@ def write_report(
             "absolute numbers move with the machine's load.",
             "",
             table.markdown(),
-            ratio_table(ratios, samples).markdown(),
+            ratio_table(ratios, samples, workers).markdown(),
             machine.markdown(),
             setup.markdown(),
             reps_table(samples).markdown(),

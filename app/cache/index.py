@@ -24,7 +24,7 @@ from app.cache import keys
 from app.cache.entry import ENTRY_FIELDS, Entry, from_values, hash_field
 from app.cache.errors import needs_repair, redis_errors_as_unavailable
 from app.cache.vectors import VectorDtype, encode_vector
-from app.cache.wire import command, execute_packed, pack
+from app.cache.wire import command, execute_packed, pack, release_kept
 
 log = logging.getLogger("sentinel.cache")
 
@@ -130,6 +130,7 @@ class EntryIndex:
         """The circuit breaker's probe: PING, then recreate the index if Redis lost it."""
         # Connections opened before the outage may be dead (Redis restarted): drop the idle
         # ones, so that no request trips on one once the breaker closes.
+        await release_kept(self._redis)
         await self._redis.connection_pool.disconnect(inuse_connections=False)
         await self._redis.ping()
         if await self.ensure():

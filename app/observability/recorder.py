@@ -42,6 +42,8 @@ LAYERS: tuple[Layer, ...] = (
     "exact_lookup", "alias", "embed", "knn", "judge", "provider", "store",
 )  # fmt: skip
 OTHER = "other"
+# The amounts the hour's and day's history keeps besides requests, outcomes and latency.
+HISTORY_AMOUNTS = frozenset({"tokens_saved", "usd_saved", "usd_spent"})
 
 
 class NearMiss(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +96,10 @@ class Recorder(PeriodicFlush):
             tuple[str, str, str], tuple[prometheus_client.Counter, prometheus_client.Histogram]
         ] = {}
         self._layer_children: dict[Layer, prometheus_client.Histogram] = {}
+        # The token and dollar counters' children per (counter, tenant, model).
+        self._money_children: dict[tuple[str, str, str], prometheus_client.Counter] = {}
+        # History field names per (tenant, model, outcome, latency bucket): bounded likewise.
+        self._fields: dict[tuple[str, str, str, int], tuple[str, str, str, str, str]] = {}
 
     @property
     def pending(self) -> bool:
@@ -121,10 +127,10 @@ class Recorder(PeriodicFlush):
         """Count one finished request (`outcome` as /v1/metrics counts it)."""
         tenant = self.tenant_label(tenant)
         label = _label_of(outcome, counts)
-        prom = self.prometheus
         shown = tenant or "-"
         children = self._request_children.get((label, shown, model))
         if children is None:
+            prom = self.prometheus
             children = (
                 prom.requests.labels(label, shown, model),
                 prom.request_seconds.labels(label),
@@ -138,35 +144,69 @@ class Recorder(PeriodicFlush):
         totals[COUNTER_OF[outcome]] += 1
         bucket_ms = bucket_of(latency_ms)
         batch.latency[(outcome, bucket_ms)] += 1
-        amounts = {
-            "upstream_calls": int(counts.get("upstream_called", False)),
-            "upstream_errors": int(counts.get("upstream_failed", False)),
-            "tokens_saved": counts.get("tokens_saved", 0),
-            "tokens_spent": counts.get("tokens_spent", 0),
-            "usd_saved": counts.get("usd_saved", 0.0),
-            "usd_spent": counts.get("usd_spent", 0.0),
-        }
-        for name, amount in amounts.items():
-            if amount:
-                totals[name] += amount
-        if amounts["tokens_saved"]:
-            prom.tokens_saved.labels(shown, model).inc(amounts["tokens_saved"])
-            prom.usd_saved.labels(shown, model).inc(amounts["usd_saved"])
-        if amounts["tokens_spent"] or amounts["usd_spent"]:
-            prom.tokens_spent.labels(shown, model).inc(amounts["tokens_spent"])
-            prom.usd_spent.labels(shown, model).inc(amounts["usd_spent"])
+        amounts = self._amounts(counts, shown, model) if counts else ()
+        for name, amount in amounts:
+            totals[name] += amount
+        fields = self._fields.get((tenant, model, outcome, bucket_ms))
+        if fields is None:
+            prefix = f"{tenant}\t{model}\t"
+            fields = self._fields[(tenant, model, outcome, bucket_ms)] = (
+                prefix + "requests",
+                prefix + outcome,
+                prefix + "latency_ms",
+                prefix + f"lat.{bucket_ms}",
+                prefix,
+            )
+        requests, counted, latency, bucketed, prefix = fields
         now = int(self._clock())
-        prefix = f"{tenant}\t{model}\t"
         for bucket, seconds in HISTORY_SECONDS.items():
             start = now - now % seconds
-            history = batch.history.setdefault((bucket, start), defaultdict(float))
-            history[prefix + "requests"] += 1
-            history[prefix + outcome] += 1
-            history[prefix + "latency_ms"] += latency_ms
-            history[prefix + f"lat.{bucket_ms}"] += 1
-            for name in ("tokens_saved", "usd_saved", "usd_spent"):
-                if amounts[name]:
-                    history[prefix + name] += amounts[name]
+            history = batch.history.get((bucket, start))
+            if history is None:
+                history = batch.history[(bucket, start)] = defaultdict(float)
+            history[requests] += 1
+            history[counted] += 1
+            history[latency] += latency_ms
+            history[bucketed] += 1
+            for name, amount in amounts:
+                if name in HISTORY_AMOUNTS:
+                    history[prefix + name] += amount
+
+    def _amounts(self, counts: Counts, shown: str, model: str) -> list[tuple[str, float]]:
+        """The request's non-zero amounts (calls, tokens, dollars) by their totals' names;
+        the Prometheus token and dollar counters counted."""
+        amounts: list[tuple[str, float]] = []
+        if counts.get("upstream_called", False):
+            amounts.append(("upstream_calls", 1))
+        if counts.get("upstream_failed", False):
+            amounts.append(("upstream_errors", 1))
+        tokens_saved = counts.get("tokens_saved", 0)
+        tokens_spent = counts.get("tokens_spent", 0)
+        usd_saved = counts.get("usd_saved", 0.0)
+        usd_spent = counts.get("usd_spent", 0.0)
+        for name, amount in (
+            ("tokens_saved", tokens_saved),
+            ("tokens_spent", tokens_spent),
+            ("usd_saved", usd_saved),
+            ("usd_spent", usd_spent),
+        ):
+            if amount:
+                amounts.append((name, amount))
+        if tokens_saved:
+            self._money("tokens_saved", shown, model).inc(tokens_saved)
+            self._money("usd_saved", shown, model).inc(usd_saved)
+        if tokens_spent or usd_spent:
+            self._money("tokens_spent", shown, model).inc(tokens_spent)
+            self._money("usd_spent", shown, model).inc(usd_spent)
+        return amounts
+
+    def _money(self, name: str, shown: str, model: str) -> prometheus_client.Counter:
+        """The Prometheus counter `name` (tokens_saved, usd_spent, ...) of a tenant and model."""
+        child = self._money_children.get((name, shown, model))
+        if child is None:
+            metric: prometheus_client.Counter = getattr(self.prometheus, name)
+            child = self._money_children[(name, shown, model)] = metric.labels(shown, model)
+        return child
 
     def layer(self, layer: Layer, seconds: float) -> None:
         """Time spent in one layer of one request."""

@@ -4,13 +4,18 @@ replies as redis-py's execute_command, its errors, and a connection dropped when
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.cache.wire import PackedScript, command, execute_packed, pack
+from app.cache import wire
+from app.cache.breaker import CacheBreaker
+from app.cache.errors import CacheBypassed
+from app.cache.wire import PackedScript, command, execute_packed, pack, release_kept
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +77,62 @@ async def test_a_packed_script_runs_and_is_loaded_again_after_a_flush(redis: Red
     await redis.script_flush()
     assert await script(["a", "b"], ["x"]) == [b"a", b"x", 2, 1]
     assert await script(["only"], []) == [b"only"]  # Lua's reply stops at the first nil
+
+
+async def test_connections_are_kept_and_a_closed_one_is_not_sent_on(redis: Redis) -> None:
+    await asyncio.gather(*(execute_packed(redis, packed("ECHO", f"k{i}")) for i in range(8)))
+    kept = wire._idle[redis.connection_pool]
+    assert 1 <= len(kept) <= 8
+    # Redis closes them (as a restart would): each is found closed before use, not sent on.
+    assert await redis.client_kill_filter(_type="normal", skipme=True) >= len(kept)
+    await asyncio.sleep(0.1)  # the event loop sees their EOF
+    replies = await asyncio.gather(
+        *(execute_packed(redis, packed("ECHO", f"after{i}")) for i in range(8))
+    )
+    assert replies == [f"after{i}".encode() for i in range(8)]
+
+
+async def test_kept_connections_go_back_to_the_pool(redis: Redis) -> None:
+    await execute_packed(redis, packed("ECHO", "x"))
+    pool = redis.connection_pool
+    kept = list(wire._idle[pool])
+    assert kept
+    await release_kept(redis)
+    assert wire._idle[pool] == []
+    assert all(c in pool._available_connections for c in kept)
+    # The pool's idle connections can be dropped (the breaker's probe does) and all still works.
+    await pool.disconnect(inuse_connections=False)
+    assert await execute_packed(redis, packed("ECHO", "y")) == b"y"
+
+
+async def test_a_read_under_a_breaker_budget_is_cut_by_it_or_by_the_socket_timeout(
+    redis_url: str,
+) -> None:
+    client = Redis.from_url(redis_url, socket_timeout=0.3)
+    breaker = CacheBreaker(client.ping, failure_threshold=100)
+    blpop = packed("BLPOP", "wire:empty", 1)  # its reply comes after 1 s
+    try:
+        # The budget cuts first: the read runs without a socket timeout of its own, the call
+        # is late (bypassed), and the connection is dropped, not handed its late reply.
+        started = time.monotonic()
+        with pytest.raises(CacheBypassed, match="did not answer in time"):
+            await breaker.call(lambda: execute_packed(client, blpop), budget=0.1, what="read")
+        assert time.monotonic() - started < 0.25
+        assert await execute_packed(client, packed("ECHO", "next")) == b"next"
+        # A budget past the socket timeout: the socket timeout cuts the read, as without one.
+        with pytest.raises(RedisTimeoutError, match="Timeout reading"):
+            await breaker.call(lambda: execute_packed(client, blpop), budget=5.0, what="read")
+
+        # A task started inside a call is not cut with it: its read keeps the socket timeout.
+        spawned: list[asyncio.Task[object]] = []
+
+        async def spawn() -> None:
+            spawned.append(asyncio.create_task(execute_packed(client, blpop)))
+
+        await breaker.call(spawn, budget=0.2, what="spawn")
+        with pytest.raises(RedisTimeoutError):
+            await spawned[0]
+        await asyncio.sleep(1.1)
+        assert await execute_packed(client, packed("ECHO", "later")) == b"later"
+    finally:
+        await client.aclose()

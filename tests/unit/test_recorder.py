@@ -149,3 +149,28 @@ def test_prometheus_tells_bypass_and_negative_hits_apart() -> None:
     assert page[("sentinel_guard_score_count", (("decision", "served"),))] == 1
     assert page[("sentinel_verifier_score_bucket", (("decision", "served"), ("le", "0.98")))] == 0
     assert page[("sentinel_verifier_score_bucket", (("decision", "served"), ("le", "0.99")))] == 1
+
+
+def test_prometheus_counts_tokens_and_dollars_per_tenant_and_model() -> None:
+    metrics = recorder(Store(), [T0])
+    for _ in range(2):
+        metrics.record("exact", tenant="a", model="m", latency_ms=1.0, tokens_saved=30,
+                       usd_saved=0.25)  # fmt: skip
+    metrics.record("miss", tenant="", model="m", latency_ms=9.0, upstream_called=True,
+                   tokens_spent=10, usd_spent=0.5)  # fmt: skip
+    state = State(entries=0, redis_up=True, cache_breaker_open=False,
+                  embedder_breaker_open=False, info={})  # fmt: skip
+    text = exposition(metrics.prometheus, state).decode()
+    page = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    a, untenanted = (("model", "m"), ("tenant", "a")), (("model", "m"), ("tenant", "-"))
+    assert page[("sentinel_tokens_saved_total", a)] == 60
+    assert page[("sentinel_saved_usd_total", a)] == 0.5
+    assert page[("sentinel_tokens_spent_total", untenanted)] == 10
+    assert page[("sentinel_spent_usd_total", untenanted)] == 0.5
+    # A counter nothing was added to has no series for that tenant and model.
+    assert ("sentinel_tokens_spent_total", a) not in page
+    assert ("sentinel_tokens_saved_total", untenanted) not in page
