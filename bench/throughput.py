@@ -311,8 +311,10 @@ async def amain(args: argparse.Namespace) -> int:
             bench_redis("throughput") as server,
             fake_provider(plan.delay) as provider,
             serve_trivial() as trivial_url,
-            serve_sentinel(server.url, provider) as info,
-            serve_sentinel(server.url, provider, one_worker=True) as one_worker,
+            serve_sentinel(server.url, provider, verifier=args.verifier) as info,
+            serve_sentinel(
+                server.url, provider, one_worker=True, verifier=args.verifier
+            ) as one_worker,
         ):
             machine.add("servers", await server_versions(server.url))
             redis = await connect_redis(server.url)
@@ -385,6 +387,7 @@ async def amain(args: argparse.Namespace) -> int:
     setup.add("server stack (Sentinel and floor)", server_stack())
     setup.add("embedder", f"{embedder.id} ({settings_line(settings)}, cosine floor {floor})")
     setup.add("guard", "off" if guard is None else f"on, p ≥ {guard.threshold}")
+    setup.add("VERIFIER (Sentinel)", args.verifier or f"unset (default: {settings.verifier})")
     setup.add("fake provider delay", f"{plan.delay:g} s (misses only)")
     setup.add("questions", f"{len(ctx.pairs)} verified pairs of {len(pairs)} chosen; {source}")
     setup.add("repetitions", f"{plan.reps}, interleaved (every system in each repetition)")
@@ -420,6 +423,11 @@ def main() -> None:
     parser.add_argument("--no-redisvl", dest="redisvl", action="store_false")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--output", default="", help="report path (default bench/throughput.md)")
+    parser.add_argument(
+        "--verifier",
+        choices=["on", "overlap", "checks", "off"],
+        help="VERIFIER for Sentinel (default: the service's; the reference never verifies)",
+    )
     sys.exit(asyncio.run(amain(parser.parse_args())))
 
 

@@ -167,11 +167,12 @@ class SentinelInfo:
 
 @asynccontextmanager
 async def serve_sentinel(
-    redis_url: str, provider_url: str, *, one_worker: bool = False
+    redis_url: str, provider_url: str, *, one_worker: bool = False, verifier: str | None = None
 ) -> AsyncIterator[SentinelInfo]:
     """`python -m app` on the bench Redis, default settings. As `make run` serves it: this
     process's WEB_CONCURRENCY passed through when set, else none (app/serving.py's default,
-    one worker per core); with `one_worker`, WEB_CONCURRENCY=1."""
+    one worker per core); with `one_worker`, WEB_CONCURRENCY=1. `verifier`: VERIFIER
+    (unset: the service's default)."""
     info = SentinelInfo()
     if one_worker:
         info.web_concurrency = "1"
@@ -187,6 +188,7 @@ async def serve_sentinel(
         provider_url=provider_url,
         started=started,
         workers="1" if one_worker else None,
+        extra=None if verifier is None else {"VERIFIER": verifier},
     ) as url:
         info.url = url + CHAT_PATH
         yield info
