@@ -116,6 +116,10 @@ def make_settings(redis_url: str, fake_llm: FakeOpenAI) -> Callable[..., Setting
             # 250 ms). Tests of the budgets set their own.
             "cache_lookup_timeout_ms": 2000,
             "cache_write_timeout_ms": 2000,
+            # Likewise a new connection: CI's Redis container sits behind docker-proxy, where a
+            # connect once took over the 500 ms default during an app's start-up (seen failing
+            # test_api's setup with "Timeout connecting to server"). Tests of it set their own.
+            "redis_connect_timeout_ms": 5000,
         }
         values.update(overrides)
         return load_settings({}, **values)
