@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -25,20 +23,6 @@ from app.errors import SentinelError
 log = logging.getLogger("sentinel.breaker")
 
 T = TypeVar("T")
-
-# While a call runs: the loop time at which its budget cuts it, and the task it cuts. A client
-# under a breaker may skip a timeout of its own that could only fire later (cache/wire.py's
-# reads); a task started inside the call is not cut with it, hence the task.
-CUT: contextvars.ContextVar[tuple[float, asyncio.Task[object] | None] | None] = (
-    contextvars.ContextVar("sentinel_breaker_cut", default=None)
-)
-
-
-def cut_before(deadline: float) -> bool:
-    """Whether the running task is inside a breaker call cut no later than `deadline` (loop
-    time)."""
-    cut = CUT.get()
-    return cut is not None and cut[0] <= deadline and cut[1] is asyncio.current_task()
 
 
 class CircuitBreaker:
@@ -101,12 +85,8 @@ class CircuitBreaker:
             self.refused += 1
             raise self.refusal(f"{what} skipped: {self.bypassed} ({self.reason})")
         try:
-            async with asyncio.timeout(budget) as timeout:
-                token = CUT.set((timeout.when() or math.inf, asyncio.current_task()))
-                try:
-                    result = await operation()
-                finally:
-                    CUT.reset(token)
+            async with asyncio.timeout(budget):
+                result = await operation()
         except TimeoutError:
             self.record_failure(f"{what} took longer than {budget * 1000:.0f} ms")
             raise self.refusal(self.late(what, budget)) from None

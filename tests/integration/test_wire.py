@@ -1,5 +1,6 @@
-"""Commands packed once and sent as bytes (cache/wire.py) against a real Redis Stack: the same
-replies as redis-py's execute_command, its errors, and a connection dropped when cut short."""
+"""Commands packed once and pipelined on one connection (cache/wire.py) against a real Redis
+Stack: the same replies as redis-py's execute_command, its errors, replies kept in step when a
+caller is cut short, and a dead connection detected and replaced."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -59,16 +61,32 @@ async def test_an_error_reply_raises_and_the_connection_stays_usable(redis: Redi
     assert await execute_packed(redis, packed("ECHO", "after")) == b"after"
 
 
-async def test_a_cancelled_exchange_drops_its_connection(redis: Redis) -> None:
+async def test_a_cancelled_callers_late_reply_is_dropped_in_step(redis: Redis) -> None:
     # BLPOP on an empty list: the reply comes only after its 1 s timeout, past the cut.
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.1):
             await execute_packed(redis, packed("BLPOP", "wire:empty", 1))
-    # Its late reply (nil, after 1 s) must not be read as the next command's: that connection
-    # was closed rather than given back to the pool as it was.
+    # Its late reply (nil, after 1 s) must not be read as the next command's: the next one
+    # waits its turn on the connection and gets its own.
     assert await execute_packed(redis, packed("ECHO", "next")) == b"next"
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(0.1)
     assert await execute_packed(redis, packed("ECHO", "later")) == b"later"
+
+
+async def test_concurrent_commands_share_one_connection_and_one_send(redis: Redis) -> None:
+    before = (await redis.info("stats"))["total_net_input_bytes"]
+    replies = await asyncio.gather(
+        *(execute_packed(redis, packed("ECHO", f"c{i}")) for i in range(100))
+    )
+    assert replies == [f"c{i}".encode() for i in range(100)]
+    assert (await redis.info("stats"))["total_net_input_bytes"] > before
+    pipeline = wire._pipelines[redis.connection_pool]
+    connection = pipeline._connection
+    assert connection is not None
+    # One connection carried them all: the pool handed out no other.
+    assert redis.connection_pool._in_use_connections == {connection}
+    clients = await redis.client_list()
+    assert sum(1 for c in clients if c["cmd"] == "echo") == 1
 
 
 async def test_a_packed_script_runs_and_is_loaded_again_after_a_flush(redis: Redis) -> None:
@@ -79,60 +97,77 @@ async def test_a_packed_script_runs_and_is_loaded_again_after_a_flush(redis: Red
     assert await script(["only"], []) == [b"only"]  # Lua's reply stops at the first nil
 
 
-async def test_connections_are_kept_and_a_closed_one_is_not_sent_on(redis: Redis) -> None:
+async def test_a_connection_closed_by_redis_is_not_sent_on(redis: Redis) -> None:
     await asyncio.gather(*(execute_packed(redis, packed("ECHO", f"k{i}")) for i in range(8)))
-    kept = wire._idle[redis.connection_pool]
-    assert 1 <= len(kept) <= 8
-    # Redis closes them (as a restart would): each is found closed before use, not sent on.
-    assert await redis.client_kill_filter(_type="normal", skipme=True) >= len(kept)
-    await asyncio.sleep(0.1)  # the event loop sees their EOF
+    first = wire._pipelines[redis.connection_pool]._connection
+    assert first is not None
+    # Redis closes it (as a restart would): it is found closed before use, not sent on.
+    assert await redis.client_kill_filter(_type="normal", skipme=True) >= 1
+    await asyncio.sleep(0.1)  # the event loop sees its EOF
     replies = await asyncio.gather(
         *(execute_packed(redis, packed("ECHO", f"after{i}")) for i in range(8))
     )
     assert replies == [f"after{i}".encode() for i in range(8)]
+    assert await execute_packed(redis, packed("ECHO", "alone")) == b"alone"
 
 
-async def test_kept_connections_go_back_to_the_pool(redis: Redis) -> None:
+async def test_the_kept_connection_goes_back_to_the_pool(redis: Redis) -> None:
     await execute_packed(redis, packed("ECHO", "x"))
     pool = redis.connection_pool
-    kept = list(wire._idle[pool])
-    assert kept
+    kept = wire._pipelines[pool]._connection
+    assert kept is not None
     await release_kept(redis)
-    assert wire._idle[pool] == []
-    assert all(c in pool._available_connections for c in kept)
+    assert wire._pipelines[pool]._connection is None
+    assert kept in pool._available_connections
     # The pool's idle connections can be dropped (the breaker's probe does) and all still works.
     await pool.disconnect(inuse_connections=False)
     assert await execute_packed(redis, packed("ECHO", "y")) == b"y"
 
 
-async def test_a_read_under_a_breaker_budget_is_cut_by_it_or_by_the_socket_timeout(
+async def test_released_in_flight_those_fail_and_the_next_goes_on_a_new_connection(
+    redis: Redis,
+) -> None:
+    waiting = asyncio.create_task(execute_packed(redis, packed("BLPOP", "wire:empty", "0.5")))
+    await asyncio.sleep(0.05)
+    first = wire._pipelines[redis.connection_pool]._connection
+    await release_kept(redis)
+    with pytest.raises(RedisConnectionError, match="released"):
+        await waiting
+    started = time.monotonic()
+    assert await execute_packed(redis, packed("ECHO", "after")) == b"after"
+    assert time.monotonic() - started < 0.3  # not queued behind the released BLPOP
+    assert wire._pipelines[redis.connection_pool]._connection is not None
+    assert first is not None
+
+
+async def test_a_read_is_cut_by_a_breaker_budget_and_a_dead_connection_by_the_socket_timeout(
     redis_url: str,
 ) -> None:
     client = Redis.from_url(redis_url, socket_timeout=0.3)
     breaker = CacheBreaker(client.ping, failure_threshold=100)
-    blpop = packed("BLPOP", "wire:empty", 1)  # its reply comes after 1 s
     try:
-        # The budget cuts first: the read runs without a socket timeout of its own, the call
-        # is late (bypassed), and the connection is dropped, not handed its late reply.
+        # The budget cuts the caller (bypassed) while its reply, 0.2 s away, is still due: the
+        # next command waits behind it on the connection and gets its own reply.
         started = time.monotonic()
+        slow = packed("BLPOP", "wire:empty", "0.2")
         with pytest.raises(CacheBypassed, match="did not answer in time"):
-            await breaker.call(lambda: execute_packed(client, blpop), budget=0.1, what="read")
-        assert time.monotonic() - started < 0.25
+            await breaker.call(lambda: execute_packed(client, slow), budget=0.1, what="read")
+        assert time.monotonic() - started < 0.15
         assert await execute_packed(client, packed("ECHO", "next")) == b"next"
-        # A budget past the socket timeout: the socket timeout cuts the read, as without one.
+        # A reply later than the socket timeout: the connection is dead. The command waiting
+        # for it and the one queued behind it fail, whatever the caller's budget.
+        blpop = packed("BLPOP", "wire:empty", 1)  # its reply comes after 1 s
+        late = asyncio.create_task(
+            breaker.call(lambda: execute_packed(client, blpop), budget=5.0, what="read")
+        )
+        await asyncio.sleep(0.05)
+        behind = asyncio.create_task(execute_packed(client, packed("ECHO", "behind")))
         with pytest.raises(RedisTimeoutError, match="Timeout reading"):
-            await breaker.call(lambda: execute_packed(client, blpop), budget=5.0, what="read")
-
-        # A task started inside a call is not cut with it: its read keeps the socket timeout.
-        spawned: list[asyncio.Task[object]] = []
-
-        async def spawn() -> None:
-            spawned.append(asyncio.create_task(execute_packed(client, blpop)))
-
-        await breaker.call(spawn, budget=0.2, what="spawn")
-        with pytest.raises(RedisTimeoutError):
-            await spawned[0]
-        await asyncio.sleep(1.1)
+            await late
+        with pytest.raises(RedisTimeoutError, match="Timeout reading"):
+            await behind
+        assert time.monotonic() - started < 1.0  # cut well before the reply came
+        # A new connection serves what comes next.
         assert await execute_packed(client, packed("ECHO", "later")) == b"later"
     finally:
         await client.aclose()
