@@ -151,7 +151,7 @@ async def sentinel(
     checkout it runs from (another commit's, for a before/after in one sitting). `workers`:
     its WEB_CONCURRENCY (one uvicorn worker by default, results.md's setting); None leaves
     this process's own WEB_CONCURRENCY to it, or none (app/serving.py's default: one worker
-    per core), as `make run` would."""
+    per two cores), as `make run` would."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update(

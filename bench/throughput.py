@@ -1,12 +1,12 @@
 """`python -m bench.throughput [--quick]`: issue 15's table, measured in one run.
 
 Sentinel (`python -m app` as `make run` serves it: WEB_CONCURRENCY passed through when set,
-else app/serving.py's default of one worker per core) against a trivial HTTP server (the floor)
+else app/serving.py's default of one worker per two cores) against a trivial HTTP server (the floor)
 and an in-process embed + KNN of the same model on the same Redis: exact and semantic hits,
 p50 at concurrency 1 and hits/s at concurrency 16, three interleaved repetitions, medians.
-A second Sentinel with WEB_CONCURRENCY=1 is measured beside it in the same repetitions.
-Writes bench/throughput.md with the ratios the issue's targets use (on the default Sentinel;
-the one-worker Sentinel's beside them).
+A second Sentinel with the other worker count (one per core; one where that is the default)
+is measured beside it in the same repetitions. Writes bench/throughput.md with the ratios the
+issue's targets use (on the default Sentinel; the comparison Sentinel's beside them).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from app.cache.store import CacheStore
 from app.lifespan import connect_redis
 from app.providers.embedders.local import LocalEmbedder
 from app.service.guard import configured_decision
-from app.serving import worker_count
+from app.serving import MAX_WORKERS, worker_count
 from app.settings import load_settings
 from bench.procs import ROOT, bench_redis, fake_provider
 from bench.questions import Pair, candidate_pairs, choose_pairs
@@ -43,15 +43,15 @@ from bench.tput_http import (
     server_stack,
 )
 from bench.tput_inproc import OpRun, RedisvlCache, drive, embed_knn, entry_scope, settings_line
-from bench.tput_report import Ratio, write_report
+from bench.tput_report import Ratio, plural, write_report
 
 HERE = Path(__file__).resolve().parent
 C16 = 16
 CHECK_SCOPE = 512  # max_tokens of the scope for the exact phase and the paraphrase check
 # The one-worker Sentinel's semantic scopes (max_tokens) start this far above the default's:
 # a paraphrase asked once leaves an alias, so the two must never ask in the same scope.
-ONE_WORKER_SCOPES = 100
-ONE_WORKER = "w1_"  # sample-key prefix of the one-worker Sentinel's measurements
+OTHER_SCOPES = 100
+OTHER = "alt_"  # sample-key prefix of the comparison Sentinel's measurements
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ SYSTEMS = {
     "sentinel": "**Sentinel** (`/v1/chat/completions`, `python -m app` as `make run`: {workers}), "
     "first-time paraphrases",
     "sentinel_repeat": "Sentinel ({workers}), the same paraphrases asked again (repeated)",
-    "w1_sentinel": "Sentinel with WEB_CONCURRENCY=1 (one worker, for comparison), first-time "
+    "alt_sentinel": "Sentinel with WEB_CONCURRENCY={other} (for comparison), first-time "
     "paraphrases",
-    "w1_sentinel_repeat": "Sentinel with WEB_CONCURRENCY=1, the same paraphrases asked again",
+    "alt_sentinel_repeat": "Sentinel with WEB_CONCURRENCY={other}, the same paraphrases asked "
+    "again",
 }
 RATIOS = [
     Ratio("exact hits/s ÷ trivial req/s (c=16)", "exact_rate", "trivial_rate", 0.40, True, "0.12"),
@@ -111,7 +112,7 @@ class Context:
     pairs: list[Pair]
     trivial_url: str
     sentinel: SentinelInfo
-    one_worker: SentinelInfo
+    other: SentinelInfo
     embedder: LocalEmbedder
     redis: Redis
     store: CacheStore
@@ -168,7 +169,7 @@ async def check_paraphrases(ctx: Context, candidates: list[Pair]) -> list[Pair]:
 
 
 def _record(sample: dict[str, float], prefix: str, c1: Run | OpRun, c16: Run | OpRun) -> None:
-    what = prefix.removeprefix(ONE_WORKER)
+    what = prefix.removeprefix(OTHER)
     kind = {"trivial": None, "exact": "HIT-EXACT"}.get(what, "HIT-SEMANTIC")
     sample[f"{prefix}_p50"] = c1.latency_of(kind).p50
     sample[f"{prefix}_rate"] = c16.rate_of(kind)
@@ -197,7 +198,7 @@ async def repetition(ctx: Context, rep: int) -> None:
         await http("trivial c=1", ctx.trivial_url, _cycle(exact, plan.trivial_c1), 1),
         await http("trivial c=16", ctx.trivial_url, _cycle(exact, plan.trivial_c16), C16),
     )
-    turns = [("", ctx.sentinel, 0), (ONE_WORKER, ctx.one_worker, ONE_WORKER_SCOPES)]
+    turns = [("", ctx.sentinel, 0), (OTHER, ctx.other, OTHER_SCOPES)]
     for prefix, info, offset in turns if rep % 2 else turns[::-1]:
         await sentinel_phases(ctx, rep, sample, http, prefix, info.url, CHECK_SCOPE + offset)
     knn = embed_knn(
@@ -232,7 +233,7 @@ async def sentinel_phases(
     """One Sentinel's exact, first-time and repeated semantic measurements (sample keys
     `prefix` + exact/first/repeat); its semantic scopes are max_tokens `base` + 10 rep + j."""
     plan = ctx.plan
-    who = "Sentinel, 1 worker" if prefix else "Sentinel, default"
+    who = "Sentinel, comparison" if prefix else "Sentinel, default"
     originals = [p.original for p in ctx.pairs]
     paraphrases = [p.paraphrase for p in ctx.pairs]
     exact = _bodies(originals, CHECK_SCOPE)
@@ -297,6 +298,9 @@ async def amain(args: argparse.Namespace) -> int:
     busy = os.getloadavg()[0]
     machine.add("code", f"`{_git_head()}`")
     settings = load_settings({})
+    # The comparison Sentinel: one worker per core, or one worker where that is the default.
+    cores = min(os.cpu_count() or 1, MAX_WORKERS)
+    other_workers = str(cores if worker_count() != cores else 1)
     say("loading the local embedder (the service's model and settings)")
     embedder = await LocalEmbedder.load(model=settings.local_embedding_model)
     redisvl: RedisvlCache | None = None
@@ -313,8 +317,8 @@ async def amain(args: argparse.Namespace) -> int:
             serve_trivial() as trivial_url,
             serve_sentinel(server.url, provider, verifier=args.verifier) as info,
             serve_sentinel(
-                server.url, provider, one_worker=True, verifier=args.verifier
-            ) as one_worker,
+                server.url, provider, workers=other_workers, verifier=args.verifier
+            ) as other,
         ):
             machine.add("servers", await server_versions(server.url))
             redis = await connect_redis(server.url)
@@ -329,7 +333,7 @@ async def amain(args: argparse.Namespace) -> int:
                 pairs,
                 trivial_url,
                 info,
-                one_worker,
+                other,
                 embedder,
                 redis,
                 store,
@@ -344,7 +348,7 @@ async def amain(args: argparse.Namespace) -> int:
                 # Every worker of both Sentinels has its exact bodies' plans remembered before
                 # the first measurement (untimed; the check asked them on one connection).
                 exact = _bodies([p.original for p in ctx.pairs], CHECK_SCOPE)
-                for served in (info, one_worker):
+                for served in (info, other):
                     await load(served.url, exact * 2, C16)
                 if args.redisvl:
                     try:
@@ -356,7 +360,7 @@ async def amain(args: argparse.Namespace) -> int:
                 for rep in range(1, plan.reps + 1):
                     say(f"repetition {rep} of {plan.reps}")
                     await repetition(ctx, rep)
-                workers, workers_1 = info.workers(), one_worker.workers()
+                workers, workers_other = info.workers(), other.workers()
             finally:
                 if redisvl is not None:
                     await redisvl.aclose()
@@ -373,7 +377,7 @@ async def amain(args: argparse.Namespace) -> int:
     )
     setup.add(
         "WEB_CONCURRENCY given to Sentinel",
-        f"{info.web_concurrency} (`make run`'s default: one worker per core, "
+        f"{info.web_concurrency} (`make run`'s default: one worker per two cores, "
         f"{worker_count({})} here)"
         if info.web_concurrency == "unset"
         else info.web_concurrency,
@@ -381,8 +385,9 @@ async def amain(args: argparse.Namespace) -> int:
     setup.add("Sentinel worker processes seen after the run", workers)
     setup.add(
         "comparison Sentinel (second process, same Redis)",
-        f"WEB_CONCURRENCY=1; worker processes seen after the run: {workers_1}; its semantic "
-        f"scopes are max_tokens +{ONE_WORKER_SCOPES} from the default Sentinel's",
+        f"WEB_CONCURRENCY={other_workers}; worker processes seen after the run: "
+        f"{workers_other}; its semantic "
+        f"scopes are max_tokens +{OTHER_SCOPES} from the default Sentinel's",
     )
     setup.add("server stack (Sentinel and floor)", server_stack())
     setup.add("embedder", f"{embedder.id} ({settings_line(settings)}, cosine floor {floor})")
@@ -403,11 +408,11 @@ async def amain(args: argparse.Namespace) -> int:
         machine=machine,
         setup=setup,
         systems={
-            k: v.format(workers=f"{workers} worker{'s' if workers != 1 else ''}")
-            for k, v in SYSTEMS.items()
+            k: v.format(workers=plural(workers), other=other_workers) for k, v in SYSTEMS.items()
         },
         ratios=RATIOS,
         workers=workers,
+        other=int(other_workers),
         samples=ctx.samples,
         notes=ctx.notes + ctx.hit_counts,
         plan=plan.__dict__,

@@ -167,15 +167,15 @@ class SentinelInfo:
 
 @asynccontextmanager
 async def serve_sentinel(
-    redis_url: str, provider_url: str, *, one_worker: bool = False, verifier: str | None = None
+    redis_url: str, provider_url: str, *, workers: str | None = None, verifier: str | None = None
 ) -> AsyncIterator[SentinelInfo]:
     """`python -m app` on the bench Redis, default settings. As `make run` serves it: this
     process's WEB_CONCURRENCY passed through when set, else none (app/serving.py's default,
-    one worker per core); with `one_worker`, WEB_CONCURRENCY=1. `verifier`: VERIFIER
+    one worker per two cores); with `workers`, that WEB_CONCURRENCY. `verifier`: VERIFIER
     (unset: the service's default)."""
     info = SentinelInfo()
-    if one_worker:
-        info.web_concurrency = "1"
+    if workers is not None:
+        info.web_concurrency = workers
     elif "WEB_CONCURRENCY" in os.environ:
         info.web_concurrency = os.environ["WEB_CONCURRENCY"]
 
@@ -183,11 +183,11 @@ async def serve_sentinel(
         info.pid = child.process.pid
 
     async with sentinel(
-        "sentinel-throughput-1w" if one_worker else "sentinel-throughput",
+        "sentinel-throughput" if workers is None else f"sentinel-throughput-{workers}w",
         redis_url=redis_url,
         provider_url=provider_url,
         started=started,
-        workers="1" if one_worker else None,
+        workers=workers,
         extra=None if verifier is None else {"VERIFIER": verifier},
     ) as url:
         info.url = url + CHAT_PATH

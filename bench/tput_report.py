@@ -11,7 +11,7 @@ from typing import Any
 from bench.stats import Table, ms, verdict
 
 NAN = float("nan")
-ONE_WORKER = "w1_"  # sample-key prefix of the one-worker Sentinel's measurements
+OTHER = "alt_"  # sample-key prefix of the comparison Sentinel's measurements (other workers)
 SENTINEL_KEYS = {
     f"{what}_{kind}" for what in ("exact", "first", "repeat") for kind in ("p50", "rate")
 }
@@ -30,7 +30,7 @@ class Ratio:
 
     def of(self, sample: Mapping[str, float], prefix: str = "") -> float:
         """This ratio in one repetition (NaN when either side is missing); with `prefix`, of
-        that Sentinel's numerator (e.g. `w1_`: the one-worker Sentinel's)."""
+        that Sentinel's numerator (e.g. `alt_`: the comparison Sentinel's)."""
         if prefix and self.numerator not in SENTINEL_KEYS:
             return NAN
         numerator = prefix + self.numerator
@@ -79,13 +79,13 @@ COLUMNS: dict[str, tuple[str | None, str | None, str | None, str | None]] = {
     "redisvl": (None, None, "redisvl_p50", "redisvl_rate"),
     "sentinel": ("exact_p50", "exact_rate", "first_p50", "first_rate"),
     "sentinel_repeat": (None, None, "repeat_p50", "repeat_rate"),
-    "w1_sentinel": ("w1_exact_p50", "w1_exact_rate", "w1_first_p50", "w1_first_rate"),
-    "w1_sentinel_repeat": (None, None, "w1_repeat_p50", "w1_repeat_rate"),
+    "alt_sentinel": ("alt_exact_p50", "alt_exact_rate", "alt_first_p50", "alt_first_rate"),
+    "alt_sentinel_repeat": (None, None, "alt_repeat_p50", "alt_repeat_rate"),
 }
 KEYS = [
     "trivial_p50", "trivial_rate", "exact_p50", "exact_rate", "first_p50", "first_rate",
-    "repeat_p50", "repeat_rate", "w1_exact_p50", "w1_exact_rate", "w1_first_p50",
-    "w1_first_rate", "w1_repeat_p50", "w1_repeat_rate", "inproc_p50", "inproc_rate",
+    "repeat_p50", "repeat_rate", "alt_exact_p50", "alt_exact_rate", "alt_first_p50",
+    "alt_first_rate", "alt_repeat_p50", "alt_repeat_rate", "inproc_p50", "inproc_rate",
     "redisvl_p50", "redisvl_rate",
 ]  # fmt: skip
 
@@ -106,23 +106,27 @@ def main_table(systems: Mapping[str, str], samples: Sequence[Mapping[str, float]
 
 
 def ratio_table(
-    ratios: Sequence[Ratio], samples: Sequence[Mapping[str, float]], workers: int = 1
+    ratios: Sequence[Ratio],
+    samples: Sequence[Mapping[str, float]],
+    workers: int = 1,
+    other: int = 1,
 ) -> Table:
     """Each target ratio per repetition (paired: both sides from the same repetition), on the
-    Sentinel `make run` serves (`workers` workers), the one-worker Sentinel's beside it."""
-    served = f"{workers} worker{'s' if workers != 1 else ''}"
+    Sentinel `make run` serves (`workers` workers), the comparison Sentinel's (`other`) beside."""
+    served = plural(workers)
+    alt = plural(other)
     table = Table(
         "Target ratios (each computed within one repetition; median of the repetitions)",
         ["ratio", "target", "when the issue was filed", f"per repetition ({served})",
-         f"median ({served}, `make run`)", "verdict", "1 worker: per repetition",
-         "1 worker: median"],
+         f"median ({served}, `make run`)", "verdict", f"{alt}: per repetition",
+         f"{alt}: median"],
     )  # fmt: skip
     for ratio in ratios:
         values = [ratio.of(s) for s in samples]
         if all(v != v for v in values):
             continue
         mid = median(values)
-        solo = [ratio.of(s, ONE_WORKER) for s in samples]
+        solo = [ratio.of(s, OTHER) for s in samples]
         solo_text = ["-", "-"]
         if any(v == v for v in solo):
             solo_text = [_list(solo), f"{median(solo):.2f} ({ratio.verdict(median(solo))})"]
@@ -136,6 +140,11 @@ def ratio_table(
             *solo_text,
         )
     return table
+
+
+def plural(workers: int) -> str:
+    """`1 worker`, `2 workers`."""
+    return f"{workers} worker{'s' if workers != 1 else ''}"
 
 
 def _list(values: Sequence[float]) -> str:
@@ -160,8 +169,9 @@ METHOD = """## Method
 - One run, one machine: an embedded Redis Stack (`var/bench/throughput`, no persistence), the
   fake OpenAI-compatible provider (`tests/fakes/openai_server.py`, fixed delay, only misses reach
   it), Sentinel as `python -m app` with its default settings (as `make run`: WEB_CONCURRENCY
-  passed through when set, else one worker per core), a second Sentinel with
-  WEB_CONCURRENCY=1 for comparison (same Redis; semantic scopes of its own), and the floor
+  passed through when set, else one worker per two cores), a second Sentinel with the other
+  worker count for comparison (one per core, or one where that is the default; same Redis,
+  semantic scopes of its own), and the floor
   (`bench/trivial_server.py`: a raw ASGI app on uvicorn, one worker, Sentinel's uvicorn options),
   each its own process; the load generator (aiohttp, keep-alive, one connection per client) and
   the in-process references run in the bench process. Everything shares the machine's cores.
@@ -185,7 +195,7 @@ METHOD = """## Method
 - Three repetitions, interleaved (every system once per repetition; the two Sentinels take
   turns going first), so drift on the shared machine hits all systems alike; the ratios pair
   numbers from the same repetition. The target verdicts are the default Sentinel's; the
-  one-worker Sentinel's ratios use the same repetition's floor and in-process numbers.
+  comparison Sentinel's ratios use the same repetition's floor and in-process numbers.
 """
 
 
@@ -201,6 +211,7 @@ def write_report(
     notes: Sequence[str],
     plan: Mapping[str, Any],
     workers: int,
+    other: int,
 ) -> None:
     """Write and print the report."""
     table = main_table(systems, samples)
@@ -217,7 +228,7 @@ def write_report(
             "absolute numbers move with the machine's load.",
             "",
             table.markdown(),
-            ratio_table(ratios, samples, workers).markdown(),
+            ratio_table(ratios, samples, workers, other).markdown(),
             machine.markdown(),
             setup.markdown(),
             reps_table(samples).markdown(),

@@ -66,18 +66,19 @@ def test_cell_shows_median_and_spread_in_each_unit() -> None:
     assert cell(samples, "missing_p50") == "-"
 
 
-def test_one_worker_ratios_sit_beside_the_default_sentinels() -> None:
+def test_the_comparison_sentinels_ratios_sit_beside_the_default_sentinels() -> None:
     rate = Ratio("rate", "exact_rate", "trivial_rate", 0.40, True)
     floor_only = Ratio("in-process", "inproc_rate", "trivial_rate")
     samples = [
-        {"exact_rate": 500.0, "w1_exact_rate": 300.0, "trivial_rate": 1000.0, "inproc_rate": 1.0},
-        {"exact_rate": 450.0, "w1_exact_rate": 360.0, "trivial_rate": 1000.0, "inproc_rate": 1.0},
+        {"exact_rate": 500.0, "alt_exact_rate": 300.0, "trivial_rate": 1000.0, "inproc_rate": 1.0},
+        {"exact_rate": 450.0, "alt_exact_rate": 360.0, "trivial_rate": 1000.0, "inproc_rate": 1.0},
     ]
 
-    assert [rate.of(s, "w1_") for s in samples] == [0.3, 0.36]
-    assert floor_only.of(samples[0], "w1_") != floor_only.of(samples[0], "w1_")  # NaN
-    table = ratio_table([rate, floor_only], samples, workers=2)
-    assert "2 workers" in table.headers[3]
+    assert [rate.of(s, "alt_") for s in samples] == [0.3, 0.36]
+    assert floor_only.of(samples[0], "alt_") != floor_only.of(samples[0], "alt_")  # NaN
+    table = ratio_table([rate, floor_only], samples, workers=1, other=2)
+    assert "1 worker" in table.headers[3]
+    assert "2 workers" in table.headers[6]
     assert table.rows[0][3:] == [
         "0.50, 0.45",
         "**0.47**",
