@@ -143,20 +143,21 @@ async def test_released_in_flight_those_fail_and_the_next_goes_on_a_new_connecti
 async def test_a_read_is_cut_by_a_breaker_budget_and_a_dead_connection_by_the_socket_timeout(
     redis_url: str,
 ) -> None:
-    client = Redis.from_url(redis_url, socket_timeout=0.3)
+    client = Redis.from_url(redis_url, socket_timeout=0.8)
     breaker = CacheBreaker(client.ping, failure_threshold=100)
     try:
-        # The budget cuts the caller (bypassed) while its reply, 0.2 s away, is still due: the
+        # The budget cuts the caller (bypassed) while its reply, 0.4 s away, is still due: the
         # next command waits behind it on the connection and gets its own reply.
         started = time.monotonic()
-        slow = packed("BLPOP", "wire:empty", "0.2")
+        slow = packed("BLPOP", "wire:empty", "0.4")
         with pytest.raises(CacheBypassed, match="did not answer in time"):
             await breaker.call(lambda: execute_packed(client, slow), budget=0.1, what="read")
-        assert time.monotonic() - started < 0.15
+        assert time.monotonic() - started < 0.3
         assert await execute_packed(client, packed("ECHO", "next")) == b"next"
         # A reply later than the socket timeout: the connection is dead. The command waiting
         # for it and the one queued behind it fail, whatever the caller's budget.
-        blpop = packed("BLPOP", "wire:empty", 1)  # its reply comes after 1 s
+        blpop = packed("BLPOP", "wire:empty", 2)  # its reply comes after 2 s
+        sent = time.monotonic()
         late = asyncio.create_task(
             breaker.call(lambda: execute_packed(client, blpop), budget=5.0, what="read")
         )
@@ -166,8 +167,34 @@ async def test_a_read_is_cut_by_a_breaker_budget_and_a_dead_connection_by_the_so
             await late
         with pytest.raises(RedisTimeoutError, match="Timeout reading"):
             await behind
-        assert time.monotonic() - started < 1.0  # cut well before the reply came
+        assert time.monotonic() - sent < 1.8  # cut by the 0.8 s timeout, before the reply
         # A new connection serves what comes next.
         assert await execute_packed(client, packed("ECHO", "later")) == b"later"
+    finally:
+        await client.aclose()
+
+
+async def test_a_busy_connection_outlives_its_socket_timeout_while_replies_come(
+    redis_url: str,
+) -> None:
+    # Two callers keep a 0.1 s BLPOP in flight on the one connection for 14 replies in a row
+    # (Redis runs them one after the other): ~1.4 s with a reply every 0.1 s, over four 0.3 s
+    # socket timeouts. The watchdog sees replies coming and never closes it.
+    client = Redis.from_url(redis_url, socket_timeout=0.3)
+    try:
+        await execute_packed(client, packed("ECHO", "warm"))
+        connection = wire._pipelines[client.connection_pool]._connection
+        slow = packed("BLPOP", "wire:empty", "0.1")
+
+        async def caller(delay: float) -> int:
+            await asyncio.sleep(delay)
+            for _ in range(7):
+                assert await execute_packed(client, slow) is None
+            return 7
+
+        started = time.monotonic()
+        assert sum(await asyncio.gather(caller(0), caller(0.05))) == 14
+        assert time.monotonic() - started > 1.2  # the replies did come one by one
+        assert wire._pipelines[client.connection_pool]._connection is connection
     finally:
         await client.aclose()
