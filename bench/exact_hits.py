@@ -25,9 +25,11 @@ import os
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -152,6 +154,26 @@ async def profile_phase(base_url: str, child: Child, seconds: float) -> None:
     child.process.send_signal(signal.SIGUSR2)
 
 
+async def spy_main(args: argparse.Namespace) -> None:
+    """py-spy's flame summary of one worker serving exact hits at c=16 (chat completions)."""
+    from bench.profile_semantic import flame_summary, spy  # noqa: PLC0415
+
+    out = Path(tempfile.mkdtemp()) / "exact.raw"
+    async with (
+        bench_redis("exact-spy") as redis,
+        fake_provider(0.05) as provider_url,
+        sentinel_server(redis.url, provider_url, 1) as (url, child),
+    ):
+        await prime(url)
+        call = caller(url + "/v1/chat/completions", CHAT)
+        await per_second(call, 1.0)  # warm
+        recorder = spy(child.process.pid, out, args.py_spy, native=False)
+        rate = await per_second(call, args.py_spy + 1.0)
+        await asyncio.to_thread(recorder.wait)
+    print(f"exact hits at c=16 while recorded: {rate:.0f}/s")
+    print(flame_summary(out, thread=None, top=args.top))
+
+
 async def cpu_main(args: argparse.Namespace) -> None:
     """CPU µs per exact hit in process (bench/exact_cpu.py)."""
     from bench import exact_cpu  # noqa: PLC0415
@@ -177,6 +199,9 @@ async def main(args: argparse.Namespace) -> None:
     """Measure, print the medians and ratios."""
     if args.cpu:
         await cpu_main(args)
+        return
+    if args.py_spy:
+        await spy_main(args)
         return
     workers = [int(w) for w in args.workers.split(",")]
     results: dict[str, list[tuple[float, float]]] = {}
@@ -241,4 +266,8 @@ if __name__ == "__main__":
         "--cpu", type=int, default=0, help="N: CPU µs per exact hit in process, N hits a run"
     )
     parser.add_argument("--concurrency", type=int, default=1, help="with --cpu: hits in flight")
+    parser.add_argument(
+        "--py-spy", type=int, default=0, help="N: instead, a py-spy flame summary over N seconds"
+    )
+    parser.add_argument("--top", type=int, default=25, help="frames in the flame summary")
     asyncio.run(main(parser.parse_args()))

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,7 +45,9 @@ from bench.questions import candidate_pairs, choose_pairs
 from bench.tput_http import CHAT_PATH, chat_body, load
 from bench.tput_inproc import drive, embed_knn, entry_scope
 
-PY_SPY = Path(os.environ.get("PY_SPY", "/work/notes/pyspy/bin/py-spy"))
+# py-spy (PyPI) is not in the service's lock: install it anywhere and name it in PY_SPY, or
+# have it on PATH.
+PY_SPY = Path(os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy")
 TICK = os.sysconf("SC_CLK_TCK")
 C16 = 16
 SCOPE = 700  # max_tokens of the scope every measurement here uses
