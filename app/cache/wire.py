@@ -100,6 +100,7 @@ class Pipeline:
         reader, self._reader = self._reader, None
         self._connection = None
         _fail(in_flight, error)
+        in_flight.clear()  # a reader still on it stops
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
         if self._watchdog is not None:
@@ -234,12 +235,10 @@ class Pipeline:
 
 
 def _fail(futures: Iterable[asyncio.Future[Any]], error: RedisError) -> None:
-    """Fail the futures not done yet, each with an error of its own (and empty a queue)."""
-    for future in list(futures):
+    """Fail the futures not done yet, each with an error of its own."""
+    for future in futures:
         if not future.done():
             future.set_exception(type(error)(*error.args))
-    if isinstance(futures, deque):
-        futures.clear()
 
 
 def _as_redis_error(exc: BaseException) -> RedisError:
