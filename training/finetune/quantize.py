@@ -95,14 +95,19 @@ def _feeds(texts: list[str]) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def convert() -> dict[str, Any]:
-    """Fold, smooth, quantize -> var/finetune/quant/<TARGET_NAME>.onnx."""
+def convert(weight_only: Path | None = None, target_name: str = TARGET_NAME) -> dict[str, Any]:
+    """Fold, smooth, quantize -> var/finetune/quant/<target_name>.onnx.
+
+    weight_only: a weight-only export (train.py export: var/finetune/onnx/NAME/model.int8.onnx);
+    default the ft1 build from git history."""
     import onnxruntime
 
-    folded, smoothed = OUT / "ft1.fp32-matmul.onnx", OUT / "ft1.fp32-smoothed.onnx"
-    target = OUT / f"{TARGET_NAME}.onnx"
-    report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "source": SOURCE_NAME}
-    report["fold"] = verifier_quantize.fold_matmul_weights(source(), folded)
+    src = weight_only or source()
+    folded = OUT / f"{target_name}.fp32-matmul.onnx"
+    smoothed = OUT / f"{target_name}.fp32-smoothed.onnx"
+    target = OUT / f"{target_name}.onnx"
+    report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "source": str(src)}
+    report["fold"] = verifier_quantize.fold_matmul_weights(src, folded)
     report["smooth"] = verifier_quantize.smooth(
         folded, smoothed, feeds=_feeds(_calibration_texts()), nodes=SMOOTH_NODES, alpha=ALPHA
     )
@@ -112,7 +117,7 @@ def convert() -> dict[str, Any]:
     return report
 
 
-def check() -> dict[str, Any]:
+def check(weight_only: Path | None = None, target_name: str = TARGET_NAME) -> dict[str, Any]:
     """The new build against the weight-only one on the validation questions: self-cosine,
     the cosine of each validation pair under both, and time per text (one per run)."""
     from app.providers.embedders.local import load_tokenizer, onnx_session
@@ -141,10 +146,11 @@ def check() -> dict[str, Any]:
             vectors.append(pooled / np.linalg.norm(pooled))
         return np.array(vectors), float(np.median(times)) * 1000
 
-    candidate = OUT / f"{TARGET_NAME}.onnx"
-    old_a, old_ms = embed(source(), first)
+    candidate = OUT / f"{target_name}.onnx"
+    src = weight_only or source()
+    old_a, old_ms = embed(src, first)
     new_a, new_ms = embed(candidate, first)
-    old_b, _ = embed(source(), second)
+    old_b, _ = embed(src, second)
     new_b, _ = embed(candidate, second)
     self_cos = np.concatenate([(old_a * new_a).sum(1), (old_b * new_b).sum(1)])
     drift = np.abs((old_a * old_b).sum(1) - (new_a * new_b).sum(1))
@@ -160,17 +166,20 @@ def check() -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
+    """convert|check [WEIGHT_ONLY_ONNX TARGET_NAME] (default: ft1 from history -> ft1-qint8)."""
     cmd = argv[0] if argv else "convert"
+    weight_only = Path(argv[1]) if len(argv) > 1 else None
+    target_name = argv[2] if len(argv) > 2 else TARGET_NAME
     started = time.perf_counter()
     if cmd == "convert":
-        report = convert()
+        report = convert(weight_only, target_name)
     elif cmd == "check":
-        report = check()
+        report = check(weight_only, target_name)
     else:
         raise SystemExit(f"unknown command {cmd!r}: convert or check")
     report["seconds"] = round(time.perf_counter() - started, 1)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{cmd}-{TARGET_NAME}.json").write_text(json.dumps(report, indent=1))
+    (OUT / f"{cmd}-{target_name}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
 

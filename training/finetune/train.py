@@ -179,8 +179,36 @@ def pair_loss(loss_name: str, a, b, labels, margin: float = 0.5):
     raise ValueError(loss_name)
 
 
-def train(name: str, loss_name: str, pairs, train_mask, val_mask, epochs=3, batch=32, lr=2e-5):
-    """Plain torch loop over pair embeddings; keeps the epoch best on validation AUC."""
+def stream_pairs(pairs: list[dict], train_mask: np.ndarray) -> list[dict]:
+    """The verifier's extra training pairs from the dev query streams (training/verifier/data.py:
+    one positive per query with its first earlier duplicate, one negative per known near miss,
+    every stream cluster touching a validation or held-out text dropped)."""
+    from training.verifier.data import pairs_parts, workload_pairs
+
+    parts = pairs_parts()
+    assert [r.id for r in parts.select("train")] == [
+        p["id"] for p, m in zip(pairs, train_mask, strict=True) if m
+    ], "split differs from training/verifier/data.py"
+    return [
+        {"question1": r.question1, "question2": r.question2, "label": r.label}
+        for r in workload_pairs(parts)
+    ]
+
+
+def train(
+    name: str,
+    loss_name: str,
+    pairs,
+    train_mask,
+    val_mask,
+    epochs=3,
+    batch=32,
+    lr=2e-5,
+    streams: bool = False,
+):
+    """Plain torch loop over pair embeddings; keeps the epoch best on validation AUC.
+
+    streams: add the dev streams' training pairs (`stream_pairs`) to pairs.jsonl's."""
     import torch
 
     torch.manual_seed(0)
@@ -191,6 +219,11 @@ def train(name: str, loss_name: str, pairs, train_mask, val_mask, epochs=3, batc
         for p, m in zip(pairs, train_mask, strict=True)
         if m
     ]
+    if streams:
+        data += [
+            (normalize_prompt(p["question1"]), normalize_prompt(p["question2"]), float(p["label"]))
+            for p in stream_pairs(pairs, train_mask)
+        ]
     steps = epochs * math.ceil(len(data) / batch)
     opt = torch.optim.AdamW(enc.model.parameters(), lr=lr, weight_decay=0.01)
     warm = int(0.1 * steps)
@@ -203,6 +236,7 @@ def train(name: str, loss_name: str, pairs, train_mask, val_mask, epochs=3, batc
         "loss": loss_name,
         "epochs": [],
         "train_pairs": len(data),
+        "streams": streams,
         "batch": batch,
         "lr": lr,
         "max_seq_length": 128,
@@ -253,7 +287,9 @@ def train(name: str, loss_name: str, pairs, train_mask, val_mask, epochs=3, batc
     return log
 
 
-CONFIGS = {"occ": "online_contrastive", "cosent": "cosent"}
+CONFIGS = {"occ": "online_contrastive", "cosent": "cosent", "occs": "online_contrastive"}
+# Configurations trained on the dev streams' pairs too (stream_pairs).
+WITH_STREAMS = frozenset({"occs"})
 
 
 def evaluate(name: str, path: Path, pairs, held, val) -> dict:
@@ -461,6 +497,7 @@ def main(argv: list[str]) -> None:
                 train_mask,
                 val,
                 epochs=int(os.environ.get("FT_EPOCHS", "3")),
+                streams=name in WITH_STREAMS,
             )
             r = evaluate(name, OUT / "models" / name, pairs, held, val)
             print(json.dumps(r["held_out"]["overall"]))
