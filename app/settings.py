@@ -147,8 +147,8 @@ class Settings(
     stream_idle_timeout: PositiveFloat = 30.0
 
     embedding_provider: Literal["local", "jina"] = "local"
-    local_embedding_model: Literal["minilm-l6-sentinel-ft1-qint8", "minilm-l6-v2-int8"] = (
-        "minilm-l6-sentinel-ft1-qint8"
+    local_embedding_model: Literal["minilm-l6-sentinel-ft2-qint8", "minilm-l6-v2-int8"] = (
+        "minilm-l6-sentinel-ft2-qint8"
     )
     jina_api_key: str | None = None
     jina_base_url: str = "https://api.jina.ai/v1"

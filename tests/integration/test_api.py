@@ -156,7 +156,7 @@ async def test_health_and_metrics_after_a_known_sequence(
     assert report["status"] == "ok"
     assert report["redis"] == "ok"
     assert report["index_exists"] is True
-    assert report["embedder"] == "minilm-l6-sentinel-ft1-qint8"
+    assert report["embedder"] == "minilm-l6-sentinel-ft2-qint8"
     assert report["embedding_dimension"] == 384
     assert report["guard"] == "on"
     assert report["upstream_status"] == "configured"

@@ -14,8 +14,12 @@ from tests.integration.conftest import app_client
 pytestmark = pytest.mark.integration
 
 STORED = "When was Albert Einstein born?"
-NEAR_MISS = "Where was Albert Einstein born?"  # cosine ~0.83 with the tuned embedder
-PARAPHRASE = "When was Albert Einstein born exactly?"
+# Cosine 0.64 with the tuned embedder (ft2; 0.83 with ft1): below the floor, so refused before
+# the guard is asked.
+NEAR_MISS = "Where was Albert Einstein born?"
+# Cosine 0.81 with the tuned embedder, guard 0.44: the cosine alone would serve it.
+COSINE_NEAR_MISS = "When did Albert Einstein die?"
+PARAPHRASE = "When was Albert Einstein born exactly?"  # cosine 0.97
 
 
 @pytest.fixture(autouse=True)
@@ -48,16 +52,23 @@ async def test_guard_rejects_a_near_miss_and_keeps_a_paraphrase(
 async def test_without_the_guard_the_cosine_alone_serves_the_near_miss(
     make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
 ) -> None:
-    settings = make_settings(guard="off", similarity_threshold=0.8)
+    settings = make_settings(guard="off", similarity_threshold=0.75)
     async with app_client(settings) as http:
         assert (await http.get("/health")).json()["guard"] == "off"
         await http.post("/v1/query", json={"prompt": STORED})
-        near = (await http.post("/v1/query", json={"prompt": NEAR_MISS})).json()
+        near = (await http.post("/v1/query", json={"prompt": COSINE_NEAR_MISS})).json()
         assert near["match"] == "semantic"  # the wrong answer the guard exists to stop
         assert near["matched_prompt"] == STORED
-        assert near["similarity"] >= 0.8
+        assert near["similarity"] >= 0.75
         assert near["guard_score"] is None
     assert fake_llm.call_count == 1
+    # With the guard (and nothing after it), the same near miss is refused.
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    async with app_client(make_settings(verifier="off", similarity_threshold=0.75)) as http:
+        await http.post("/v1/query", json={"prompt": STORED})
+        near = (await http.post("/v1/query", json={"prompt": COSINE_NEAR_MISS})).json()
+        assert near["match"] == "miss"
+    assert fake_llm.call_count == 3
 
 
 @pytest.mark.parametrize("verifier", ["checks", "overlap", "on"])

@@ -41,7 +41,7 @@ def _corrupt_copy(source: Path, target: Path) -> Path:
 
 
 async def test_id_and_dimension(embedder: LocalEmbedder) -> None:
-    assert embedder.id == DEFAULT_MODEL == "minilm-l6-sentinel-ft1-qint8"
+    assert embedder.id == DEFAULT_MODEL == "minilm-l6-sentinel-ft2-qint8"
     assert embedder.dimension == 384
 
 

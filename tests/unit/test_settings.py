@@ -14,7 +14,7 @@ def test_defaults_without_environment() -> None:
     assert settings.similarity_threshold is None  # the guard's floor, or 0.9 without a guard
     assert settings.guard == "on"
     assert settings.guard_threshold is None
-    assert settings.local_embedding_model == "minilm-l6-sentinel-ft1-qint8"
+    assert settings.local_embedding_model == "minilm-l6-sentinel-ft2-qint8"
     assert settings.max_prompt_chars == 32000
     assert settings.port == 8000
     assert settings.embedding_provider == "local"

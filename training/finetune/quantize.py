@@ -1,4 +1,4 @@
-"""The tuned embedder with int8 arithmetic: ft1-int8 (weight-only) -> ft1-qint8.
+"""The tuned embedder with int8 arithmetic: a weight-only export -> ft1-qint8, ft2-qint8.
 
 The weight-only export (train.py export) keeps int8 weights but dequantizes them and computes
 in fp32. This builds the same network computing each MatMul in int8, the way
@@ -20,8 +20,11 @@ texts run with it: the service embeds one text per run with this model
 
 From the repository root (the onnx venv of training/README.md for `convert`):
 
-    var/quant-venv/bin/python -m training.finetune.quantize convert
+    var/quant-venv/bin/python -m training.finetune.quantize convert  # ft1 (from git) -> ft1-qint8
     .venv/bin/python -m training.finetune.quantize check
+    # the shipped ft2 (train.py export occs first):
+    var/quant-venv/bin/python -m training.finetune.quantize convert \
+        var/finetune/onnx/occs/model.int8.onnx minilm-l6-sentinel-ft2-qint8
 """
 
 # Two venvs run this file (onnx for convert, the service's for check): imports stay inside

@@ -30,12 +30,12 @@ BASE_MODEL: Final = "minilm-l6-v2-int8"
 # The same network fine-tuned on labeled question pairs so paraphrases score higher and near
 # misses lower (training/finetune/, bench/quality.md), computing in int8 (training/finetune/
 # quantize.py: ~1.7x faster a text than its weight-only build); shipped in data/ (NOTICE.md).
-TUNED_MODEL: Final = "minilm-l6-sentinel-ft1-qint8"
+TUNED_MODEL: Final = "minilm-l6-sentinel-ft2-qint8"
 DEFAULT_MODEL: Final = TUNED_MODEL
 
 MODEL_SHA256: Final = {
     BASE_MODEL: "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
-    TUNED_MODEL: "efac13614425924a1b67134e872a9bcdc9b18d120f8c4331f5ecb40b28db5e46",
+    TUNED_MODEL: "2613d3fe2dc513f3a9ee3a584cdefc6de04fc42db86666c6794f2ce1586d5394",
 }
 # Models whose activations are quantized per ONNX run (one range for all its rows): a text run
 # beside others would get a slightly different vector, so each text gets a run of its own.
