@@ -53,6 +53,31 @@ def test_words_read_contractions_and_keep_numbers_whole() -> None:
             None,
         ),
         ("How can I learn to swim as an adult?", "As an adult, how can I learn to swim?", None),
+        # Around a content word (a verb here), not only a relation word:
+        ("Why do teachers praise students?", "Why do students praise teachers?", Check.SWAP),
+        # The second "to" is the pivot ("how to" comes first):
+        (
+            "How to send money from Venmo to a bank account?",
+            "How to send money from a bank account to Venmo?",
+            Check.SWAP,
+        ),
+        # Coordinated words trade places freely; a fronted clause is not a swap:
+        (
+            "What do British and American English have in common?",
+            "What do American and British English have in common?",
+            None,
+        ),
+        (
+            "Is it better to rent or buy a house in Texas?",
+            "In Texas, is it better to buy or rent a house?",
+            None,
+        ),
+        # A possessive is no pivot ("Germany's rate" is "the rate in Germany"):
+        (
+            "In 2012, what was Germany's unemployment rate?",
+            "What was the unemployment rate in Germany in 2012?",
+            None,
+        ),
     ],
 )
 def test_each_check_fires_on_its_own_difference(a: str, b: str, check: Check | None) -> None:
