@@ -89,103 +89,45 @@ _NUMBER_WORDS: Final = {
 
 # Curated opposites, written once per pair; the lookup below makes it symmetric. Words that
 # often stand for each other in real paraphrases ("big"/"large") are deliberately absent.
+# fmt: off
 _OPPOSITES: Final = (
-    ("good", "bad"),
-    ("better", "worse"),
-    ("best", "worst"),
-    ("fast", "slow"),
-    ("faster", "slower"),
-    ("fastest", "slowest"),
-    ("more", "less"),
-    ("more", "fewer"),
-    ("most", "least"),
-    ("increase", "decrease"),
-    ("increases", "decreases"),
-    ("increased", "decreased"),
-    ("increasing", "decreasing"),
-    ("before", "after"),
-    ("cheap", "expensive"),
-    ("hot", "cold"),
-    ("high", "low"),
-    ("higher", "lower"),
-    ("highest", "lowest"),
-    ("big", "small"),
-    ("bigger", "smaller"),
-    ("biggest", "smallest"),
-    ("large", "small"),
-    ("larger", "smaller"),
-    ("largest", "smallest"),
-    ("long", "short"),
-    ("longer", "shorter"),
-    ("longest", "shortest"),
-    ("win", "lose"),
-    ("won", "lost"),
-    ("buy", "sell"),
-    ("buying", "selling"),
-    ("true", "false"),
-    ("safe", "dangerous"),
-    ("safe", "unsafe"),
-    ("healthy", "unhealthy"),
-    ("legal", "illegal"),
-    ("possible", "impossible"),
-    ("positive", "negative"),
-    ("advantage", "disadvantage"),
-    ("advantages", "disadvantages"),
-    ("pros", "cons"),
-    ("male", "female"),
-    ("men", "women"),
-    ("man", "woman"),
-    ("boy", "girl"),
-    ("boys", "girls"),
-    ("north", "south"),
-    ("east", "west"),
-    ("first", "last"),
-    ("old", "new"),
-    ("old", "young"),
-    ("older", "younger"),
-    ("oldest", "youngest"),
-    ("easy", "hard"),
-    ("easy", "difficult"),
-    ("easiest", "hardest"),
-    ("rich", "poor"),
-    ("strong", "weak"),
-    ("heavy", "light"),
-    ("start", "end"),
-    ("begin", "end"),
-    ("add", "remove"),
-    ("gain", "lose"),
-    ("minimum", "maximum"),
-    ("min", "max"),
-    ("above", "below"),
-    ("inside", "outside"),
-    ("import", "export"),
-    ("input", "output"),
-    ("love", "hate"),
-    ("agree", "disagree"),
-    ("happy", "sad"),
-    ("early", "late"),
-    ("earliest", "latest"),
-    ("up", "down"),
-    ("in", "out"),
-    ("on", "off"),
-    ("enable", "disable"),
-    ("open", "close"),
-    ("success", "failure"),
-    ("pass", "fail"),
-    ("accept", "reject"),
-    ("allow", "forbid"),
-    ("include", "exclude"),
-    ("maximize", "minimize"),
-    ("right", "wrong"),
-    ("right", "left"),
-    ("wet", "dry"),
-    ("dark", "light"),
-    ("thick", "thin"),
-    ("cause", "cure"),
-    ("prevent", "cause"),
-    ("born", "died"),
-    ("birth", "death"),
+    ("good", "bad"), ("better", "worse"), ("best", "worst"), ("fast", "slow"),
+    ("faster", "slower"), ("fastest", "slowest"), ("more", "less"), ("more", "fewer"),
+    ("most", "least"), ("increase", "decrease"), ("increases", "decreases"),
+    ("increased", "decreased"), ("increasing", "decreasing"), ("before", "after"),
+    ("cheap", "expensive"), ("hot", "cold"), ("high", "low"), ("higher", "lower"),
+    ("highest", "lowest"), ("big", "small"), ("bigger", "smaller"), ("biggest", "smallest"),
+    ("large", "small"), ("larger", "smaller"), ("largest", "smallest"), ("long", "short"),
+    ("longer", "shorter"), ("longest", "shortest"), ("win", "lose"), ("won", "lost"),
+    ("buy", "sell"), ("buying", "selling"), ("true", "false"), ("safe", "dangerous"),
+    ("safe", "unsafe"), ("healthy", "unhealthy"), ("legal", "illegal"),
+    ("possible", "impossible"), ("positive", "negative"), ("advantage", "disadvantage"),
+    ("advantages", "disadvantages"), ("pros", "cons"), ("male", "female"), ("men", "women"),
+    ("man", "woman"), ("boy", "girl"), ("boys", "girls"), ("north", "south"), ("east", "west"),
+    ("first", "last"), ("old", "new"), ("old", "young"), ("older", "younger"),
+    ("oldest", "youngest"), ("easy", "hard"), ("easy", "difficult"), ("easiest", "hardest"),
+    ("rich", "poor"), ("strong", "weak"), ("heavy", "light"), ("start", "end"), ("begin", "end"),
+    ("add", "remove"), ("gain", "lose"), ("minimum", "maximum"), ("min", "max"),
+    ("above", "below"), ("inside", "outside"), ("import", "export"), ("input", "output"),
+    ("love", "hate"), ("agree", "disagree"), ("happy", "sad"), ("early", "late"),
+    ("earliest", "latest"), ("up", "down"), ("in", "out"), ("on", "off"), ("enable", "disable"),
+    ("open", "close"), ("success", "failure"), ("pass", "fail"), ("accept", "reject"),
+    ("allow", "forbid"), ("include", "exclude"), ("maximize", "minimize"), ("right", "wrong"),
+    ("right", "left"), ("wet", "dry"), ("dark", "light"), ("thick", "thin"), ("cause", "cure"),
+    ("prevent", "cause"), ("born", "died"), ("birth", "death"), ("rise", "fall"),
+    ("rises", "falls"), ("rising", "falling"), ("rose", "fell"), ("like", "hate"),
+    ("summer", "winter"), ("warm", "cold"), ("warmer", "colder"), ("warmest", "coldest"),
+    ("hotter", "colder"), ("hottest", "coldest"), ("strength", "weakness"),
+    ("strengths", "weaknesses"), ("richer", "poorer"), ("richest", "poorest"), ("push", "pull"),
+    ("upload", "download"), ("send", "receive"), ("deposit", "withdraw"), ("borrow", "lend"),
+    ("full", "empty"), ("clean", "dirty"), ("deep", "shallow"), ("deeper", "shallower"),
+    ("deepest", "shallowest"), ("wide", "narrow"), ("loud", "quiet"), ("profit", "loss"),
+    ("benefit", "drawback"), ("benefits", "drawbacks"), ("arrive", "depart"), ("enter", "exit"),
+    ("past", "future"), ("sunrise", "sunset"), ("attack", "defend"), ("expand", "shrink"),
+    ("inhale", "exhale"),
 )
+# fmt: on
+_NEGATING_PREFIXES: Final = ("un", "dis", "non", "in", "im", "il", "ir")
 _OPPOSITE: Final[dict[str, frozenset[str]]] = {}
 for _a, _b in _OPPOSITES:
     _OPPOSITE[_a] = _OPPOSITE.get(_a, frozenset()) | {_b}
@@ -314,13 +256,23 @@ def negation_differs(a: Sequence[str], b: Sequence[str]) -> bool:
 
 
 def antonym_flip(a: Sequence[str], b: Sequence[str]) -> bool:
-    """A word only on one side has its curated opposite only on the other side."""
+    """A word only on one side has its curated opposite, or itself with a negating prefix
+    ("un", "dis", "il", ...), only on the other side."""
     return _antonym_flip(frozenset(a), frozenset(b))
 
 
 def _antonym_flip(sa: frozenset[str], sb: frozenset[str]) -> bool:
     only_a, only_b = sa - sb, sb - sa
-    return any(_OPPOSITE.get(w, frozenset()) & only_b for w in only_a)
+    if any(_OPPOSITE.get(w, frozenset()) & only_b for w in only_a):
+        return True
+    # A word on one side, the same word with a negating prefix on the other ("install" /
+    # "uninstall", "like" / "dislike", "legal" / "illegal").
+    return any(
+        w.startswith(prefix) and len(w) - len(prefix) >= 3 and w[len(prefix) :] in other
+        for words, other in ((only_a, only_b), (only_b, only_a))
+        for w in words
+        for prefix in _NEGATING_PREFIXES
+    )
 
 
 def roles_swapped(a: Sequence[str], b: Sequence[str]) -> bool:

@@ -39,6 +39,10 @@ def test_words_read_contractions_and_keep_numbers_whole() -> None:
             Check.ANTONYM,
         ),
         ("Is wine good for the brain?", "Is wine good for the heart?", None),
+        # A negating prefix makes an opposite too; a prefix-like start alone does not:
+        ("How do I connect my headphones?", "How do I disconnect my headphones?", Check.ANTONYM),
+        ("How do I inform my landlord?", "How do I tell my landlord?", None),
+        ("Why do rents rise in summer?", "Why do rents fall in summer?", Check.ANTONYM),
         ("Is tea healthier than coffee?", "Is coffee healthier than tea?", Check.SWAP),
         (
             "How do I convert Celsius to Fahrenheit?",
