@@ -101,3 +101,31 @@ def test_the_hand_written_probes_are_well_formed() -> None:
     assert sum(r["label"] == 0 for r in rows) == 48
     assert sum(r["label"] == 1 for r in rows) == 32
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("name", "near_misses", "paraphrases"),
+    [("b", 46, 30), ("c", 40, 20), ("d", 25, 15), ("e", 26, 15)],
+)
+def test_the_later_probe_sets_are_well_formed_and_share_no_pair(
+    name: str, near_misses: int, paraphrases: int
+) -> None:
+    """tests/data/README.md: sets written later, each on topics of its own."""
+    rows = _rows(PROBES.with_name(f"near_miss_probes_{name}.jsonl"))
+    assert sum(r["label"] == 0 for r in rows) == near_misses
+    assert sum(r["label"] == 1 for r in rows) == paraphrases
+    assert all((r["kind"] == "paraphrase") == (r["label"] == 1) for r in rows)
+    assert len({r["id"] for r in rows}) == len(rows)
+    others = [PROBES] + [
+        PROBES.with_name(f"near_miss_probes_{o}.jsonl") for o in "bcde" if o != name
+    ]
+    seen = {
+        frozenset((r["question1"].lower(), r["question2"].lower()))
+        for path in others
+        for r in _rows(path)
+    }
+    assert not seen & {frozenset((r["question1"].lower(), r["question2"].lower())) for r in rows}
