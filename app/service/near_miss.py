@@ -31,6 +31,10 @@ class Check(StrEnum):
 
 
 _WORD: Final = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?|\w+")
+# A number fused to the name it numbers: "ww2", "ps5", "iphone6s", "python3", "g20", "x86".
+# Only letters then digits (an ordinal or plural ending allowed) at the token's end: texting
+# spellings with a digit inside a word ("l8r", "her4month") are not numbers.
+_FUSED: Final = re.compile(r"[a-z]+(\d+(?:st|nd|rd|th|s)?)")
 _NT: Final = re.compile(r"n[’']t\b")
 
 _NEGATIONS: Final = frozenset(
@@ -167,9 +171,15 @@ def words(text: str) -> list[str]:
 
 
 def _number(token: str) -> str | None:
-    """A canonical value for a numeric token or number word, else None."""
+    """A canonical value for a numeric token, number word or number fused to a name, else None.
+
+    A fused number counts as its digits, so "ww2" and "world war 2" mention the same number and
+    "ww1" another one.
+    """
     if token[0].isdigit():
         return token.replace(",", "")
+    if fused := _FUSED.fullmatch(token):
+        return fused.group(1)
     return _NUMBER_WORDS.get(token)
 
 

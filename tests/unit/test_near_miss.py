@@ -23,6 +23,9 @@ def test_words_read_contractions_and_keep_numbers_whole() -> None:
     ]
     assert words("I cannot go") == ["i", "can", "not", "go"]
     assert numbers(words("the 2nd of two, in 1990s")) == {"2nd", "2", "1990s"}
+    # Fused to a name ("ww2", "iphone6s"), not inside a texting spelling ("l8r", "her4month"):
+    assert numbers(words("ww2 and the iphone6s")) == {"2", "6s"}
+    assert numbers(words("see you l8r at her4month visit")) == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -31,6 +34,11 @@ def test_words_read_contractions_and_keep_numbers_whole() -> None:
         ("What was the GDP of Spain in 2015?", "What was the GDP of Spain in 2016?", Check.NUMBER),
         ("Is a 3 day fast healthy?", "Is a three day fast healthy?", None),
         ("How much is 1,000 yen?", "How much is 1000 yen?", None),
+        # A number fused to a name is a number; written apart it is the same one:
+        ("Who led France in WW1?", "Who led France in WW2?", Check.NUMBER),
+        ("Can the PS4 play Blu-ray discs?", "Can the PS5 play Blu-ray discs?", Check.NUMBER),
+        ("Who led France in WW2?", "Who led France in World War 2?", None),
+        ("How do I install Python3 on a Mac?", "How do I install Python 3 on a Mac?", None),
         ("Why doesn't my dog bark?", "Why does my dog bark?", Check.NEGATION),
         ("Why can't I log in?", "Why am I not able to log in?", None),
         (
