@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -103,11 +104,13 @@ async def run(args: argparse.Namespace) -> str:
             guard, floor = configured_decision(settings, embedder.id)
             verified = settings.verifier in ("on", "overlap") and guard is not None
             calibration = Calibration.for_model() if verified else None
-            verify_at = _verifier_threshold(settings, calibration)
+            guard_at, verify_at = _thresholds(settings, calibration)
             cascade = settings.verifier == "on" and verify_at is not None
             threshold = floor if guard is None else guard.threshold
             if cascade and verify_at is not None:
                 threshold = verify_at
+            elif guard is not None and guard_at is not None:
+                threshold = max(guard_at, guard.threshold)
             values = sweep.grid(guarded=guard is not None, cascade=cascade, decision=threshold)
             decision = _Decision(
                 guard=guard,
@@ -146,13 +149,13 @@ async def _pairs(
         decision.floor,
         checks=settings.verifier in ("checks", "overlap"),
         calibration=decision.calibration,
-        gated_at=decision.verify_at if settings.verifier == "overlap" else None,
+        gated_at=_gated_anchor(settings, decision),
     )
     result = pairs.evaluate(
         data,
         scores,
         decision.floor,
-        None if guard is None else guard.threshold,
+        None if guard is None else decision.threshold,
         decision.verify_at if settings.verifier == "on" else None,
         gated=_gated(settings, decision),
     )
@@ -248,12 +251,33 @@ async def _scores(
         await verifier.aclose()
 
 
-def _verifier_threshold(settings: Settings, calibration: Calibration | None) -> float | None:
-    """The cascade's threshold MAX_WRONG_HIT_RATE maps to (None: no verifier decides)."""
+def _thresholds(
+    settings: Settings, calibration: Calibration | None
+) -> tuple[float | None, float | None]:
+    """The guard's (VERIFIER=overlap with a budget; else None) and the verifier's thresholds
+    MAX_WRONG_HIT_RATE maps to, as the service's Planner maps them (None: no verifier)."""
     if calibration is None:
-        return None
+        return None, None
     budget = settings.max_wrong_hit_rate
-    return calibration.threshold if budget is None else calibration.threshold_for(budget)
+    if budget is None:
+        return None, calibration.threshold
+    if settings.verifier == "overlap":
+        return calibration.gated_thresholds(budget)
+    return None, calibration.threshold_for(budget)
+
+
+def _gated_anchor(settings: Settings, decision: _Decision) -> float | None:
+    """VERIFIER=overlap: the verifier threshold `pairs.gated_scores` anchors on the guard's,
+    so that a gated pair's score reaches the decision's threshold exactly when its combined
+    score reaches the verifier's (None in other modes)."""
+    if settings.verifier != "overlap" or decision.verify_at is None or decision.guard is None:
+        return None
+    moved = _logit(decision.verify_at) - _logit(decision.threshold)
+    return 1.0 / (1.0 + math.exp(-(moved + _logit(decision.guard.threshold))))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def _gated(settings: Settings, decision: _Decision) -> tuple[float, float] | None:
@@ -262,7 +286,7 @@ def _gated(settings: Settings, decision: _Decision) -> tuple[float, float] | Non
         return None
     if decision.verify_at is None:
         return None
-    return decision.calibration.overlap_gate, decision.verify_at
+    return decision.calibration.overlap_gate, round(decision.verify_at, 4)
 
 
 def _what(guard: Guard | None, verifier: str, embedder: str) -> str:

@@ -77,9 +77,15 @@ class Judge:
         return "checks" if self.checks else "off"
 
     async def __call__(
-        self, question: str, cached: str, similarity: float, threshold: float | None
+        self,
+        question: str,
+        cached: str,
+        similarity: float,
+        threshold: float | None,
+        guard_threshold: float | None = None,
     ) -> Verdict:
-        """The verdict on serving `cached`'s answer for `question` (`threshold`: the budget's)."""
+        """The verdict on serving `cached`'s answer for `question` (`threshold`: the budget's
+        for the verifier; `guard_threshold`: the budget's for the guard, VERIFIER=overlap)."""
         guard = self.guard
         if guard is None:
             return Verdict(serve=True)
@@ -88,16 +94,19 @@ class Judge:
         if self.verifier is None or calibration is None or threshold is None:
             return self._guarded(guard, question, cached, score)
         if self.gated:
-            verdict = self._guarded(guard, question, cached, score)
+            verdict = self._guarded(guard, question, cached, score, guard_threshold)
             if not verdict.serve or not calibration.gated(question, cached):
                 return verdict
         elif (refused := calibration.screen(question, cached, similarity, score)) is not None:
             return Verdict(serve=False, guard_score=score, refused_by=refused)
         return await self._verified(self.verifier, question, cached, score, threshold)
 
-    def _guarded(self, guard: Guard, question: str, cached: str, score: float) -> Verdict:
-        """The guard's decision, with the near-miss checks' veto when they run."""
-        if score < guard.threshold:
+    def _guarded(
+        self, guard: Guard, question: str, cached: str, score: float, at: float | None = None
+    ) -> Verdict:
+        """The guard's decision (at its threshold, or a budget's if stricter), with the
+        near-miss checks' veto when they run."""
+        if score < (guard.threshold if at is None else max(at, guard.threshold)):
             return Verdict(serve=False, guard_score=score, refused_by="guard")
         vetoed = veto(question, cached) if self.checks else None
         if vetoed is not None:
@@ -130,7 +139,11 @@ class Judge:
         of the `nearest` candidate is kept as the request's near miss, for the dashboard."""
         started = time.perf_counter()
         verdict = await self(
-            question, candidate.prompt, candidate.similarity, plan.verify_threshold
+            question,
+            candidate.prompt,
+            candidate.similarity,
+            plan.verify_threshold,
+            plan.guard_threshold,
         )
         metrics.layer("judge", time.perf_counter() - started)
         near_miss = None

@@ -70,6 +70,9 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     ttl: int
     read_cache: bool
     write_cache: bool
+    # VERIFIER=overlap with a budget set: the guard's threshold it maps to (None: the guard's
+    # own). The budget then reaches every hit, not only the verified ones.
+    guard_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,21 +87,26 @@ class Planner:
     # none (None: the calibration's own default).
     calibration: Calibration | None = None
     max_wrong_hit_rate: float | None = None
+    # VERIFIER=overlap: a budget maps onto the gated decision's curve (guard and verifier).
+    gated: bool = False
 
     def default_verify_threshold(self) -> float | None:
         """The verifier's threshold for requests that set no budget (None without one)."""
-        return self._verify_threshold(None)
+        return self.thresholds(None)[1]
 
-    def _verify_threshold(self, max_wrong_hit_rate: float | None) -> float | None:
-        """The verifier's threshold for a budget (None without a verifier)."""
+    def thresholds(self, max_wrong_hit_rate: float | None) -> tuple[float | None, float | None]:
+        """The guard's threshold (None: its own) and the verifier's (None without a verifier)
+        for a request's budget (None: MAX_WRONG_HIT_RATE, else the calibration's default)."""
         if self.calibration is None:
-            return None
+            return None, None
         budget = max_wrong_hit_rate
         if budget is None:
             budget = self.max_wrong_hit_rate
         if budget is None:
-            return self.calibration.threshold
-        return self.calibration.threshold_for(budget)
+            return None, self.calibration.threshold
+        if self.gated:
+            return self.calibration.gated_thresholds(budget)
+        return None, self.calibration.threshold_for(budget)
 
     def plan(self, ask: Ask) -> Plan:
         """Route the model and compute scope, question and entry id; 4xx errors for bad input."""
@@ -132,6 +140,7 @@ class Planner:
             response_format=ask.response_format,
         ).tag()
         request = ChatRequest(model=model_id, messages=ask.messages, **sampling_of(ask))
+        guard_threshold, verify_threshold = self.thresholds(ask.max_wrong_hit_rate)
         return Plan(
             model_id=model_id,
             tenant=ask.tenant,
@@ -145,10 +154,11 @@ class Planner:
                 if ask.similarity_threshold is None
                 else ask.similarity_threshold
             ),
-            verify_threshold=self._verify_threshold(ask.max_wrong_hit_rate),
+            verify_threshold=verify_threshold,
             ttl=ask.ttl or self.ttl,
             read_cache=ask.read_cache,
             write_cache=ask.write_cache,
+            guard_threshold=guard_threshold,
         )
 
 

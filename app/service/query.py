@@ -110,6 +110,7 @@ class QueryService:
             max_prompt_chars=max_prompt_chars,
             calibration=calibration,
             max_wrong_hit_rate=max_wrong_hit_rate,
+            gated=gated and verifier is not None,
         )
         self.judge = Judge(guard, verifier, calibration, checks=near_miss_checks, gated=gated)
         self.embedder = embedder

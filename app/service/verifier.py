@@ -101,6 +101,14 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # order is what the embedder and the guard cannot read, and it matters only where the
     # words are (nearly) the same. 0: every candidate the guard serves is verified.
     overlap_gate: float = 0.0
+    # VERIFIER=overlap's whole decision as a curve, so a budget reaches every hit and not only
+    # the verified ones: the wrong-hit rate (same validation pairs as `points`) at each
+    # threshold of Calibration.gated_score, the one number that decision thresholds: the
+    # guard's probability after the checks, and on gated pairs the verifier's combined score
+    # moved so that `threshold` lands on `guard_threshold` (the guard's threshold it was
+    # measured at). Empty in older files: a budget then moves the verifier's threshold alone.
+    gated_points: list[CalibrationPoint] = []
+    guard_threshold: float = 0.8
 
     def threshold_for(self, max_wrong_hit_rate: float) -> float:
         """The lowest threshold at and above which the measured wrong-hit rate stays in budget.
@@ -109,13 +117,23 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         every stricter one also keeps the budget; with none, the strictest point is returned.
         Never below min_threshold.
         """
-        points = sorted(self.points, key=lambda p: p.threshold)
-        chosen = points[-1].threshold
-        for point in reversed(points):
-            if point.wrong_hit_rate > max_wrong_hit_rate:
-                break
-            chosen = point.threshold
-        return max(chosen, self.min_threshold)
+        return max(_within_budget(self.points, max_wrong_hit_rate), self.min_threshold)
+
+    def gated_thresholds(self, max_wrong_hit_rate: float) -> tuple[float, float]:
+        """VERIFIER=overlap: the guard's and the gated verifier's thresholds for a budget.
+
+        The gated curve's threshold by `threshold_for`'s rule, never below `guard_threshold`:
+        a budget tightens the default decision but does not loosen it (below it more than 5%
+        of the validation PAWS different-meaning pairs are served). The verifier's threshold
+        is where its moved score meets the guard's: both decisions at one point of the curve.
+        """
+        if not self.gated_points:
+            return self.guard_threshold, self.threshold_for(max_wrong_hit_rate)
+        guard = max(_within_budget(self.gated_points, max_wrong_hit_rate), self.guard_threshold)
+        if guard == self.guard_threshold:
+            return guard, self.threshold
+        moved = _logit(self.threshold) + _logit(guard) - _logit(self.guard_threshold)
+        return guard, 1.0 / (1.0 + math.exp(-moved))
 
     def score(self, guard_probability: float, verifier_probability: float) -> float:
         """The number the threshold applies to, for a candidate the cheaper stages let through."""
@@ -284,6 +302,18 @@ class Verifier:
     async def _run(self, pairs: list[tuple[str, str]]) -> npt.NDArray[np.float64]:
         """One batch on the pool (VerificationError if it fails or the verifier is closed)."""
         return await self._pool.run(self.probabilities_sync, pairs)
+
+
+def _within_budget(curve: Sequence[CalibrationPoint], max_wrong_hit_rate: float) -> float:
+    """The lowest threshold from which on every point of the curve keeps the budget (the
+    strictest point when none does)."""
+    points = sorted(curve, key=lambda p: p.threshold)
+    chosen = points[-1].threshold
+    for point in reversed(points):
+        if point.wrong_hit_rate > max_wrong_hit_rate:
+            break
+        chosen = point.threshold
+    return chosen
 
 
 def _logit(p: float, eps: float = 1e-7) -> float:

@@ -110,3 +110,31 @@ async def test_near_misses_with_changed_numbers_or_order_are_refused_and_a_parap
         else:
             assert hit["verifier_score"] is None
             assert health["verify_threshold"] is None
+
+
+async def test_with_verifier_overlap_a_budget_also_reaches_hits_the_verifier_does_not_read(
+    make_settings: Callable[..., Settings], fake_llm: FakeOpenAI
+) -> None:
+    # Few shared words (overlap 0.33, under the gate): the guard alone decides this paraphrase
+    # (0.91 with ft2). A strict budget must still refuse it, a looser one serve it.
+    asked = "How do I learn to play the guitar?"
+    paraphrase = "What is the best way to learn guitar?"
+    async with app_client(make_settings(verifier="overlap")) as http:
+        await http.post("/v1/query", json={"prompt": asked})
+        strict = await http.post(
+            "/v1/query",
+            json={"prompt": paraphrase},
+            headers={"X-Sentinel-Max-Wrong-Hit-Rate": "0", "Cache-Control": "no-store"},
+        )
+        assert strict.json()["match"] == "miss"
+        fair = await http.post(
+            "/v1/query",
+            json={"prompt": paraphrase, "max_wrong_hit_rate": 0.05},
+            headers={"Cache-Control": "no-store"},
+        )
+        assert fair.json()["match"] == "semantic", fair.json()
+        default = (await http.post("/v1/query", json={"prompt": paraphrase})).json()
+        assert default["match"] == "semantic"
+        assert default["verifier_score"] is None  # not gated: the verifier did not read it
+        assert 0.87 <= default["guard_score"] < 0.93
+    assert fake_llm.call_count == 2  # the question and the strict request's miss

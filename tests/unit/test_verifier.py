@@ -9,6 +9,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -125,6 +126,30 @@ def test_calibration_maps_a_budget_to_a_threshold() -> None:
     assert all(
         p.wrong_hit_rate <= cal.max_wrong_hit_rate for p in points if p.threshold >= cal.threshold
     )
+
+
+def test_with_verifier_overlap_a_budget_moves_the_guard_and_the_verifier_together() -> None:
+    cal = Calibration.for_model()
+    assert cal.gated_points, "the shipped calibration has VERIFIER=overlap's own curve"
+    # The default budget keeps the default decision.
+    assert cal.gated_thresholds(cal.max_wrong_hit_rate) == (cal.guard_threshold, cal.threshold)
+    budgets = [0.0, 0.02, 0.05, 0.09, 0.1, 0.3]
+    mapped = [cal.gated_thresholds(b) for b in budgets]
+    guards = [g for g, _ in mapped]
+    assert guards == sorted(guards, reverse=True)  # a looser budget never raises it
+    assert min(guards) == cal.guard_threshold  # nor loosens the default decision
+    assert max(guards) > cal.guard_threshold  # a strict one tightens every hit, not only gated
+    for guard, verifier in mapped:
+        # At the pair, a gated candidate's moved score sits exactly on the guard's threshold.
+        combined = Calibration.gated_score(1.0, verifier, cal.guard_threshold, cal.threshold)
+        assert combined == pytest.approx(guard)
+    # Every point of the curve from a budget's threshold on kept that budget on validation.
+    for budget, (guard, _) in zip(budgets, mapped, strict=True):
+        kept = [p for p in cal.gated_points if p.threshold >= guard]
+        assert all(p.wrong_hit_rate <= budget for p in kept) or guard == max(guards)
+    # A calibration file from before the gated curve: the budget moves the verifier alone.
+    old = msgspec.structs.replace(cal, gated_points=[])
+    assert old.gated_thresholds(0.02) == (old.guard_threshold, old.threshold_for(0.02))
 
 
 def test_wilson_upper_bound() -> None:

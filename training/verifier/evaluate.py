@@ -331,6 +331,12 @@ def calibrate() -> dict:
     overlap_gate = max(g for g, n in paws_neg.items() if n <= paws_neg[0.0])
     report["overlap_gate"] = overlap_gate
     report["paws_negatives_served_by_gate"] = paws_neg
+    # 5. VERIFIER=overlap as one curve (its gated score at each threshold), so that a budget
+    #    moves the guard's threshold as well as the verifier's (Calibration.gated_thresholds).
+    gated_kw = {"stage": "gated", "symmetric": symmetric, "min_guard": 0, "gate": overlap_gate}
+    gated_points = _curve(
+        decision(pv, **gated_kw, **gated), yp, decision(wv, **gated_kw, **gated), yw
+    )
     calibration = Calibration(
         model=MODEL,
         sha256=MODEL_SHA256[MODEL],
@@ -344,6 +350,8 @@ def calibrate() -> dict:
         max_wrong_hit_rate=DEFAULT_BUDGET,
         points=points,
         overlap_gate=overlap_gate,
+        gated_points=gated_points,
+        guard_threshold=GUARD_THRESHOLD,
         provenance=(
             "training/verifier/evaluate.py calibrate: wrong-hit rate of served pairs among the "
             f"{len(yp)} validation pairs of pairs.jsonl (QQP, MQP, ComQA; half of them "
@@ -353,10 +361,15 @@ def calibrate() -> dict:
             "paws_served_negative: share of the "
             f"{int((yw == 0).sum())} PAWS validation different-meaning pairs served; "
             f"min_threshold keeps it <= {PAWS_LIMIT}. overlap_gate (VERIFIER=overlap): the "
-            "highest gate serving no more of those PAWS pairs than verifying every hit"
+            "highest gate serving no more of those PAWS pairs than verifying every hit. "
+            "gated_points: the same measures for VERIFIER=overlap's gated score (guard "
+            f"probability after the checks; on gated pairs the combined score moved so that "
+            f"threshold lands on guard_threshold {GUARD_THRESHOLD})"
         ),
     )
     assert calibration.threshold_for(DEFAULT_BUDGET) == threshold
+    # The default budget keeps the default decision: the guard's threshold and `threshold`.
+    assert calibration.gated_thresholds(DEFAULT_BUDGET)[0] == GUARD_THRESHOLD
     report["threshold"] = threshold
     report["min_threshold"] = paws_floor
     target = DATA_DIR / f"{MODEL}.json"
@@ -528,6 +541,7 @@ def tables() -> str:
         probe_lines.append(
             f"| {label} | {len(served_neg)} | {int(((r >= t) & (yr == 1)).sum())} | {by_kind} |"
         )
+    budget_lines = _budget_lines(cal, ph, yp, wh, yw)
     read = []
     for name, scored in (("pairs", ph), ("PAWS", wh), ("probes", pr)):
         guarded = decision(scored, stage="guard+checks", symmetric=sym, min_guard=0, checks=checks)
@@ -551,10 +565,61 @@ def tables() -> str:
             "48 near misses, 32 paraphrases)",
             "",
             *probe_lines,
+            "",
+            "### Wrong-hit budgets with VERIFIER=overlap, achieved on held-out pairs",
+            "",
+            *budget_lines,
         ]
     )
     (out() / "tables.md").write_text(text + "\n")
     return text
+
+
+def _budget_lines(
+    cal: Calibration, ph: Scored, yp: npt.NDArray[np.int8], wh: Scored, yw: npt.NDArray[np.int8]
+) -> list[str]:
+    """VERIFIER=overlap at each budget: the budget moving the verifier's threshold alone (the
+    calibration without its gated curve) and moving the guard's too (gated_thresholds)."""
+    lines = [
+        "| budget | moves | guard t | verifier t | validation wrong-hit rate | held-out served "
+        "| held-out wrong-hit rate (95% interval) | held-out recall | PAWS different-meaning "
+        "served |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    kw = {"stage": "gated", "symmetric": cal.symmetric, "min_guard": 0.0}
+    kw |= {"checks": frozenset(cal.checks), "gate": cal.overlap_gate, "combine": cal.combine}
+    old = msgspec.structs.replace(cal, gated_points=[])
+    for budget in (0.0, 0.02, 0.05, 0.08, 0.10, 0.20):
+        for moves, c in (("verifier only (before)", old), ("guard and verifier", cal)):
+            guard_t, verify_t = c.gated_thresholds(budget)
+            # The gated score anchors the verifier's threshold on the guard's, as the service.
+            anchor = 1.0 / (
+                1.0
+                + np.exp(
+                    -(
+                        np.log(verify_t / (1 - verify_t))
+                        - np.log(guard_t / (1 - guard_t))
+                        + np.log(GUARD_THRESHOLD / (1 - GUARD_THRESHOLD))
+                    )
+                )
+            )
+            served = decision(ph, **kw, verify_at=float(anchor)) >= guard_t
+            wrong, n = int((served & (yp == 0)).sum()), int(served.sum())
+            low, high = wilson(wrong, n)
+            val = next(
+                (p.wrong_hit_rate for p in cal.gated_points if p.threshold >= guard_t - 1e-9),
+                None,
+            )
+            paws = decision(wh, **kw, verify_at=float(anchor)) >= guard_t
+            negs = int((yw == 0).sum())
+            lines.append(
+                f"| {budget:g} | {moves} | {guard_t:g} | {verify_t:.4f} | "
+                f"{'-' if val is None or moves.startswith('verifier') else f'{val:.3f}'} | {n} "
+                f"| {wrong / n if n else 0:.3f} ({low:.3f}-{high:.3f}) "
+                f"| {(served & (yp == 1)).sum() / (yp == 1).sum():.3f} "
+                f"| {int((paws & (yw == 0)).sum()) / negs:.3f} |"
+            )
+    return lines
 
 
 def cost() -> str:
