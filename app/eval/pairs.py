@@ -18,13 +18,14 @@ from app.service.verifier import Calibration, Verifier
 
 
 class Pair(msgspec.Struct, frozen=True, kw_only=True):
-    """One labeled pair (the data README's schema; extra fields are ignored)."""
+    """One labeled pair (the data README's schema; extra fields are ignored). A file of one's
+    own needs only the questions and the label."""
 
-    id: str
-    source: str
     question1: str
     question2: str
     label: int
+    id: str = ""
+    source: str = "pairs"
 
 
 class PairReport(msgspec.Struct, kw_only=True):

@@ -231,6 +231,25 @@ def test_pairs_mode_overlap_refuses_word_swaps_the_checks_serve(tmp_path: Path) 
     assert at_gated["recall"] <= at_checks["recall"]  # it only ever refuses more
 
 
+def test_pairs_mode_maps_a_budget_onto_the_guard_and_the_verifier(tmp_path: Path) -> None:
+    # VERIFIER=overlap: a strict budget raises the guard's threshold too (it decides the hits
+    # the verifier does not read), as the service's Planner maps it. The probes file has
+    # neither ids nor sources: a pairs file of one's own needs only questions and labels.
+    calibration = Calibration.for_model()
+    guard_at, verify_at = calibration.gated_thresholds(0.02)
+    default = run_eval("pairs", str(PROBES), "--json", str(tmp_path / "default.json"))
+    budget = ["--max-wrong-hit-rate", "0.02"]
+    strict = run_eval("pairs", str(PROBES), *budget, "--json", str(tmp_path / "strict.json"))
+    assert default["guard_threshold"] == calibration.guard_threshold
+    assert strict["guard_threshold"] == guard_at > calibration.guard_threshold
+    assert strict["gated_threshold"] == round(verify_at, 4)
+    at_default, at_strict = default["at_default"], strict["at_default"]
+    assert isinstance(at_default, dict)
+    assert isinstance(at_strict, dict)
+    assert at_strict["recall"] < at_default["recall"]  # paraphrases the default serves refused
+    assert at_strict["negatives_served"] <= at_default["negatives_served"]
+
+
 def probe_stream(path: Path) -> Path:
     """The hand-written probes as a stream: each first question once, then each second one
     (a paraphrase: its first question's cluster; a near miss: a cluster of its own, known not
