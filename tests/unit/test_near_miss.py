@@ -117,7 +117,7 @@ def _rows(path: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize(
     ("name", "near_misses", "paraphrases"),
-    [("b", 46, 30), ("c", 40, 20), ("d", 25, 15), ("e", 26, 15)],
+    [("b", 46, 30), ("c", 40, 20), ("d", 25, 15), ("e", 26, 15), ("f", 26, 15)],
 )
 def test_the_later_probe_sets_are_well_formed_and_share_no_pair(
     name: str, near_misses: int, paraphrases: int
@@ -129,7 +129,7 @@ def test_the_later_probe_sets_are_well_formed_and_share_no_pair(
     assert all((r["kind"] == "paraphrase") == (r["label"] == 1) for r in rows)
     assert len({r["id"] for r in rows}) == len(rows)
     others = [PROBES] + [
-        PROBES.with_name(f"near_miss_probes_{o}.jsonl") for o in "bcde" if o != name
+        PROBES.with_name(f"near_miss_probes_{o}.jsonl") for o in "bcdef" if o != name
     ]
     seen = {
         frozenset((r["question1"].lower(), r["question2"].lower()))
