@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final, Literal, TypedDict, Unpack
 
@@ -117,7 +118,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         every stricter one also keeps the budget; with none, the strictest point is returned.
         Never below min_threshold.
         """
-        return max(_within_budget(self.points, max_wrong_hit_rate), self.min_threshold)
+        return max(within_budget(self.points, max_wrong_hit_rate), self.min_threshold)
 
     def gated_thresholds(self, max_wrong_hit_rate: float) -> tuple[float, float]:
         """VERIFIER=overlap: the guard's and the gated verifier's thresholds for a budget.
@@ -129,7 +130,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         """
         if not self.gated_points:
             return self.guard_threshold, self.threshold_for(max_wrong_hit_rate)
-        guard = max(_within_budget(self.gated_points, max_wrong_hit_rate), self.guard_threshold)
+        guard = max(within_budget(self.gated_points, max_wrong_hit_rate), self.guard_threshold)
         if guard == self.guard_threshold:
             return guard, self.threshold
         moved = _logit(self.threshold) + _logit(guard) - _logit(self.guard_threshold)
@@ -304,13 +305,17 @@ class Verifier:
         return await self._pool.run(self.probabilities_sync, pairs)
 
 
-def _within_budget(curve: Sequence[CalibrationPoint], max_wrong_hit_rate: float) -> float:
+def within_budget(
+    curve: Sequence[CalibrationPoint],
+    max_wrong_hit_rate: float,
+    measure: Callable[[CalibrationPoint], float] = attrgetter("wrong_hit_rate"),
+) -> float:
     """The lowest threshold from which on every point of the curve keeps the budget (the
-    strictest point when none does)."""
+    strictest point when none does); `measure`: what the budget bounds."""
     points = sorted(curve, key=lambda p: p.threshold)
     chosen = points[-1].threshold
     for point in reversed(points):
-        if point.wrong_hit_rate > max_wrong_hit_rate:
+        if measure(point) > max_wrong_hit_rate:
             break
         chosen = point.threshold
     return chosen

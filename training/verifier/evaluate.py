@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 
 import msgspec
@@ -42,6 +43,7 @@ from app.service.verifier import (
     CalibrationPoint,
     Verifier,
     combined_score,
+    within_budget,
 )
 from training.verifier.data import OUT, ROOT, Row, load, pairs_parts, paws_parts
 
@@ -295,7 +297,7 @@ def calibrate() -> dict:
             paws = decision(wv, **kw, combine=combine)
             curve = _curve(scores, yp, paws, yw)
             floor_t = _paws_floor(curve)
-            t = max(floor_t, _budget_threshold(curve, DEFAULT_BUDGET))
+            t = max(floor_t, within_budget(curve, DEFAULT_BUDGET))
             point = next(p for p in curve if p.threshold == t)
             options.append((point.recall, g, combine, t, floor_t, curve))
             report.setdefault(f"by_guard_floor_{combine}", {})[g] = {
@@ -405,22 +407,7 @@ def _curve(
 
 def _paws_floor(curve: list[CalibrationPoint]) -> float:
     """The lowest threshold from which on at most PAWS_LIMIT of PAWS negatives are served."""
-    chosen = curve[-1].threshold
-    for point in reversed(curve):
-        if point.paws_served_negative > PAWS_LIMIT:
-            break
-        chosen = point.threshold
-    return chosen
-
-
-def _budget_threshold(curve: list[CalibrationPoint], budget: float) -> float:
-    """Calibration.threshold_for's rule without the PAWS floor."""
-    chosen = curve[-1].threshold
-    for point in reversed(curve):
-        if point.wrong_hit_rate > budget:
-            break
-        chosen = point.threshold
-    return chosen
+    return within_budget(curve, PAWS_LIMIT, attrgetter("paws_served_negative"))
 
 
 # --- held-out tables -----------------------------------------------------------------------
@@ -497,7 +484,7 @@ def tables() -> str:
         t = fixed
         if t is None:
             curve = _curve(decision(pv, **kw), ypv, decision(wv, **kw), ywv)
-            t = max(_paws_floor(curve), _budget_threshold(curve, DEFAULT_BUDGET))
+            t = max(_paws_floor(curve), within_budget(curve, DEFAULT_BUDGET))
         resolved.append((f"{label} (t {t:g})", kw, t))
     lines = [
         "| decision | set | n | AUC | R@P0.90 | R@P0.95 | P at t | R at t |",
