@@ -178,7 +178,7 @@ def _number(token: str) -> str | None:
     """
     if token[0].isdigit():
         return token.replace(",", "")
-    if fused := _FUSED.fullmatch(token):
+    if not token.isalpha() and (fused := _FUSED.fullmatch(token)):
         return fused.group(1)
     return _NUMBER_WORDS.get(token)
 
