@@ -127,7 +127,9 @@ async def test_the_kept_connection_goes_back_to_the_pool(redis: Redis) -> None:
 async def test_released_in_flight_those_fail_and_the_next_goes_on_a_new_connection(
     redis: Redis,
 ) -> None:
-    waiting = asyncio.create_task(execute_packed(redis, packed("BLPOP", "wire:empty", "0.5")))
+    # The BLPOP's reply is 2 s away: bounds below leave room for a loaded machine's stalls
+    # (a 0.5 s one failed a CI run) while still telling a cut from a wait for it.
+    waiting = asyncio.create_task(execute_packed(redis, packed("BLPOP", "wire:empty", "2")))
     await asyncio.sleep(0.05)
     first = wire._pipelines[redis.connection_pool]._connection
     await release_kept(redis)
@@ -135,7 +137,7 @@ async def test_released_in_flight_those_fail_and_the_next_goes_on_a_new_connecti
         await waiting
     started = time.monotonic()
     assert await execute_packed(redis, packed("ECHO", "after")) == b"after"
-    assert time.monotonic() - started < 0.3  # not queued behind the released BLPOP
+    assert time.monotonic() - started < 1.2  # not queued behind the released BLPOP
     assert wire._pipelines[redis.connection_pool]._connection is not None
     assert first is not None
 
@@ -143,20 +145,22 @@ async def test_released_in_flight_those_fail_and_the_next_goes_on_a_new_connecti
 async def test_a_read_is_cut_by_a_breaker_budget_and_a_dead_connection_by_the_socket_timeout(
     redis_url: str,
 ) -> None:
-    client = Redis.from_url(redis_url, socket_timeout=0.8)
+    # Replies 1.5 s and 4 s away, a 2 s socket timeout: the bounds below leave room for a
+    # loaded machine's stalls (a 0.5 s one failed a CI run with 0.4 s and 0.8 s here).
+    client = Redis.from_url(redis_url, socket_timeout=2.0)
     breaker = CacheBreaker(client.ping, failure_threshold=100)
     try:
-        # The budget cuts the caller (bypassed) while its reply, 0.4 s away, is still due: the
+        # The budget cuts the caller (bypassed) while its reply, 1.5 s away, is still due: the
         # next command waits behind it on the connection and gets its own reply.
         started = time.monotonic()
-        slow = packed("BLPOP", "wire:empty", "0.4")
+        slow = packed("BLPOP", "wire:empty", "1.5")
         with pytest.raises(CacheBypassed, match="did not answer in time"):
             await breaker.call(lambda: execute_packed(client, slow), budget=0.1, what="read")
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 1.2
         assert await execute_packed(client, packed("ECHO", "next")) == b"next"
         # A reply later than the socket timeout: the connection is dead. The command waiting
         # for it and the one queued behind it fail, whatever the caller's budget.
-        blpop = packed("BLPOP", "wire:empty", 2)  # its reply comes after 2 s
+        blpop = packed("BLPOP", "wire:empty", 4)  # its reply comes after 4 s
         sent = time.monotonic()
         late = asyncio.create_task(
             breaker.call(lambda: execute_packed(client, blpop), budget=5.0, what="read")
@@ -167,7 +171,7 @@ async def test_a_read_is_cut_by_a_breaker_budget_and_a_dead_connection_by_the_so
             await late
         with pytest.raises(RedisTimeoutError, match="Timeout reading"):
             await behind
-        assert time.monotonic() - sent < 1.8  # cut by the 0.8 s timeout, before the reply
+        assert time.monotonic() - sent < 3.6  # cut by the 2 s timeout, before the reply
         # A new connection serves what comes next.
         assert await execute_packed(client, packed("ECHO", "later")) == b"later"
     finally:
