@@ -6,7 +6,7 @@ makes a cached answer valid for a request) are tested without Redis, a model or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -89,19 +89,24 @@ class Planner:
     max_wrong_hit_rate: float | None = None
     # VERIFIER=overlap: a budget maps onto the gated decision's curve (guard and verifier).
     gated: bool = False
+    # The thresholds of requests that set no budget, mapped once.
+    _default: tuple[float | None, float | None] = field(init=False, default=(None, None))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_default", self._mapped(self.max_wrong_hit_rate))
 
     def default_verify_threshold(self) -> float | None:
         """The verifier's threshold for requests that set no budget (None without one)."""
-        return self.thresholds(None)[1]
+        return self._default[1]
 
     def thresholds(self, max_wrong_hit_rate: float | None) -> tuple[float | None, float | None]:
         """The guard's threshold (None: its own) and the verifier's (None without a verifier)
         for a request's budget (None: MAX_WRONG_HIT_RATE, else the calibration's default)."""
+        return self._default if max_wrong_hit_rate is None else self._mapped(max_wrong_hit_rate)
+
+    def _mapped(self, budget: float | None) -> tuple[float | None, float | None]:
         if self.calibration is None:
             return None, None
-        budget = max_wrong_hit_rate
-        if budget is None:
-            budget = self.max_wrong_hit_rate
         if budget is None:
             return None, self.calibration.threshold
         if self.gated:

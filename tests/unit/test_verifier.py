@@ -15,10 +15,13 @@ import pytest
 
 from app.errors import StartupError, VerificationError
 from app.eval.scoring import roc_auc
+from app.eval.workload import ReplayProvider
 from app.providers.embedders.local import DEFAULT_MODEL, LocalEmbedder
+from app.providers.upstreams.router import ProviderRouter
 from app.service.guard import Guard
 from app.service.interval import wilson
 from app.service.near_miss import Check
+from app.service.plan import Ask, Planner
 from app.service.prompt import normalize_prompt
 from app.service.verifier import (
     DATA_DIR,
@@ -150,6 +153,28 @@ def test_with_verifier_overlap_a_budget_moves_the_guard_and_the_verifier_togethe
     # A calibration file from before the gated curve: the budget moves the verifier alone.
     old = msgspec.structs.replace(cal, gated_points=[])
     assert old.gated_thresholds(0.02) == (old.guard_threshold, old.threshold_for(0.02))
+
+
+def test_the_planner_maps_the_default_and_each_requests_budget() -> None:
+    cal = Calibration.for_model()
+    # The replays' provider: a real ChatProvider, never called here (planning does no I/O).
+    router = ProviderRouter({"replay": ReplayProvider()}, "replay")
+    common = {"providers": router, "similarity_threshold": 0.7, "ttl": 60}
+    common |= {"max_prompt_chars": 1000, "calibration": cal}
+    # VERIFIER=overlap with MAX_WRONG_HIT_RATE=0.02: a request without a budget gets it.
+    gated = Planner(**common, max_wrong_hit_rate=0.02, gated=True)
+    plain = gated.plan(Ask.of_prompt("How do I learn the guitar?"))
+    assert (plain.guard_threshold, plain.verify_threshold) == cal.gated_thresholds(0.02)
+    assert gated.default_verify_threshold() == cal.gated_thresholds(0.02)[1]
+    # A request's own budget wins.
+    own = gated.plan(Ask.of_prompt("How do I learn the guitar?", max_wrong_hit_rate=0.5))
+    assert (own.guard_threshold, own.verify_threshold) == cal.gated_thresholds(0.5)
+    # No budget anywhere: the guard's own threshold, the calibration's verifier threshold.
+    default = Planner(**common, gated=True).plan(Ask.of_prompt("How do I learn the guitar?"))
+    assert (default.guard_threshold, default.verify_threshold) == (None, cal.threshold)
+    # VERIFIER=on: a budget moves the cascade's threshold only.
+    cascade = Planner(**common, max_wrong_hit_rate=0.02).plan(Ask.of_prompt("Why?"))
+    assert (cascade.guard_threshold, cascade.verify_threshold) == (None, cal.threshold_for(0.02))
 
 
 def test_wilson_upper_bound() -> None:
