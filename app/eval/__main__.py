@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +18,7 @@ from app.eval.stream import held_out_queries, load_stream
 from app.providers.embedders import build_embedder
 from app.providers.embedders.base import Embedder
 from app.service.guard import Guard, configured_decision
-from app.service.verifier import Calibration, Verifier
+from app.service.verifier import Calibration, Verifier, shifted
 from app.settings import Settings, SettingsError, load_settings
 
 
@@ -272,12 +271,7 @@ def _gated_anchor(settings: Settings, decision: _Decision) -> float | None:
     score reaches the verifier's (None in other modes)."""
     if settings.verifier != "overlap" or decision.verify_at is None or decision.guard is None:
         return None
-    moved = _logit(decision.verify_at) - _logit(decision.threshold)
-    return 1.0 / (1.0 + math.exp(-(moved + _logit(decision.guard.threshold))))
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
+    return shifted(decision.verify_at, decision.threshold, decision.guard.threshold)
 
 
 def _gated(settings: Settings, decision: _Decision) -> tuple[float, float] | None:

@@ -133,8 +133,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         guard = max(within_budget(self.gated_points, max_wrong_hit_rate), self.guard_threshold)
         if guard == self.guard_threshold:
             return guard, self.threshold
-        moved = _logit(self.threshold) + _logit(guard) - _logit(self.guard_threshold)
-        return guard, 1.0 / (1.0 + math.exp(-moved))
+        return guard, shifted(self.threshold, self.guard_threshold, guard)
 
     def score(self, guard_probability: float, verifier_probability: float) -> float:
         """The number the threshold applies to, for a candidate the cheaper stages let through."""
@@ -166,8 +165,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         the verifier's combined score moved so that its threshold lands on the guard's, if
         lower. It reaches `guard_threshold` exactly when the guard's probability does and the
         combined score reaches `threshold`, so one threshold sweeps both decisions."""
-        moved = _logit(combined) + _logit(guard_threshold) - _logit(threshold)
-        return min(guard_probability, 1.0 / (1.0 + math.exp(-moved)))
+        return min(guard_probability, shifted(combined, threshold, guard_threshold))
 
     @classmethod
     def for_model(cls, model: str = VERIFIER_MODEL) -> Calibration:
@@ -319,6 +317,13 @@ def within_budget(
             break
         chosen = point.threshold
     return chosen
+
+
+def shifted(value: float, source: float, target: float) -> float:
+    """`value` moved on the logit scale by as much as `source` must move to reach `target`:
+    how the gated decision puts the verifier's score and thresholds on the guard's scale."""
+    moved = _logit(value) + _logit(target) - _logit(source)
+    return 1.0 / (1.0 + math.exp(-moved))
 
 
 def _logit(p: float, eps: float = 1e-7) -> float:

@@ -43,6 +43,7 @@ from app.service.verifier import (
     CalibrationPoint,
     Verifier,
     combined_score,
+    shifted,
     within_budget,
 )
 from training.verifier.data import OUT, ROOT, Row, load, pairs_parts, paws_parts
@@ -580,24 +581,15 @@ def _budget_lines(
         for moves, c in (("verifier only (before)", old), ("guard and verifier", cal)):
             guard_t, verify_t = c.gated_thresholds(budget)
             # The gated score anchors the verifier's threshold on the guard's, as the service.
-            anchor = 1.0 / (
-                1.0
-                + np.exp(
-                    -(
-                        np.log(verify_t / (1 - verify_t))
-                        - np.log(guard_t / (1 - guard_t))
-                        + np.log(GUARD_THRESHOLD / (1 - GUARD_THRESHOLD))
-                    )
-                )
-            )
-            served = decision(ph, **kw, verify_at=float(anchor)) >= guard_t
+            anchor = shifted(verify_t, guard_t, GUARD_THRESHOLD)
+            served = decision(ph, **kw, verify_at=anchor) >= guard_t
             wrong, n = int((served & (yp == 0)).sum()), int(served.sum())
             low, high = wilson(wrong, n)
             val = next(
                 (p.wrong_hit_rate for p in cal.gated_points if p.threshold >= guard_t - 1e-9),
                 None,
             )
-            paws = decision(wh, **kw, verify_at=float(anchor)) >= guard_t
+            paws = decision(wh, **kw, verify_at=anchor) >= guard_t
             negs = int((yw == 0).sum())
             lines.append(
                 f"| {budget:g} | {moves} | {guard_t:g} | {verify_t:.4f} | "
